@@ -1,0 +1,3 @@
+from bridge.entry import main
+
+main()

@@ -1,0 +1,92 @@
+"""The command table: one async function per command, its arguments a pydantic model.
+
+Adding a command is adding an entry: declare an `Args` model and decorate the handler
+with `@table.command("name", ArgsModel)` in the module's table; `bridge.registry` merges
+the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from bridge.worker import Worker
+
+
+class Args(BaseModel):
+    """Base for command arguments: unknown keys, NaN and type coercion are all rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+ArgsT = TypeVar("ArgsT", bound=Args)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows of the request it serves and the worker it runs in."""
+
+    worker: Worker
+    request_id: int | str
+
+    def emit_event(self, name: str, **fields: Any) -> None:
+        self.worker.emit_event(name, **fields)
+
+    def progress(self, **fields: Any) -> None:
+        self.worker.emit_event("progress", request_id=self.request_id, **fields)
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec(Generic[ArgsT]):
+    name: str
+    args_model: type[ArgsT]
+    handler: Callable[[RequestContext, ArgsT], Awaitable[Any]]
+    # Control commands are answered even at the in-flight limit and during shutdown.
+    control: bool = False
+    test_only: bool = False
+
+
+class CommandTable:
+    def __init__(self) -> None:
+        self._specs: dict[str, CommandSpec[Any]] = {}
+
+    def command(
+        self, name: str, args_model: type[ArgsT], *, control: bool = False, test_only: bool = False
+    ) -> Callable[
+        [Callable[[RequestContext, ArgsT], Awaitable[Any]]],
+        Callable[[RequestContext, ArgsT], Awaitable[Any]],
+    ]:
+        def register(
+            handler: Callable[[RequestContext, ArgsT], Awaitable[Any]],
+        ) -> Callable[[RequestContext, ArgsT], Awaitable[Any]]:
+            if name in self._specs:
+                raise ValueError(f"command {name!r} registered twice")
+            self._specs[name] = CommandSpec(name, args_model, handler, control, test_only)
+            return handler
+
+        return register
+
+    def get(self, name: str) -> CommandSpec[Any] | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    @classmethod
+    def merged(cls, tables: Iterable[CommandTable], *, include_test_only: bool) -> CommandTable:
+        merged = cls()
+        for table in tables:
+            for spec in table._specs.values():
+                if spec.test_only and not include_test_only:
+                    continue
+                if spec.name in merged._specs:
+                    raise ValueError(f"command {spec.name!r} registered twice")
+                merged._specs[spec.name] = spec
+        return merged

@@ -1,0 +1,117 @@
+"""Control commands: answered at once, even at the in-flight limit or during shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from bridge.commands import Args, CommandTable, RequestContext
+from bridge.stats import rss_bytes
+
+table = CommandTable()
+
+
+class NoArgs(Args):
+    pass
+
+
+class CancelArgs(Args):
+    request_id: Annotated[int, Field(ge=0)] | str
+
+
+class ShutdownArgs(Args):
+    grace_ms: Annotated[int, Field(ge=0)] | None = None
+
+
+@table.command("ping", NoArgs, control=True)
+async def ping(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
+    worker = ctx.worker
+    return {
+        "status": "shutting_down" if worker.shutting_down else "ok",
+        "worker_id": worker.worker_id,
+        "pid": os.getpid(),
+        "uptime_s": worker.uptime_s,
+        "in_flight": worker.work_in_flight,
+        "dspy_loaded": worker.dspy_loaded,
+    }
+
+
+@table.command("get_stats", NoArgs, control=True)
+async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
+    worker = ctx.worker
+    stats = worker.stats
+    result: dict[str, Any] = {
+        "worker_id": worker.worker_id,
+        "pid": os.getpid(),
+        "uptime_s": worker.uptime_s,
+        "requests": dict(stats.requests),
+        "errors": dict(stats.errors),
+        "in_flight": worker.work_in_flight,
+        "max_in_flight": stats.max_in_flight,
+        "max_in_flight_limit": worker.options.max_in_flight,
+        "rss_bytes": rss_bytes(),
+        "latency_ms": stats.latency_summary(),
+        "dspy_loaded": worker.dspy_loaded,
+    }
+    sessions = getattr(worker, "sessions", None)
+    if sessions is not None:
+        result.update(sessions.stats())
+    return result
+
+
+@table.command("cancel", CancelArgs, control=True)
+async def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
+    return {"cancelled": ctx.worker.cancel(args.request_id)}
+
+
+@table.command("shutdown", ShutdownArgs, control=True)
+async def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
+    worker = ctx.worker
+    grace_ms = worker.options.default_grace_ms if args.grace_ms is None else args.grace_ms
+    in_flight = worker.work_in_flight
+    worker.begin_shutdown(grace_ms)
+    return {"shutting_down": True, "grace_ms": grace_ms, "in_flight": in_flight}
+
+
+# ----- test-only commands, enabled by --enable-test-commands -----
+
+
+class SleepArgs(Args):
+    ms: Annotated[int, Field(ge=0, le=3_600_000)]
+
+
+class EchoArgs(Args):
+    value: Any = None
+
+
+class StdoutNoiseArgs(Args):
+    text: str = "stray output\n"
+
+
+@table.command("sleep", SleepArgs, test_only=True)
+async def sleep(ctx: RequestContext, args: SleepArgs) -> dict[str, Any]:
+    await asyncio.sleep(args.ms / 1000)
+    return {"slept_ms": args.ms}
+
+
+@table.command("echo", EchoArgs, test_only=True)
+async def echo(ctx: RequestContext, args: EchoArgs) -> Any:
+    return args.value
+
+
+@table.command("fail", NoArgs, test_only=True)
+async def fail(ctx: RequestContext, args: NoArgs) -> Any:
+    raise RuntimeError("deliberate failure from the fail test command")
+
+
+@table.command("stdout_noise", StdoutNoiseArgs, test_only=True)
+async def stdout_noise(ctx: RequestContext, args: StdoutNoiseArgs) -> dict[str, Any]:
+    """Writes to fd 1 three ways (print, os.write, a child process) to prove frames survive."""
+    print(args.text, end="")
+    os.write(1, args.text.encode())
+    process = await asyncio.create_subprocess_exec("echo", args.text.strip())
+    await process.wait()
+    return {"written": 3}

@@ -1,0 +1,3 @@
+"""The DSPy integration: the only place that imports dspy."""
+
+import dspy  # noqa: F401

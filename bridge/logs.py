@@ -1,0 +1,33 @@
+"""structlog set-up: JSON lines on stderr, secrets redacted wherever they appear."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from bridge.redaction import redactor
+
+
+def _redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return redactor.redact(event_dict)  # type: ignore[no-any-return]
+
+
+def configure_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    # Libraries that use the stdlib logger (litellm, httpx) also go to stderr, not fd 1.
+    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

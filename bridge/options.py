@@ -1,0 +1,73 @@
+"""Worker settings, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from protocol.connection import DEFAULT_MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    max_in_flight: int = 256
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    log_level: str = "info"
+    enable_test_commands: bool = False
+    worker_id: str | None = None
+    default_grace_ms: int = 5000
+    max_sessions: int = 10_000
+    max_programs_per_session: int = 1_000
+    max_input_bytes: int = 1024 * 1024
+    session_idle_ttl_s: float | None = None
+    record: Path | None = None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = WorkerOptions()
+    parser = argparse.ArgumentParser(
+        prog="dspy-bridge",
+        description="Run a dspy-bridge worker on stdin/stdout (4-byte length-prefixed msgpack). "
+        "`dspy-bridge replay FILE...` replays transcripts instead.",
+    )
+    add = parser.add_argument
+    add("--max-in-flight", type=_positive_int, default=defaults.max_in_flight,
+        help="concurrent requests beyond which work is refused with limit_exceeded")
+    add("--max-frame-bytes", type=_positive_int, default=defaults.max_frame_bytes,
+        help="largest accepted frame; larger frames are skipped with invalid_frame")
+    add("--log-level", default=defaults.log_level,
+        choices=["debug", "info", "warning", "error", "critical"], help="stderr log level")
+    add("--enable-test-commands", action="store_true",
+        help="enable test-only commands (sleep, echo, ...); never in production")
+    add("--worker-id", default=None, help="id reported in ready/ping (default: generated)")
+    add("--default-grace-ms", type=_positive_int, default=defaults.default_grace_ms,
+        help="grace for in-flight work on shutdown without grace_ms, and on SIGTERM")
+    add("--max-sessions", type=_positive_int, default=defaults.max_sessions)
+    add("--max-programs-per-session", type=_positive_int,
+        default=defaults.max_programs_per_session)
+    add("--max-input-bytes", type=_positive_int, default=defaults.max_input_bytes,
+        help="largest msgpack size of one execute_program's inputs")
+    add("--session-idle-ttl-s", type=_positive_float, default=None,
+        help="evict sessions idle this long (default: never), with a session_evicted event")
+    add("--record", type=Path, default=None, help="append every frame to this transcript")
+    return parser
+
+
+def parse_options(argv: list[str]) -> WorkerOptions:
+    namespace = build_parser().parse_args(argv)
+    return WorkerOptions(**{f.name: getattr(namespace, f.name) for f in fields(WorkerOptions)})

@@ -1,0 +1,399 @@
+"""The worker: reads frames, runs each request as its own asyncio task, writes replies.
+
+One reader thread and one writer thread own the protocol descriptors; everything else
+happens on the event loop, so handlers run concurrently and the loop never blocks on
+the host. Every request gets exactly one response, whatever happens to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import os
+import platform
+import queue
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Protocol
+
+import structlog
+from pydantic import ValidationError
+
+from bridge import __version__
+from bridge.commands import CommandSpec, CommandTable, RequestContext
+from bridge.options import WorkerOptions
+from bridge.redaction import redactor
+from bridge.stats import Stats
+from protocol import PROTOCOL_VERSION
+from protocol.codec import EncodeError
+from protocol.connection import Connection, Rejected
+from protocol.envelope import (
+    Request,
+    error_response,
+    event,
+    ok_response,
+    validation_errors,
+)
+from protocol.errors import BridgeError, ErrorType, field_errors
+
+ENGINE_MODULE = "bridge.engine"
+READ_CHUNK = 256 * 1024
+PARENT_CHECK_S = 0.25
+ABANDON_REPLY_S = 0.5
+
+
+class FrameObserver(Protocol):
+    """Sees every request frame in and every message out (used by --record)."""
+
+    def incoming(self, message: dict[str, Any]) -> None: ...
+
+    def outgoing(self, message: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class InFlight:
+    command: str
+    control: bool
+    task: asyncio.Task[None] | None = None
+    # Set when the worker stops the task on purpose; it then answers with this error.
+    abandon_error: BridgeError | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Worker:
+    def __init__(
+        self,
+        options: WorkerOptions,
+        table: CommandTable,
+        protocol_fds: tuple[int, int],
+        observers: list[FrameObserver] | None = None,
+    ) -> None:
+        self.options = options
+        self.table = table
+        self.stats = Stats()
+        self.worker_id = options.worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
+        self.started_at = time.monotonic()
+        self.in_flight: dict[int | str, InFlight] = {}
+        self.shutting_down = False
+        self._in_fd, self._out_fd = protocol_fds
+        self._connection = Connection(options.max_frame_bytes)
+        self._observers = observers or []
+        self._log = structlog.get_logger("bridge")
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._engine: concurrent.futures.Future[ModuleType] = concurrent.futures.Future()
+        self._loop: asyncio.AbstractEventLoop
+        self._exit: asyncio.Future[int]
+
+    # ----- lifecycle -----
+
+    async def run(self) -> int:
+        """Serve until shutdown or until the host is gone; returns the exit code."""
+        self._loop = asyncio.get_running_loop()
+        self._exit = self._loop.create_future()
+        writer = threading.Thread(target=self._write_frames, name="frame-writer", daemon=True)
+        writer.start()
+        self.emit_event(
+            "ready",
+            protocol_version=PROTOCOL_VERSION,
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            commands=self.table.names(),
+            versions=_versions(),
+        )
+        threading.Thread(target=self._read_frames, name="frame-reader", daemon=True).start()
+        threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        parent = os.getppid()
+        if parent != 1:
+            self._loop.call_later(PARENT_CHECK_S, self._watch_parent, parent)
+        self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
+        code = await self._exit
+        self._outbox.put(None)
+        await asyncio.to_thread(writer.join, 2.0)
+        return code
+
+    def host_gone(self, reason: str) -> None:
+        """The host cannot hear us any more: stop at once, abandoning all work."""
+        if self._exit.done():
+            return
+        self._log.info("host_gone", reason=reason, in_flight=len(self.in_flight))
+        for entry in self.in_flight.values():
+            if entry.task is not None:
+                entry.task.cancel()
+        self._exit.set_result(0)
+
+    def begin_shutdown(self, grace_ms: int) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self._log.info("shutdown_started", grace_ms=grace_ms, in_flight=len(self.in_flight))
+        self._loop.create_task(self._drain_and_exit(grace_ms))
+
+    async def _drain_and_exit(self, grace_ms: int) -> None:
+        pending = self._work_tasks()
+        if pending:
+            await asyncio.wait(pending, timeout=grace_ms / 1000)
+        leftovers = self._work_tasks()
+        for entry in self.in_flight.values():
+            if entry.task in leftovers:
+                entry.abandon_error = BridgeError(
+                    ErrorType.SHUTTING_DOWN,
+                    f"abandoned: the worker shut down after a grace of {grace_ms} ms",
+                )
+                entry.task.cancel()  # type: ignore[union-attr]
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=ABANDON_REPLY_S)
+        if not self._exit.done():
+            self._log.info("shutdown_complete")
+            self._exit.set_result(0)
+
+    def _work_tasks(self) -> set[asyncio.Task[None]]:
+        return {
+            entry.task
+            for entry in self.in_flight.values()
+            if entry.task is not None and not entry.control and not entry.task.done()
+        }
+
+    def _on_signal(self, signum: int) -> None:
+        self._log.info("signal", signal=signal.Signals(signum).name)
+        self.begin_shutdown(self.options.default_grace_ms)
+
+    def _watch_parent(self, parent: int) -> None:
+        if os.getppid() != parent:
+            self.host_gone("parent process exited")
+        elif not self._exit.done():
+            self._loop.call_later(PARENT_CHECK_S, self._watch_parent, parent)
+
+    # ----- DSPy, loaded in the background so `ready` comes at once -----
+
+    def _load_engine(self) -> None:
+        try:
+            self._engine.set_result(importlib.import_module(ENGINE_MODULE))
+        except BaseException as exc:  # noqa: BLE001 - reported to every request that needs it
+            self._engine.set_exception(exc)
+            self._log.error("engine_load_failed", error=repr(exc))
+
+    @property
+    def dspy_loaded(self) -> bool:
+        return self._engine.done() and self._engine.exception() is None
+
+    async def engine(self) -> ModuleType:
+        """The DSPy integration module, once its import has finished."""
+        try:
+            return await asyncio.wrap_future(self._engine)
+        except Exception as exc:
+            raise BridgeError(ErrorType.INTERNAL, f"DSPy failed to load: {exc!r}") from exc
+
+    # ----- I/O threads -----
+
+    def _read_frames(self) -> None:
+        while True:
+            try:
+                data = os.read(self._in_fd, READ_CHUNK)
+            except OSError as exc:
+                self._loop.call_soon_threadsafe(self.host_gone, f"stdin error: {exc}")
+                return
+            if not data:
+                self._loop.call_soon_threadsafe(self._on_eof)
+                return
+            self._loop.call_soon_threadsafe(self._on_data, data)
+
+    def _write_frames(self) -> None:
+        while True:
+            frame = self._outbox.get()
+            batch = [frame]
+            # Coalesce whatever else is queued into one write.
+            while frame is not None and not self._outbox.empty():
+                frame = self._outbox.get()
+                batch.append(frame)
+            data = b"".join(item for item in batch if item is not None)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._out_fd, view) :]
+            except OSError as exc:
+                self._loop.call_soon_threadsafe(self.host_gone, f"stdout error: {exc}")
+                return
+            if batch[-1] is None:
+                return
+
+    def _on_eof(self) -> None:
+        if self._connection.has_partial_frame:
+            self._log.warning("eof_inside_frame")
+        self.host_gone("stdin closed")
+
+    # ----- outgoing -----
+
+    def emit_event(self, name: str, **fields: Any) -> None:
+        self._send(event(name, **fields))
+
+    def _send(self, message: dict[str, Any]) -> None:
+        message = redactor.redact(message, by_key=False)
+        try:
+            frame = self._connection.encode(message)
+        except EncodeError as exc:
+            if "event" in message:
+                self._log.error("event_not_encodable", event=message["event"], error=str(exc))
+                return
+            error = BridgeError(ErrorType.INTERNAL, f"the result could not be encoded: {exc}")
+            message = error_response(message["id"], error)
+            frame = self._connection.encode(message)
+        for observer in self._observers:
+            observer.outgoing(message)
+        self._outbox.put(frame)
+
+    def _reply_error(self, request_id: int | str | None, command: str, error: BridgeError) -> None:
+        self.stats.record_rejected(error.type.value)
+        self._log.info("request", id=request_id, command=command, outcome=error.type.value,
+                       message=error.message)
+        self._send(error_response(request_id, error))
+
+    # ----- incoming -----
+
+    def _on_data(self, data: bytes) -> None:
+        for item in self._connection.receive_data(data):
+            if isinstance(item, Rejected):
+                if isinstance(item.value, dict):
+                    for observer in self._observers:
+                        observer.incoming(item.value)
+                self._reply_error(item.request_id, "", item.error)
+            else:
+                for observer in self._observers:
+                    observer.incoming(item.model_dump(exclude_none=True))
+                self._dispatch(item)
+
+    def _dispatch(self, request: Request) -> None:
+        spec = self.table.get(request.command)
+        if spec is None:
+            self._reply_error(request.id, request.command, BridgeError(
+                ErrorType.UNKNOWN_COMMAND,
+                f"unknown command {request.command!r}",
+                details={"command": request.command, "known": self.table.names()},
+            ))
+            return
+        if self.shutting_down and not spec.control:
+            self._reply_error(request.id, request.command, BridgeError(
+                ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
+            ))
+            return
+        if request.id in self.in_flight:
+            self._reply_error(request.id, request.command, BridgeError(
+                ErrorType.INVALID_REQUEST,
+                f"request id {request.id!r} is already in flight",
+                details=field_errors([("id", "already in flight")]),
+            ))
+            return
+        if not spec.control and self.work_in_flight >= self.options.max_in_flight:
+            self._reply_error(request.id, request.command, BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"{self.options.max_in_flight} requests already in flight",
+                details={"limit": "max_in_flight", "max_in_flight": self.options.max_in_flight},
+            ))
+            return
+        try:
+            args = spec.args_model.model_validate(request.args)
+        except ValidationError as exc:
+            errors = validation_errors(exc)
+            self._reply_error(request.id, request.command, BridgeError(
+                ErrorType.INVALID_ARGS,
+                f"invalid arguments for {request.command}: "
+                + "; ".join(f"{name}: {message}" for name, message in errors),
+                details=field_errors(errors),
+            ))
+            return
+        entry = InFlight(request.command, spec.control)
+        self.in_flight[request.id] = entry
+        self.stats.observe_in_flight(self.work_in_flight)
+        entry.task = self._loop.create_task(self._serve(request, spec, args, entry))
+
+    @property
+    def work_in_flight(self) -> int:
+        return sum(1 for entry in self.in_flight.values() if not entry.control)
+
+    async def _serve(
+        self, request: Request, spec: CommandSpec[Any], args: Any, entry: InFlight
+    ) -> None:
+        context = RequestContext(self, request.id)
+        deadline = asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None)
+        error: BridgeError | None = None
+        result: Any = None
+        try:
+            async with deadline:
+                result = await spec.handler(context, args)
+        except asyncio.CancelledError:
+            if entry.abandon_error is None:
+                del self.in_flight[request.id]
+                raise  # the host is gone: nobody to answer
+            error = entry.abandon_error
+        except TimeoutError:
+            if deadline.expired():
+                error = BridgeError(
+                    ErrorType.TIMEOUT,
+                    f"{request.command} did not finish within its timeout of {request.timeout_ms} ms",
+                    details={"timeout_ms": request.timeout_ms},
+                )
+            else:
+                error = _internal(self._log, request)
+        except BridgeError as exc:
+            error = exc
+        except Exception:  # noqa: BLE001 - any bug becomes an `internal` reply, never a crash
+            error = _internal(self._log, request)
+        del self.in_flight[request.id]
+        duration_ms = (time.perf_counter() - entry.started) * 1000
+        self.stats.record(request.command, duration_ms, error.type.value if error else None)
+        self._log.info(
+            "request",
+            id=request.id,
+            command=request.command,
+            duration_ms=round(duration_ms, 3),
+            outcome=error.type.value if error else "ok",
+        )
+        if error is None:
+            self._send(ok_response(request.id, result))
+        else:
+            self._send(error_response(request.id, error))
+
+    def cancel(self, request_id: int | str) -> bool:
+        """Stop a request in flight; it answers `cancelled`. False if there is none."""
+        entry = self.in_flight.get(request_id)
+        if entry is None or entry.task is None or entry.task.done() or entry.abandon_error:
+            return False
+        entry.abandon_error = BridgeError(
+            ErrorType.CANCELLED, f"request {request_id!r} was cancelled by the host"
+        )
+        entry.task.cancel()
+        return True
+
+    @property
+    def uptime_s(self) -> float:
+        return round(time.monotonic() - self.started_at, 3)
+
+
+def _internal(log: Any, request: Request) -> BridgeError:
+    log.exception("handler_failed", id=request.id, command=request.command)
+    return BridgeError(
+        ErrorType.INTERNAL,
+        f"{request.command} failed inside the worker",
+        traceback=redactor.redact(traceback.format_exc(), by_key=False),
+    )
+
+
+def _versions() -> dict[str, str]:
+    versions = {"bridge": __version__, "python": platform.python_version()}
+    for package in ("dspy", "msgpack", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions

@@ -1,0 +1,104 @@
+defmodule DSPyBridge.Error do
+  @moduledoc """
+  An error returned by the bridge, as `{:error, %DSPyBridge.Error{}}`.
+
+  `type` is one of the protocol's error types as an atom:
+
+    * from the worker: `:invalid_frame`, `:invalid_request`, `:unknown_command`,
+      `:invalid_args`, `:not_found`, `:already_exists`, `:lm_not_configured`,
+      `:lm_error`, `:timeout`, `:cancelled`, `:limit_exceeded`,
+      `:shutting_down`, `:internal`;
+    * from the client itself: `:timeout` (the call's timeout ran out; the
+      worker was sent `cancel`), `:worker_exited` (the worker process died
+      or was stopped while the call was in flight or queued), `:overloaded`
+      (the worker's in-flight bound and queue are full).
+
+  `details` is the worker's `details` map (string keys, as decoded) or `nil`;
+  `retryable` says whether retrying the same call may succeed. `traceback` is
+  only set for `:internal` errors. The struct is an exception, so
+  `raise error` works.
+  """
+
+  @worker_types ~w(invalid_frame invalid_request unknown_command invalid_args not_found
+                   already_exists lm_not_configured lm_error timeout cancelled
+                   limit_exceeded shutting_down internal)a
+  @client_types [:worker_exited, :overloaded]
+
+  @typedoc "An error type from the protocol, or one the client adds."
+  @type type ::
+          :invalid_frame
+          | :invalid_request
+          | :unknown_command
+          | :invalid_args
+          | :not_found
+          | :already_exists
+          | :lm_not_configured
+          | :lm_error
+          | :timeout
+          | :cancelled
+          | :limit_exceeded
+          | :shutting_down
+          | :internal
+          | :worker_exited
+          | :overloaded
+
+  @type t :: %__MODULE__{
+          type: type(),
+          message: String.t(),
+          details: map() | nil,
+          retryable: boolean(),
+          traceback: String.t() | nil
+        }
+
+  defexception type: :internal, message: "", details: nil, retryable: false, traceback: nil
+
+  @doc "All error types, worker's and client's."
+  @spec types() :: [type()]
+  def types, do: @worker_types ++ @client_types
+
+  @doc """
+  Builds an error from the worker's decoded `error` map.
+
+  An unknown type string (from a newer worker) becomes `:internal` with the
+  original string kept in `details["type"]`.
+
+      iex> DSPyBridge.Error.from_wire(%{"type" => "not_found", "message" => "no such program", "retryable" => false})
+      %DSPyBridge.Error{type: :not_found, message: "no such program", retryable: false}
+  """
+  @spec from_wire(map()) :: t()
+  def from_wire(%{} = err) do
+    raw = Map.get(err, "type")
+    type = Enum.find(@worker_types, :internal, &(Atom.to_string(&1) == raw))
+
+    details =
+      case {type, Map.get(err, "details")} do
+        {:internal, d} when raw != "internal" -> Map.put(d || %{}, "type", raw)
+        {_, d} -> d
+      end
+
+    %__MODULE__{
+      type: type,
+      message: to_string(Map.get(err, "message", "")),
+      details: details,
+      retryable: Map.get(err, "retryable", false) == true,
+      traceback: Map.get(err, "traceback")
+    }
+  end
+
+  def from_wire(other),
+    do: %__MODULE__{type: :internal, message: "malformed error: #{inspect(other)}"}
+
+  @doc "Builds a client-side error."
+  @spec new(type(), String.t(), keyword()) :: t()
+  def new(type, message, opts \\ []) do
+    %__MODULE__{
+      type: type,
+      message: message,
+      details: Keyword.get(opts, :details),
+      retryable: Keyword.get(opts, :retryable, type in [:timeout, :worker_exited, :overloaded])
+    }
+  end
+
+  @impl true
+  def message(%__MODULE__{type: type, message: message}), do: "#{type}: #{message}"
+end

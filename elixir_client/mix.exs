@@ -1,0 +1,23 @@
+defmodule DSPyBridge.MixProject do
+  use Mix.Project
+
+  def project do
+    [
+      app: :dspy_bridge,
+      version: "0.1.0",
+      elixir: "~> 1.14",
+      start_permanent: Mix.env() == :prod,
+      elixirc_paths: elixirc_paths(Mix.env()),
+      elixirc_options: [warnings_as_errors: true],
+      deps: [],
+      docs: [main: "DSPyBridge"]
+    ]
+  end
+
+  def application do
+    [extra_applications: [:logger]]
+  end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
+end

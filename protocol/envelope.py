@@ -1,0 +1,78 @@
+"""The message shapes on the wire: requests in; responses and events out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.errors import BridgeError, ErrorType, field_errors
+
+RequestId = Annotated[int, Field(ge=0)] | str
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    id: RequestId
+    command: Annotated[str, Field(min_length=1)]
+    args: dict[Any, Any] = Field(default_factory=dict)
+    timeout_ms: Annotated[int, Field(gt=0)] | None = None
+
+
+def parse_request(value: Any) -> Request:
+    """Validate a decoded frame as a request, or raise invalid_frame / invalid_request."""
+    if not isinstance(value, dict):
+        raise BridgeError(
+            ErrorType.INVALID_FRAME,
+            f"a frame must hold a msgpack map, got {type(value).__name__}",
+        )
+    try:
+        return Request.model_validate(value)
+    except ValidationError as exc:
+        raise BridgeError(
+            ErrorType.INVALID_REQUEST,
+            "malformed request: " + "; ".join(f"{f}: {m}" for f, m in validation_errors(exc)),
+            details=field_errors(validation_errors(exc)),
+        ) from None
+
+
+def request_id_of(value: Any) -> int | str | None:
+    """The id to answer a rejected frame with: its own when valid, else nil."""
+    if isinstance(value, dict):
+        candidate = value.get("id")
+        if isinstance(candidate, str) or (
+            isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 0
+        ):
+            return candidate
+    return None
+
+
+def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Pydantic's errors as (dotted field path, message) pairs, one per failing field.
+
+    Union members each report their own failure for the same input; one line per field
+    is what a person wants to read, so only the first is kept.
+    """
+    seen: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+        seen.setdefault(path or "(root)", error["msg"])
+    return list(seen.items())
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # Pydantic names the union member tried (e.g. "int", "constrained-int", "str") in loc.
+    return isinstance(part, str) and part in {"int", "str", "constrained-int", "constrained-str"}
+
+
+def ok_response(request_id: int | str | None, result: Any) -> dict[str, Any]:
+    return {"id": request_id, "success": True, "result": result}
+
+
+def error_response(request_id: int | str | None, error: BridgeError) -> dict[str, Any]:
+    return {"id": request_id, "success": False, "error": error.to_wire()}
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    return {"event": name, **fields}

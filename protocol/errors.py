@@ -1,0 +1,69 @@
+"""Typed protocol errors: every failure a host sees is one of these types."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorType(StrEnum):
+    INVALID_FRAME = "invalid_frame"
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_ARGS = "invalid_args"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    LM_NOT_CONFIGURED = "lm_not_configured"
+    LM_ERROR = "lm_error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+# Whether retrying the same request later can succeed, when the raiser does not say.
+DEFAULT_RETRYABLE: dict[ErrorType, bool] = {
+    ErrorType.TIMEOUT: True,
+    ErrorType.LIMIT_EXCEEDED: True,
+    ErrorType.SHUTTING_DOWN: True,
+}
+
+TRACEBACK_LIMIT = 4000
+
+
+class BridgeError(Exception):
+    """An error that becomes an error response, carrying everything the host needs."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        details: dict[str, Any] | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type = error_type
+        self.message = message
+        self.retryable = DEFAULT_RETRYABLE.get(error_type, False) if retryable is None else retryable
+        self.details = details
+        self.traceback = traceback
+
+    def to_wire(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "type": self.type.value,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.details:
+            error["details"] = self.details
+        if self.traceback is not None:
+            error["traceback"] = self.traceback[-TRACEBACK_LIMIT:]
+        return error
+
+
+def field_errors(errors: list[tuple[str, str]]) -> dict[str, Any]:
+    """The `details` shape for per-field failures: `{"errors": [{field, message}, ...]}`."""
+    return {"errors": [{"field": field, "message": message} for field, message in errors]}
