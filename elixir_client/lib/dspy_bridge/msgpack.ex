@@ -140,10 +140,10 @@ defmodule DSPyBridge.MsgPack do
   defp encode_int(i) when i >= 0 and i <= 0xFFFF, do: <<0xCD, i::16>>
   defp encode_int(i) when i >= 0 and i <= 0xFFFFFFFF, do: <<0xCE, i::32>>
   defp encode_int(i) when i >= 0 and i <= 0xFFFFFFFFFFFFFFFF, do: <<0xCF, i::64>>
-  defp encode_int(i) when i >= -0x80, do: <<0xD0, i::signed-8>>
-  defp encode_int(i) when i >= -0x8000, do: <<0xD1, i::signed-16>>
-  defp encode_int(i) when i >= -0x80000000, do: <<0xD2, i::signed-32>>
-  defp encode_int(i) when i >= -0x8000000000000000, do: <<0xD3, i::signed-64>>
+  defp encode_int(i) when i < 0 and i >= -0x80, do: <<0xD0, i::signed-8>>
+  defp encode_int(i) when i < 0 and i >= -0x8000, do: <<0xD1, i::signed-16>>
+  defp encode_int(i) when i < 0 and i >= -0x80000000, do: <<0xD2, i::signed-32>>
+  defp encode_int(i) when i < 0 and i >= -0x8000000000000000, do: <<0xD3, i::signed-64>>
   defp encode_int(i), do: throw({:unencodable, i})
 
   defp str_header(n) when n <= 31, do: <<0b101::3, n::5>>

@@ -1,0 +1,424 @@
+defmodule DSPyBridge do
+  @moduledoc """
+  Run DSPy programs from Elixir on a supervised pool of Python workers.
+
+  Start a `DSPyBridge.Pool` in your supervision tree, then call this module:
+
+      children = [{DSPyBridge.Pool, name: MyApp.DSPy, size: 4, default_lm: [model: "mock"]}]
+      Supervisor.start_link(children, strategy: :one_for_one)
+
+      {:ok, _} = DSPyBridge.configure_lm(MyApp.DSPy, [model: "openai/gpt-4o-mini",
+                                                      api_key_env: "OPENAI_API_KEY"],
+                                         session: "tenant-1")
+      {:ok, %{"program_id" => id}} =
+        DSPyBridge.create_program(MyApp.DSPy, "question -> answer", session: "tenant-1")
+      {:ok, %{"outputs" => %{"answer" => answer}}} =
+        DSPyBridge.execute(MyApp.DSPy, id, %{question: "What is DSPy?"}, session: "tenant-1")
+
+  ## Common options
+
+    * `:session` — the session id (a string). A session's LM, programs and
+      usage are isolated from every other session's, and all its calls go
+      to the same worker. Without it, calls use the shared default session:
+      its mutations are applied to every worker, its reads and executions
+      go to the least-loaded worker.
+    * `:timeout` — milliseconds (default 30,000) or `:infinity`. When it
+      runs out the call returns `{:error, %DSPyBridge.Error{type: :timeout}}`
+      and the worker is told to cancel the work.
+    * `:worker` — (advanced) the index of the worker to use.
+
+  ## Results
+
+  Every function returns `{:ok, result}` or `{:error, %DSPyBridge.Error{}}`
+  (see `DSPyBridge.Error` for the error types, all atoms).
+
+  Results that come from the worker are returned **as decoded, with string
+  keys** (`%{"outputs" => %{"answer" => "..."}, "usage" => ...}`): that is
+  every function here except `stats/2` and `subscribe/1`, whose shapes the
+  client defines and which use **atom keys** (worker-reported data nested
+  inside them keeps its string keys). Arguments may use atom or string
+  keys, and keyword lists where a map is expected.
+
+  ## Events
+
+  `subscribe/1` makes the calling process receive
+  `{:dspy_bridge_event, %DSPyBridge.Event{}}` messages: the workers' `ready`,
+  `session_evicted` and `progress` events, and the client's own
+  `worker_exited`, `replayed` and `late_reply_dropped`. Events are also
+  logged with `Logger`, and sent as `:telemetry` events when `:telemetry`
+  is loaded (see `DSPyBridge.Telemetry`).
+  """
+
+  alias DSPyBridge.{Error, Pool}
+  alias DSPyBridge.Pool.Store
+
+  @typedoc "A pool name, as given to `DSPyBridge.Pool` in `:name`."
+  @type pool :: atom()
+
+  @typedoc "Options common to all calls: `:session`, `:timeout`, `:worker`."
+  @type option ::
+          {:session, String.t() | nil} | {:timeout, timeout()} | {:worker, non_neg_integer()}
+
+  @typedoc "The result of every call."
+  @type result(ok) :: {:ok, ok} | {:error, Error.t()}
+
+  @typedoc """
+  An LM configuration: a model string (`"mock"`, `"openai/gpt-4o-mini"`) or
+  a keyword list / map with `:model` and any of `:api_key`, `:api_key_env`,
+  `:api_base`, `:temperature`, `:top_p`, `:max_tokens`, `:timeout_s`,
+  `:num_retries`, `:cache`, `:extra`.
+  """
+  @type lm :: String.t() | keyword() | map()
+
+  @doc """
+  Configures the LM of a session (with `session:`) or the default LM of
+  every worker (without). Makes no LM call. The configuration is recorded
+  and replayed into a restarted worker.
+
+  The built-in mock LM takes its options in `:extra`:
+
+      DSPyBridge.configure_lm(pool, [model: "mock/a", extra: %{default: "A"}], session: "s1")
+
+  Returns the worker's answer (string keys), with any key redacted.
+  """
+  @spec configure_lm(pool(), lm(), [option()]) :: result(map())
+  def configure_lm(pool, lm, opts \\ []) do
+    args = lm_args(lm)
+
+    mutate(pool, "configure_lm", args, opts, fn session, args ->
+      {:put_lm, session, args}
+    end)
+  end
+
+  @doc """
+  Creates a program. `spec` is a signature string (`"question -> answer"`)
+  or a keyword list / map with `:signature` and optionally `:program_id`,
+  `:program_type` (`"predict"`, `"chain_of_thought"`), `:lm`, `:demos`,
+  `:instructions`.
+
+  Returns `%{"program_id" => ..., "session_id" => ..., "program_type" => ...,
+  "signature" => ...}`. Without `session:` the program is created on every
+  worker (the client then picks the program id if `spec` has none).
+  """
+  @spec create_program(pool(), String.t() | keyword() | map(), [option()]) :: result(map())
+  def create_program(pool, spec, opts \\ []) do
+    args =
+      case spec do
+        s when is_binary(s) -> %{"signature" => s}
+        other -> normalize(other)
+      end
+
+    args = if is_map_key(args, "lm"), do: Map.update!(args, "lm", &lm_args/1), else: args
+
+    args =
+      if opts[:session] == nil and not is_map_key(args, "program_id"),
+        do: Map.put(args, "program_id", generate_id("prog")),
+        else: args
+
+    mutate(pool, "create_program", args, opts, fn session, args ->
+      {:put_program, session, "create_program", args}
+    end)
+  end
+
+  @doc """
+  Runs a program on `inputs` (a map of input field values).
+
+  Options besides `:session` and `:timeout`: `:lm` (an `t:lm/0` overriding
+  the program's and session's LM for this call) and `:config` (per-call
+  settings such as `%{temperature: 0.0}`).
+
+  Returns `%{"outputs" => %{field => value}, "lm" => model, "usage" => ...,
+  "duration_ms" => ...}`.
+  """
+  @spec execute(pool(), String.t(), map() | keyword(), keyword()) :: result(map())
+  def execute(pool, program_id, inputs, opts \\ []) do
+    args =
+      %{"program_id" => program_id, "inputs" => normalize(inputs)}
+      |> put_opt("lm", opts[:lm] && lm_args(opts[:lm]))
+      |> put_opt("config", opts[:config] && normalize(opts[:config]))
+
+    read(pool, "execute_program", args, opts)
+  end
+
+  @doc "Describes a program (string keys)."
+  @spec get_program(pool(), String.t(), [option()]) :: result(map())
+  def get_program(pool, program_id, opts \\ []),
+    do: read(pool, "get_program", %{"program_id" => program_id}, opts)
+
+  @doc "Lists the programs of a session (string keys, as the worker answers)."
+  @spec list_programs(pool(), [option()]) :: result(term())
+  def list_programs(pool, opts \\ []), do: read(pool, "list_programs", %{}, opts)
+
+  @doc "Deletes a program; it is no longer replayed after a worker restart."
+  @spec delete_program(pool(), String.t(), [option()]) :: result(term())
+  def delete_program(pool, program_id, opts \\ []) do
+    mutate(pool, "delete_program", %{"program_id" => program_id}, opts, fn session, _ ->
+      {:delete_program, session, program_id}
+    end)
+  end
+
+  @doc """
+  Ends a session: the worker drops its programs, LM and usage, and the pool
+  forgets its replay records.
+  """
+  @spec end_session(pool(), String.t(), [option()]) :: result(term())
+  def end_session(pool, session_id, opts \\ []) when is_binary(session_id) do
+    opts = Keyword.put(opts, :session, session_id)
+
+    mutate(pool, "end_session", %{}, opts, fn session, _ ->
+      {:delete_session, session}
+    end)
+  end
+
+  @doc """
+  Exports a program as a msgpack-safe document (string keys) that
+  `import_program/3` recreates in any session of any worker.
+  """
+  @spec export_program(pool(), String.t(), [option()]) :: result(map())
+  def export_program(pool, program_id, opts \\ []),
+    do: read(pool, "export_program", %{"program_id" => program_id}, opts)
+
+  @doc """
+  Recreates a program from a document made by `export_program/3`. Option
+  `:program_id` names the new program (else the worker picks one, or the
+  client does for the default session). Recorded for replay.
+  """
+  @spec import_program(pool(), map(), keyword()) :: result(map())
+  def import_program(pool, document, opts \\ []) do
+    args =
+      %{"document" => document}
+      |> put_opt("program_id", opts[:program_id])
+
+    args =
+      if opts[:session] == nil and not is_map_key(args, "program_id"),
+        do: Map.put(args, "program_id", generate_id("prog")),
+        else: args
+
+    mutate(pool, "import_program", args, opts, fn session, args ->
+      {:put_program, session, "import_program", args}
+    end)
+  end
+
+  @doc """
+  Token usage and cost per model (string keys). With `session:` it is that
+  session's usage; without, the default session's usage summed over all
+  workers.
+  """
+  @spec get_usage(pool(), [option()]) :: result(map())
+  def get_usage(pool, opts \\ []) do
+    if opts[:session] != nil do
+      read(pool, "get_usage", %{}, opts)
+    else
+      with {:ok, results} <- all_workers(pool, "get_usage", %{}, opts) do
+        {:ok, Enum.reduce(results, %{}, &merge_sum/2)}
+      end
+    end
+  end
+
+  @doc "Resets the usage counters of a session (or of the default session on every worker)."
+  @spec reset_usage(pool(), [option()]) :: result(term())
+  def reset_usage(pool, opts \\ []) do
+    mutate(pool, "reset_usage", %{}, opts, fn _, _ -> nil end)
+  end
+
+  @doc """
+  Lists the sessions of every worker: `{:ok, [%{"worker" => index, ...}]}`
+  with each worker's own answer (string keys) under `"sessions"`.
+  """
+  @spec list_sessions(pool(), [option()]) :: result([map()])
+  def list_sessions(pool, opts \\ []) do
+    with {:ok, results} <- all_workers(pool, "list_sessions", %{}, opts) do
+      {:ok,
+       results
+       |> Enum.with_index()
+       |> Enum.map(fn {r, i} -> %{"worker" => i, "sessions" => r} end)}
+    end
+  end
+
+  @doc """
+  Configures DSPy's cache on every worker (`:enable_memory`, `:enable_disk`,
+  `:disk_dir`, `:memory_max_entries`, `:disk_size_limit_bytes`). Recorded
+  for replay.
+  """
+  @spec configure_cache(pool(), keyword() | map(), [option()]) :: result(map())
+  def configure_cache(pool, settings, opts \\ []) do
+    args = normalize(settings)
+
+    with {:ok, _} = ok <-
+           Pool.broadcast(pool, "configure_cache", args,
+             timeout: opts[:timeout] || 30_000,
+             record: {:put_cache, args}
+           ) do
+      ok
+    end
+  end
+
+  @doc """
+  Pings a worker (the session's, or the least-loaded one): `{:ok,
+  %{"status" => "ok", "worker_id" => ..., "pid" => os_pid, "uptime_s" => ...,
+  "in_flight" => ..., "dspy_loaded" => ...}}`.
+  """
+  @spec ping(pool(), [option()]) :: result(map())
+  def ping(pool, opts \\ []), do: request(pool, "ping", %{}, opts)
+
+  @doc """
+  Pool statistics, with **atom keys**:
+
+      %{pool: MyApp.DSPy, size: 2, sessions: 3, programs: 5,
+        workers: [%{index: 0, status: :ready, os_pid: 1234, worker_id: "...",
+                    in_flight: 0, queued: 0, requests: 10, timeouts: 0,
+                    cancels_sent: 0, late_replies_dropped: 0, overloaded: 0,
+                    restarts: 0, uptime_ms: 5000,
+                    worker_stats: %{"requests" => ..., ...}}]}
+
+  `worker_stats` is the worker's own `get_stats` answer (string keys), or
+  `nil` if it could not be fetched (pass `worker_stats: false` to skip it).
+  `sessions`/`programs` count what the pool would replay.
+  """
+  @spec stats(pool(), keyword()) :: {:ok, map()}
+  def stats(pool, opts \\ []) do
+    config = Store.config(pool)
+    fetch? = Keyword.get(opts, :worker_stats, true)
+    timeout = Keyword.get(opts, :timeout, 5_000)
+
+    workers =
+      pool
+      |> Pool.workers()
+      |> Enum.map(fn {index, pid, os_pid, status} ->
+        Task.async(fn ->
+          info =
+            try do
+              if pid, do: DSPyBridge.Worker.info(pid), else: %{}
+            catch
+              :exit, _ -> %{}
+            end
+
+          remote =
+            if fetch? and status == :ready do
+              case Pool.request(pool, nil, "get_stats", %{}, worker: index, timeout: timeout) do
+                {:ok, s} -> s
+                _ -> nil
+              end
+            end
+
+          info
+          |> Map.drop([:ready])
+          |> Map.merge(%{index: index, os_pid: os_pid, status: Map.get(info, :status, status)})
+          |> Map.put(:restarts, Store.restarts(config.table, index))
+          |> Map.put(:worker_stats, remote)
+        end)
+      end)
+      |> Task.await_many(timeout + 1_000)
+
+    {:ok,
+     Map.merge(Store.counts(config.table), %{pool: pool, size: config.size, workers: workers})}
+  end
+
+  @doc """
+  Subscribes the calling process to the pool's events, delivered as
+  `{:dspy_bridge_event, %DSPyBridge.Event{}}` until it exits or calls
+  `unsubscribe/1`.
+  """
+  @spec subscribe(pool()) :: :ok
+  def subscribe(pool) do
+    {:ok, _} = Registry.register(Store.config(pool).registry, :events, nil)
+    :ok
+  end
+
+  @doc "Stops delivering the pool's events to the calling process."
+  @spec unsubscribe(pool()) :: :ok
+  def unsubscribe(pool), do: Registry.unregister(Store.config(pool).registry, :events)
+
+  @doc """
+  Sends any command to a worker, routed like the other calls (`:session`,
+  `:worker`). A `:session` option is also put in the arguments as
+  `session_id`. The result is returned as decoded (string keys). Nothing is
+  recorded for replay.
+  """
+  @spec request(pool(), String.t(), map() | keyword(), [option()]) :: result(term())
+  def request(pool, command, args \\ %{}, opts \\ []) do
+    read(pool, command, normalize(args), opts)
+  end
+
+  # -- helpers --------------------------------------------------------------------
+
+  defp read(pool, command, args, opts) do
+    session = opts[:session]
+    Pool.request(pool, session, command, put_opt(args, "session_id", session), call_opts(opts))
+  end
+
+  # A state change: sent to the session's worker, or to every worker for the
+  # default session; `record_fun` says what to record once it succeeds.
+  defp mutate(pool, command, args, opts, record_fun) do
+    session = opts[:session]
+    args = put_opt(args, "session_id", session)
+    record = record_fun.(session, args)
+    call_opts = call_opts(opts) ++ if(record, do: [record: record], else: [])
+
+    if session != nil or is_integer(opts[:worker]),
+      do: Pool.request(pool, session, command, args, call_opts),
+      else: Pool.broadcast(pool, command, args, call_opts)
+  end
+
+  defp all_workers(pool, command, args, opts) do
+    %{size: size} = Store.config(pool)
+    args = put_opt(args, "session_id", opts[:session])
+
+    results =
+      0..(size - 1)
+      |> Enum.map(fn i ->
+        Task.async(fn ->
+          Pool.request(pool, nil, command, args, Keyword.put(call_opts(opts), :worker, i))
+        end)
+      end)
+      |> Task.await_many(:infinity)
+
+    case Enum.find(results, &match?({:error, _}, &1)) do
+      nil -> {:ok, Enum.map(results, fn {:ok, r} -> r end)}
+      error -> error
+    end
+  end
+
+  defp call_opts(opts), do: Keyword.take(opts, [:timeout, :worker])
+
+  @doc false
+  # Turns an LM given as a model string, keyword list or map into the
+  # `configure_lm` arguments (string keys).
+  @spec lm_args(lm()) :: map()
+  def lm_args(model) when is_binary(model), do: %{"model" => model}
+  def lm_args(lm), do: normalize(lm)
+
+  @doc false
+  # Keyword lists become maps and atom keys strings, recursively.
+  def normalize(%DSPyBridge.MsgPack.Bin{} = bin), do: bin
+  def normalize(%DSPyBridge.MsgPack.Ext{} = ext), do: ext
+
+  def normalize(%{} = map) when not is_struct(map),
+    do: Map.new(map, fn {k, v} -> {key(k), normalize(v)} end)
+
+  def normalize([{k, _} | _] = list) when is_atom(k) do
+    if Keyword.keyword?(list),
+      do: Map.new(list, fn {k, v} -> {Atom.to_string(k), normalize(v)} end),
+      else: Enum.map(list, &normalize/1)
+  end
+
+  def normalize(list) when is_list(list), do: Enum.map(list, &normalize/1)
+  def normalize(other), do: other
+
+  defp key(k) when is_atom(k) and k not in [nil, true, false], do: Atom.to_string(k)
+  defp key(k), do: k
+
+  defp put_opt(map, _key, nil), do: map
+  defp put_opt(map, key, value), do: Map.put(map, key, value)
+
+  defp generate_id(prefix),
+    do: prefix <> "-" <> Base.encode16(<<:rand.uniform(0xFFFFFFFFFFFF)::48>>, case: :lower)
+
+  # Sums numbers in maps merged from several workers (usage reports).
+  defp merge_sum(a, b) when is_map(a) and is_map(b),
+    do: Map.merge(a, b, fn _k, x, y -> merge_sum(x, y) end)
+
+  defp merge_sum(a, b) when is_number(a) and is_number(b), do: a + b
+  defp merge_sum(nil, b), do: b
+  defp merge_sum(a, _b), do: a
+end

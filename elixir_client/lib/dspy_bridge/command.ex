@@ -1,0 +1,75 @@
+defmodule DSPyBridge.Command do
+  @moduledoc """
+  Works out how to start a worker OS process.
+
+  Precedence for the Python interpreter:
+
+    1. the `:python` option given to the pool or worker;
+    2. `config :dspy_bridge, python: "/path/to/python"`;
+    3. the `DSPY_BRIDGE_PYTHON` environment variable;
+    4. this repository's virtualenv, `../.venv/bin/python` relative to the
+       Mix project (so the client works in the repository with no set-up
+       beyond `make`);
+    5. `python3` on the `PATH`.
+
+  The default arguments are `["-m", "bridge"]`; `:extra_args` are appended
+  (e.g. `["--enable-test-commands"]`). When the repository's virtualenv is
+  used, the worker runs with the repository root as its working directory so
+  `-m bridge` resolves to the repository's package.
+  """
+
+  @repo_root Path.expand("../../..", __DIR__)
+
+  @typedoc "A resolved command: executable, arguments, environment and directory."
+  @type t :: %{
+          python: String.t(),
+          args: [String.t()],
+          env: [{charlist(), charlist() | false}],
+          cd: String.t() | nil
+        }
+
+  @doc "The repository root this client was compiled in (the parent of `elixir_client/`)."
+  @spec repo_root() :: String.t()
+  def repo_root, do: @repo_root
+
+  @doc """
+  Resolves the worker command from options (`:python`, `:args`,
+  `:extra_args`, `:env`, `:cd`, `:log_level`).
+  """
+  @spec resolve(keyword()) :: t()
+  def resolve(opts) do
+    venv_python = Path.join(@repo_root, ".venv/bin/python")
+
+    python =
+      opts[:python] || Application.get_env(:dspy_bridge, :python) ||
+        System.get_env("DSPY_BRIDGE_PYTHON") ||
+        if(File.exists?(venv_python), do: venv_python) ||
+        System.find_executable("python3") || "python3"
+
+    python = System.find_executable(python) || python
+
+    args = Keyword.get(opts, :args, ["-m", "bridge"])
+
+    log_args =
+      case Keyword.get(opts, :log_level) do
+        nil -> []
+        level -> ["--log-level", to_string(level)]
+      end
+
+    cd =
+      Keyword.get_lazy(opts, :cd, fn ->
+        if Path.expand(python) == venv_python, do: @repo_root
+      end)
+
+    %{
+      python: python,
+      args: Enum.map(args ++ log_args ++ Keyword.get(opts, :extra_args, []), &to_string/1),
+      env: opts |> Keyword.get(:env, []) |> Enum.map(&env_pair/1),
+      cd: cd
+    }
+  end
+
+  defp env_pair({k, nil}), do: {to_charlist(k), false}
+  defp env_pair({k, false}), do: {to_charlist(k), false}
+  defp env_pair({k, v}), do: {to_charlist(k), to_charlist(v)}
+end

@@ -1,0 +1,361 @@
+defmodule DSPyBridge.Pool do
+  @moduledoc """
+  A supervised pool of Python workers. Put it in your supervision tree:
+
+      children = [
+        {DSPyBridge.Pool,
+         name: MyApp.DSPy,
+         size: 4,
+         default_lm: [model: "openai/gpt-4o-mini", api_key_env: "OPENAI_API_KEY"]}
+      ]
+
+  and call it through `DSPyBridge` (`DSPyBridge.execute(MyApp.DSPy, ...)`).
+
+  ## Behaviour
+
+    * **Concurrent start.** Workers are started concurrently; by default
+      `start_link/1` returns once all of them have sent `ready` (see
+      `:await_ready`).
+    * **Session affinity.** A request with a session goes to worker
+      `:erlang.phash2(session_id, size)`, where that session's LM and
+      programs live. Requests without a session go to the least-loaded
+      ready worker. Mutations of the default (no) session — `configure_lm`,
+      `create_program`, ... — are sent to every worker.
+    * **Backpressure.** Each worker has at most `:max_in_flight` requests in
+      flight; more wait in a bounded queue (`:max_queue`) up to their
+      timeout, or fail at once with `:overloaded` when `overflow: :error`.
+    * **No lost sessions.** Every successful `configure_lm`,
+      `configure_cache`, `create_program` and `import_program` is recorded in
+      the pool's ETS table (`DSPyBridge.Pool.Store`), and `delete_program` /
+      `end_session` remove records. When a worker restarts (the supervisor
+      restarts it after its OS process dies), the records of the sessions
+      that hash to it are replayed into the new process before it takes any
+      traffic; callers that arrive meanwhile wait.
+    * **Stopping.** All workers are asked to shut down at once, then each is
+      waited for; none outlives the pool (see `DSPyBridge.Worker`).
+
+  ## Options
+
+    * `:name` (required) — an atom naming the pool (its supervisor, ETS table
+      and event registry).
+    * `:size` — number of workers (default: `System.schedulers_online()`).
+    * `:default_lm` — keyword list or map for `configure_lm` sent to every
+      worker as its worker-wide default LM (e.g. `[model: "mock"]`).
+    * `:await_ready` — wait for all workers in `start_link/1` (default true).
+    * `:ready_timeout` — ms for a worker's `ready` and replay (15,000).
+    * `:max_restarts`, `:max_seconds` — supervisor restart intensity
+      (default 20 restarts in 10 s).
+    * `:on_event` — a function called with every `DSPyBridge.Event` (in the
+      worker process; keep it fast). Processes can also
+      `DSPyBridge.subscribe/1`.
+    * Worker options passed through: `:python`, `:args`, `:extra_args`,
+      `:env`, `:cd`, `:log_level`, `:max_in_flight`, `:max_queue`,
+      `:overflow`, `:worker_timeout_margin`, `:shutdown_grace`.
+  """
+
+  use Supervisor
+  require Logger
+
+  alias DSPyBridge.{Error, Event, Worker}
+  alias DSPyBridge.Pool.Store
+
+  @worker_opts [
+    :python,
+    :args,
+    :extra_args,
+    :env,
+    :cd,
+    :log_level,
+    :max_in_flight,
+    :max_queue,
+    :overflow,
+    :worker_timeout_margin,
+    :shutdown_grace,
+    :ready_timeout
+  ]
+
+  @typedoc "A pool name."
+  @type t :: atom()
+
+  @doc "A child spec for a supervisor (`id` is the pool name)."
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: Keyword.fetch!(opts, :name),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :supervisor,
+      shutdown: :infinity
+    }
+  end
+
+  @doc "Starts the pool supervisor, linked to the caller; see the module doc."
+  @spec start_link(keyword()) :: Supervisor.on_start()
+  def start_link(opts) do
+    name = Keyword.fetch!(opts, :name)
+
+    unless is_atom(name) and name != nil,
+      do: raise(ArgumentError, "DSPyBridge.Pool :name must be an atom")
+
+    Supervisor.start_link(__MODULE__, opts, name: name)
+  end
+
+  @doc "Stops the pool and all its workers (their OS processes are gone when it returns)."
+  @spec stop(t(), timeout()) :: :ok
+  def stop(pool, timeout \\ :infinity), do: Supervisor.stop(pool, :normal, timeout)
+
+  @impl true
+  def init(opts) do
+    name = Keyword.fetch!(opts, :name)
+    size = Keyword.get(opts, :size, System.schedulers_online())
+    table = Store.new(name)
+    registry = Module.concat(name, Subscribers)
+    load = :atomics.new(size, signed: true)
+    user_on_event = Keyword.get(opts, :on_event)
+
+    on_event = fn event -> dispatch_event(registry, user_on_event, event) end
+
+    init_commands =
+      case Keyword.get(opts, :default_lm) do
+        nil -> []
+        lm -> [{"configure_lm", DSPyBridge.lm_args(lm)}]
+      end
+
+    Store.put_config(table, %{
+      name: name,
+      table: table,
+      size: size,
+      load: load,
+      registry: registry,
+      started_at: System.system_time(:millisecond)
+    })
+
+    worker_opts = Keyword.take(opts, @worker_opts)
+
+    workers =
+      for index <- 0..(size - 1) do
+        pool = %{name: name, table: table, index: index, size: size, load: load}
+
+        opts =
+          worker_opts ++
+            [
+              id: {:worker, index},
+              pool: pool,
+              on_event: on_event,
+              init_commands: init_commands,
+              replay: fn -> Store.replay_batches(table, index, size) end
+            ]
+
+        Worker.child_spec(opts)
+      end
+
+    ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
+
+    extra =
+      if Keyword.get(opts, :await_ready, true),
+        do: [
+          %{
+            id: :await_ready,
+            start: {__MODULE__, :__await_ready__, [table, size, ready_timeout + 1_000]},
+            restart: :temporary
+          }
+        ],
+        else: []
+
+    stopper = %{
+      id: :stopper,
+      start: {DSPyBridge.Pool.Stopper, :start_link, [table, size]},
+      restart: :permanent,
+      shutdown: 5_000
+    }
+
+    children = [{Registry, keys: :duplicate, name: registry}] ++ workers ++ extra ++ [stopper]
+
+    Supervisor.init(children,
+      strategy: :one_for_one,
+      max_restarts: Keyword.get(opts, :max_restarts, 20),
+      max_seconds: Keyword.get(opts, :max_seconds, 10)
+    )
+  end
+
+  @doc false
+  # Runs in the supervisor while it starts its children: blocks start_link
+  # until every (concurrently booting) worker is ready, then adds no child.
+  def __await_ready__(table, size, timeout) do
+    results =
+      0..(size - 1)
+      |> Enum.map(fn index ->
+        case Store.worker(table, index) do
+          {pid, _, _} -> Task.async(fn -> {index, Worker.await_ready(pid, timeout)} end)
+          nil -> Task.async(fn -> {index, {:error, :not_started}} end)
+        end
+      end)
+      |> Task.await_many(:infinity)
+
+    case Enum.reject(results, &match?({_, :ok}, &1)) do
+      [] -> :ignore
+      failed -> {:error, {:workers_not_ready, failed}}
+    end
+  end
+
+  @doc """
+  The index of the worker serving `session_id` in a pool of `size` workers.
+
+      iex> DSPyBridge.Pool.index_for("tenant-42", 4) in 0..3
+      true
+  """
+  @spec index_for(String.t(), pos_integer()) :: non_neg_integer()
+  def index_for(session_id, size), do: :erlang.phash2(session_id, size)
+
+  @doc "The worker pid and OS pid currently serving `session_id` (`nil` while it restarts)."
+  @spec worker_for(t(), String.t()) :: {pid(), non_neg_integer()} | nil
+  def worker_for(pool, session_id) do
+    %{size: size, table: table} = Store.config(pool)
+
+    case Store.worker(table, index_for(session_id, size)) do
+      {pid, os_pid, _} -> {pid, os_pid}
+      nil -> nil
+    end
+  end
+
+  @doc "`[{index, pid, os_pid, status}]` of the pool's workers."
+  @spec workers(t()) :: [{non_neg_integer(), pid() | nil, non_neg_integer() | nil, atom()}]
+  def workers(pool) do
+    %{size: size, table: table} = Store.config(pool)
+
+    for index <- 0..(size - 1) do
+      case Store.worker(table, index) do
+        {pid, os_pid, status} -> {index, pid, os_pid, status}
+        nil -> {index, nil, nil, :down}
+      end
+    end
+  end
+
+  @doc """
+  Sends one request to the worker chosen for the call: `opts[:worker]` (an
+  index) if given, else the session's worker if `session` is not `nil`,
+  else the least-loaded ready worker. Waits (up to the timeout) while the
+  chosen worker is restarting.
+  """
+  @spec request(t(), String.t() | nil, String.t(), map(), keyword()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def request(pool, session, command, args, opts) do
+    config = Store.config(pool)
+
+    index =
+      cond do
+        is_integer(opts[:worker]) -> opts[:worker]
+        session != nil -> index_for(session, config.size)
+        true -> least_loaded(config)
+      end
+
+    request_at(config, index, command, args, opts)
+  end
+
+  @doc """
+  Sends the same request to every worker concurrently (used for the
+  default session's mutations). A worker that dies meanwhile is retried
+  once after its restart, where `already_exists` then counts as success.
+  Returns the first worker's result, or the first error.
+  """
+  @spec broadcast(t(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def broadcast(pool, command, args, opts) do
+    config = Store.config(pool)
+
+    0..(config.size - 1)
+    |> Enum.map(fn index ->
+      Task.async(fn ->
+        case request_at(config, index, command, args, opts) do
+          {:error, %Error{type: :worker_exited}} ->
+            case request_at(config, index, command, args, opts) do
+              {:error, %Error{type: :already_exists}} -> {:ok, nil}
+              other -> other
+            end
+
+          other ->
+            other
+        end
+      end)
+    end)
+    |> Task.await_many(:infinity)
+    |> then(fn results ->
+      Enum.find(results, &match?({:error, _}, &1)) ||
+        Enum.find(results, hd(results), &match?({:ok, r} when r != nil, &1))
+    end)
+  end
+
+  # -- internals ----------------------------------------------------------------
+
+  defp request_at(config, index, command, args, opts) do
+    timeout = Keyword.get(opts, :timeout, 30_000)
+
+    deadline =
+      if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
+
+    do_request_at(config, index, command, args, opts, deadline)
+  end
+
+  defp do_request_at(config, index, command, args, opts, deadline) do
+    remaining =
+      if deadline == :infinity,
+        do: :infinity,
+        else: deadline - System.monotonic_time(:millisecond)
+
+    case Store.worker(config.table, index) do
+      _ when is_integer(remaining) and remaining <= 0 ->
+        {:error, Error.new(:timeout, "no worker became available for #{command} in time")}
+
+      {pid, _, _} ->
+        opts = Keyword.put(opts, :timeout, remaining)
+
+        case Worker.request(pid, command, args, opts) do
+          {:error, %Error{type: :worker_exited, details: %{"reason" => "noproc"}}} ->
+            backoff_and_retry(config, index, command, args, opts, deadline)
+
+          result ->
+            result
+        end
+
+      nil ->
+        backoff_and_retry(config, index, command, args, opts, deadline)
+    end
+  end
+
+  # The worker is between death and restart (a few ms): the request was not
+  # sent, so trying again is safe.
+  defp backoff_and_retry(config, index, command, args, opts, deadline) do
+    Process.sleep(5)
+    do_request_at(config, index, command, args, opts, deadline)
+  end
+
+  defp least_loaded(%{size: 1}), do: 0
+
+  defp least_loaded(%{size: size, load: load, table: table}) do
+    candidates =
+      for index <- 0..(size - 1) do
+        ready? = match?({_, _, :ready}, Store.worker(table, index))
+        {if(ready?, do: 0, else: 1), :atomics.get(load, index + 1), index}
+      end
+
+    {best_ready, best_load, _} = Enum.min(candidates)
+
+    candidates
+    |> Enum.filter(fn {r, l, _} -> r == best_ready and l == best_load end)
+    |> Enum.random()
+    |> elem(2)
+  end
+
+  @doc false
+  def dispatch_event(registry, user_on_event, %Event{} = event) do
+    if is_function(user_on_event, 1) do
+      try do
+        user_on_event.(event)
+      rescue
+        e -> Logger.warning("DSPyBridge.Pool :on_event raised: #{Exception.message(e)}")
+      end
+    end
+
+    Registry.dispatch(registry, :events, fn entries ->
+      for {pid, _} <- entries, do: send(pid, {:dspy_bridge_event, event})
+    end)
+  end
+end

@@ -1,0 +1,165 @@
+defmodule DSPyBridge.Pool.Store do
+  @moduledoc """
+  The pool's ETS table: configuration, live workers, and the session records
+  replayed into a restarted worker.
+
+  The table is named after the pool and owned by the pool supervisor, so it
+  outlives any worker. Rows:
+
+    * `{:config, map}` — size, load counters, registry, options;
+    * `{{:worker, index}, pid, os_pid, status}` — the worker currently
+      serving `index`;
+    * `{{:rec, session_id, kind, key}, seq, command, args}` — what to replay:
+      `kind` is `:lm` (the session's `configure_lm`), `:cache` (a worker-wide
+      `configure_cache`) or `:program` (`create_program`/`import_program`
+      with its program id). `session_id` `nil` is the default session, which
+      lives on every worker.
+
+  Records are written by the worker process that got the successful
+  response, before the caller is answered, so a worker that dies after
+  answering has its change recorded before its replacement reads the table.
+  """
+
+  @typedoc "A change to record once its command succeeds."
+  @type record ::
+          {:put_lm, String.t() | nil, map()}
+          | {:put_cache, map()}
+          | {:put_program, String.t() | nil, String.t(), map()}
+          | {:delete_program, String.t() | nil, String.t()}
+          | {:delete_session, String.t() | nil}
+
+  @doc false
+  @spec new(atom()) :: :ets.tid() | atom()
+  def new(name) do
+    :ets.new(name, [:named_table, :public, :set, read_concurrency: true, write_concurrency: true])
+  end
+
+  @doc "The pool's configuration map; raises if `pool` is not running."
+  @spec config(atom()) :: map()
+  def config(pool) do
+    :ets.lookup_element(pool, :config, 2)
+  rescue
+    ArgumentError -> raise ArgumentError, "no DSPyBridge.Pool named #{inspect(pool)} is running"
+  end
+
+  @doc false
+  def put_config(table, config), do: :ets.insert(table, {:config, config})
+
+  @doc false
+  def register_worker(table, index, pid, os_pid, status) do
+    :ets.insert(table, {{:worker, index}, pid, os_pid, status})
+    :ok
+  end
+
+  @doc false
+  # Counts the starts of the worker at `index` (restarts = starts - 1).
+  def note_start(table, index) do
+    :ets.update_counter(table, {:starts, index}, 1, {{:starts, index}, 0})
+    :ok
+  end
+
+  @doc "How many times the worker at `index` was restarted."
+  @spec restarts(atom(), non_neg_integer()) :: non_neg_integer()
+  def restarts(table, index) do
+    case :ets.lookup(table, {:starts, index}) do
+      [{_, n}] -> max(n - 1, 0)
+      [] -> 0
+    end
+  end
+
+  @doc false
+  def unregister_worker(table, index, pid) do
+    :ets.match_delete(table, {{:worker, index}, pid, :_, :_})
+    :ok
+  rescue
+    # the table is gone with its pool
+    ArgumentError -> :ok
+  end
+
+  @doc "`{pid, os_pid, status}` of the worker at `index`, or `nil`."
+  @spec worker(atom(), non_neg_integer()) :: {pid(), non_neg_integer(), atom()} | nil
+  def worker(table, index) do
+    case :ets.lookup(table, {:worker, index}) do
+      [{_, pid, os_pid, status}] -> {pid, os_pid, status}
+      [] -> nil
+    end
+  end
+
+  @doc false
+  @spec apply_record(atom(), record(), {:ok, term()}) :: :ok
+  def apply_record(table, record, {:ok, result}) do
+    case record do
+      {:put_lm, session, args} ->
+        put(table, {:rec, session, :lm, nil}, "configure_lm", args)
+
+      {:put_cache, args} ->
+        put(table, {:rec, nil, :cache, nil}, "configure_cache", args)
+
+      {:put_program, session, command, args} ->
+        program_id =
+          (is_map(result) && Map.get(result, "program_id")) || Map.get(args, "program_id")
+
+        args = Map.put(args, "program_id", program_id)
+        # keep the first seq so replay order stays creation order
+        put(table, {:rec, session, :program, program_id}, command, args)
+
+      {:delete_program, session, program_id} ->
+        :ets.delete(table, {:rec, session, :program, program_id})
+
+      {:delete_session, session} ->
+        forget_session(table, session)
+    end
+
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
+
+  defp put(table, key, command, args) do
+    seq = System.unique_integer([:monotonic, :positive])
+    :ets.insert(table, {key, seq, command, args})
+  end
+
+  @doc false
+  def forget_session(table, session) do
+    :ets.match_delete(table, {{:rec, session, :_, :_}, :_, :_, :_})
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
+
+  @doc """
+  The batches of commands to replay into the worker at `index` of a pool of
+  `size`: first every LM and cache configuration (sent concurrently), then
+  every program (sent concurrently, in creation order).
+  """
+  @spec replay_batches(atom(), non_neg_integer(), pos_integer()) :: [[{String.t(), map()}]]
+  def replay_batches(table, index, size) do
+    records =
+      table
+      |> :ets.match_object({{:rec, :_, :_, :_}, :_, :_, :_})
+      |> Enum.filter(fn {{:rec, session, _, _}, _, _, _} ->
+        session == nil or :erlang.phash2(session, size) == index
+      end)
+      |> Enum.sort_by(fn {_, seq, _, _} -> seq end)
+
+    {config, programs} =
+      Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} -> kind in [:lm, :cache] end)
+
+    [to_commands(config), to_commands(programs)]
+  end
+
+  defp to_commands(records),
+    do: Enum.map(records, fn {_, _, command, args} -> {command, args} end)
+
+  @doc "Counts of recorded sessions and programs (for `DSPyBridge.stats/1`)."
+  @spec counts(atom()) :: %{sessions: non_neg_integer(), programs: non_neg_integer()}
+  def counts(table) do
+    records = :ets.match(table, {{:rec, :"$1", :"$2", :_}, :_, :_, :_})
+
+    %{
+      sessions: records |> Enum.map(&hd/1) |> Enum.reject(&is_nil/1) |> Enum.uniq() |> length(),
+      programs: Enum.count(records, fn [_, kind] -> kind == :program end)
+    }
+  end
+end

@@ -1,0 +1,847 @@
+defmodule DSPyBridge.Worker do
+  @moduledoc """
+  A GenServer owning one Python worker OS process through a `Port`.
+
+  The port is opened with `{:spawn_executable, python}` and
+  `[:binary, {:packet, 4}, :exit_status]`, so every message is one msgpack
+  value behind a 4-byte big-endian length — the worker's wire format.
+
+  ## Life cycle
+
+    1. `init/1` opens the port and returns at once (so a pool starts its
+       workers concurrently).
+    2. The worker sends its `ready` event (within `:ready_timeout`, default
+       15 s, else the GenServer stops and its OS process is killed).
+    3. The `:replay` function (given by `DSPyBridge.Pool`) is called and the
+       commands it returns are sent, batch after batch: this is how a
+       restarted worker gets its sessions' LM configs and programs back.
+    4. Only then does the worker take traffic. Requests that arrive earlier
+       wait in its queue (up to their timeout).
+
+  ## Requests
+
+  `request/4` sends a request and blocks its caller until the response
+  with the same id arrives — responses may come in any order, many requests
+  run concurrently. At most `:max_in_flight` requests (default 200) are in
+  flight; more wait in a queue of at most `:max_queue` (default 10,000)
+  requests, or, with `overflow: :error`, get an `:overloaded` error at once.
+
+  When a request's `:timeout` runs out, its caller gets
+  `{:error, %DSPyBridge.Error{type: :timeout}}`, the worker is sent `cancel`
+  for that id, and the late response, when it comes, is dropped (and
+  reported as a `"late_reply_dropped"` event). The request also carries
+  `timeout_ms` (the timeout plus `:worker_timeout_margin`, default 1 s) so
+  the worker abandons it on its own should the `cancel` be lost.
+
+  If the OS process dies, every in-flight or queued caller gets
+  `{:error, %DSPyBridge.Error{type: :worker_exited}}` at once and the
+  GenServer stops with `{:shutdown, {:worker_exited, status}}`, so its
+  supervisor restarts it.
+
+  ## Stopping
+
+  `terminate/2` (the GenServer traps exits) sends `shutdown` with
+  `:shutdown_grace` (default 2 s), keeps answering in-flight callers while
+  the worker drains, waits for the OS process to exit, and kills it with
+  `SIGKILL` by OS pid if it has not exited by then. When the GenServer is
+  killed outright, the port closes, the worker reads EOF on stdin and exits
+  within a second — so no Python process outlives its owner.
+
+  ## Options
+
+    * `:python`, `:args`, `:extra_args`, `:env`, `:cd`, `:log_level` — the
+      command, see `DSPyBridge.Command`.
+    * `:name` — GenServer name.
+    * `:ready_timeout` — ms to wait for `ready` and the replay (15,000).
+    * `:max_in_flight`, `:max_queue`, `:overflow` (`:queue` or `:error`).
+    * `:worker_timeout_margin` — ms added to a request's timeout for the
+      worker's own `timeout_ms` (1,000).
+    * `:shutdown_grace` — ms the worker may take to drain on stop (2,000).
+    * `:init_commands` — `[{command, args}]` sent after `ready`, before any
+      replay (e.g. the pool's default LM).
+    * `:replay` — a 0-arity function returning a list of batches of
+      `{command, args}` to send before serving.
+    * `:on_event` — a function called with every `DSPyBridge.Event`, or a
+      pid sent `{:dspy_bridge_event, event}`.
+    * `:pool` — set by `DSPyBridge.Pool`.
+  """
+
+  use GenServer
+  require Logger
+
+  alias DSPyBridge.{Command, Error, Event, MsgPack}
+
+  @default_timeout 30_000
+  @call_margin 5_000
+
+  @typedoc "A worker: pid or registered name."
+  @type server :: GenServer.server()
+
+  @typedoc "Options of `request/4`."
+  @type request_opt :: {:timeout, timeout()} | {:record, term()}
+
+  @doc """
+  A child spec whose `:shutdown` leaves time for the graceful stop
+  (`:shutdown_grace` plus a margin for the SIGKILL fallback).
+  """
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :id, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      restart: :permanent,
+      type: :worker,
+      shutdown: Keyword.get(opts, :shutdown_grace, 2_000) + 5_000
+    }
+  end
+
+  @doc "Starts a worker GenServer linked to the caller; see the module doc for options."
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, name} -> GenServer.start_link(__MODULE__, opts, name: name)
+      :error -> GenServer.start_link(__MODULE__, opts)
+    end
+  end
+
+  @doc """
+  Sends `command` with `args` and waits for its response.
+
+  Returns `{:ok, result}` (the decoded `result`, string keys) or
+  `{:error, %DSPyBridge.Error{}}`. Options: `:timeout` in ms (default
+  #{@default_timeout}) or `:infinity`.
+  """
+  @spec request(server(), String.t(), map(), [request_opt()]) ::
+          {:ok, term()} | {:error, Error.t()}
+  def request(server, command, args \\ %{}, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    case MsgPack.encode(args || %{}) do
+      {:ok, args_bin} ->
+        call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
+        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record)}
+
+        try do
+          GenServer.call(server, msg, call_timeout)
+        catch
+          :exit, {:timeout, _} ->
+            {:error, Error.new(:timeout, "worker did not answer in #{timeout} ms")}
+
+          :exit, {:noproc, _} ->
+            # never delivered: safe for the pool to retry on a restarted worker
+            {:error,
+             Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
+
+          :exit, {reason, _} ->
+            {:error, Error.new(:worker_exited, "worker not available: #{inspect(reason)}")}
+        end
+
+      {:error, reason} ->
+        {:error,
+         Error.new(:invalid_args, "arguments cannot be encoded as msgpack: #{inspect(reason)}")}
+    end
+  end
+
+  @doc "Waits until the worker has sent `ready` and finished its replay."
+  @spec await_ready(server(), timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(server, timeout \\ 30_000) do
+    GenServer.call(server, :await_ready, timeout)
+  catch
+    :exit, {reason, _} ->
+      {:error, Error.new(:worker_exited, "worker not ready: #{inspect(reason)}")}
+  end
+
+  @doc """
+  Client-side information about the worker (atom keys): `:status`,
+  `:os_pid`, `:worker_id`, `:in_flight`, `:queued`, `:requests`,
+  `:timeouts`, `:cancels_sent`, `:late_replies_dropped`, `:overloaded`,
+  `:started_at` and the `ready` event as `:ready`.
+  """
+  @spec info(server()) :: map()
+  def info(server), do: GenServer.call(server, :info)
+
+  @doc "The worker's OS process id."
+  @spec os_pid(server()) :: non_neg_integer()
+  def os_pid(server), do: GenServer.call(server, :os_pid)
+
+  @doc false
+  # Used by DSPyBridge.Pool when it stops: asks the Python process to shut
+  # down now, so all of a pool's workers drain concurrently.
+  @spec prepare_stop(server()) :: :ok
+  def prepare_stop(server), do: GenServer.cast(server, :prepare_stop)
+
+  # -- GenServer ----------------------------------------------------------------
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+    cmd = Command.resolve(opts)
+
+    port_opts =
+      [:binary, {:packet, 4}, :exit_status, :use_stdio, args: cmd.args, env: cmd.env] ++
+        if(cmd.cd, do: [cd: cmd.cd], else: [])
+
+    try do
+      Port.open({:spawn_executable, cmd.python}, port_opts)
+    rescue
+      e -> {:stop, {:spawn_failed, cmd.python, Exception.message(e)}}
+    else
+      port ->
+        {:os_pid, os_pid} = Port.info(port, :os_pid)
+        ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
+
+        state = %{
+          port: port,
+          os_pid: os_pid,
+          status: :starting,
+          pool: Keyword.get(opts, :pool),
+          on_event: Keyword.get(opts, :on_event),
+          init_commands: Keyword.get(opts, :init_commands, []),
+          replay: Keyword.get(opts, :replay),
+          max_in_flight: Keyword.get(opts, :max_in_flight, 200),
+          max_queue: Keyword.get(opts, :max_queue, 10_000),
+          overflow: Keyword.get(opts, :overflow, :queue),
+          margin: Keyword.get(opts, :worker_timeout_margin, 1_000),
+          grace: Keyword.get(opts, :shutdown_grace, 2_000),
+          ready_timer: Process.send_after(self(), :ready_timeout, ready_timeout),
+          ready: nil,
+          ready_waiters: [],
+          next_id: 0,
+          # ref => request; ids maps a wire id to its ref while in flight
+          reqs: %{},
+          ids: %{},
+          queue: :queue.new(),
+          queued: 0,
+          # wire ids of timed-out requests still running in the worker
+          abandoned: %{},
+          # wire id => {:replay, batch_ref} | :cancel | :shutdown
+          internal: %{},
+          replay_state: nil,
+          started_at: System.monotonic_time(:millisecond),
+          counters: %{
+            requests: 0,
+            timeouts: 0,
+            cancels_sent: 0,
+            late_replies_dropped: 0,
+            overloaded: 0
+          }
+        }
+
+        if state.pool, do: DSPyBridge.Pool.Store.note_start(state.pool.table, state.pool.index)
+        register(state)
+        {:ok, state}
+    end
+  end
+
+  @impl true
+  def handle_call({:request, command, _, _, _}, _from, %{status: :stopping} = state) do
+    {:reply, {:error, Error.new(:shutting_down, "worker is stopping; #{command} not sent")},
+     state}
+  end
+
+  def handle_call({:request, command, args_bin, timeout, record}, from, state) do
+    ref = make_ref()
+
+    timer =
+      if timeout == :infinity,
+        do: nil,
+        else: :erlang.start_timer(timeout, self(), {:req_timeout, ref})
+
+    deadline =
+      if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
+
+    req = %{
+      from: from,
+      command: command,
+      args: args_bin,
+      timer: timer,
+      deadline: deadline,
+      record: record,
+      started: System.monotonic_time(),
+      id: nil
+    }
+
+    state = bump(state, :requests)
+
+    cond do
+      state.status == :ready and map_size(state.ids) < state.max_in_flight ->
+        {:noreply, state |> dispatch(ref, req) |> publish_load()}
+
+      state.status == :ready and state.overflow == :error ->
+        cancel_timer(timer)
+        {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
+
+      state.queued >= state.max_queue ->
+        cancel_timer(timer)
+        {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
+
+      true ->
+        state = %{
+          state
+          | reqs: Map.put(state.reqs, ref, req),
+            queue: :queue.in(ref, state.queue),
+            queued: state.queued + 1
+        }
+
+        {:noreply, publish_load(state)}
+    end
+  end
+
+  def handle_call(:await_ready, _from, %{status: :ready} = state), do: {:reply, :ok, state}
+
+  def handle_call(:await_ready, from, state),
+    do: {:noreply, %{state | ready_waiters: [from | state.ready_waiters]}}
+
+  def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
+
+  def handle_call(:info, _from, state) do
+    info =
+      Map.merge(state.counters, %{
+        status: state.status,
+        os_pid: state.os_pid,
+        worker_id: state.ready && state.ready["worker_id"],
+        in_flight: map_size(state.ids),
+        queued: state.queued,
+        max_in_flight: state.max_in_flight,
+        uptime_ms: System.monotonic_time(:millisecond) - state.started_at,
+        ready: state.ready
+      })
+
+    {:reply, info, state}
+  end
+
+  @impl true
+  def handle_cast(:prepare_stop, %{status: status} = state) when status in [:exited, :stopping],
+    do: {:noreply, state}
+
+  def handle_cast(:prepare_stop, state) do
+    state = send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown)
+    {:noreply, %{state | status: :stopping}}
+  end
+
+  @impl true
+  def handle_info({port, {:data, frame}}, %{port: port} = state) do
+    case MsgPack.decode(frame) do
+      {:ok, %{"event" => name} = event} when not is_map_key(event, "id") ->
+        {:noreply, handle_event(name, event, state)}
+
+      {:ok, %{"id" => id} = response} ->
+        {:noreply, handle_response(id, response, state)}
+
+      {:ok, other} ->
+        Logger.warning(
+          "dspy_bridge worker #{state.os_pid} sent an unexpected message: " <>
+            inspect(other, limit: 20)
+        )
+
+        {:noreply, state}
+
+      {:error, reason} ->
+        Logger.warning(
+          "dspy_bridge worker #{state.os_pid} sent an undecodable frame: " <>
+            inspect(reason)
+        )
+
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({port, {:exit_status, status}}, %{port: port, status: :stopping} = state) do
+    Logger.debug("dspy_bridge worker #{state.os_pid} stopped with status #{status}")
+    state = fail_all(%{state | status: :exited}, "worker stopped")
+    {:stop, :shutdown, state}
+  end
+
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+    in_flight = map_size(state.reqs)
+
+    Logger.error(
+      "dspy_bridge worker #{state.os_pid} exited with status #{status}; " <>
+        "failing #{in_flight} pending request(s)"
+    )
+
+    state = fail_all(%{state | status: :exited}, "worker exited with status #{status}")
+
+    emit(state, :client, "worker_exited", %{"exit_status" => status, "in_flight" => in_flight})
+    {:stop, {:shutdown, {:worker_exited, status}}, state}
+  end
+
+  def handle_info({:timeout, _tref, {:req_timeout, ref}}, state) do
+    case Map.pop(state.reqs, ref) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {%{id: nil} = req, reqs} ->
+        # still queued: lazily skipped when dequeued
+        GenServer.reply(req.from, {:error, timeout_error(req)})
+        {:noreply, publish_load(bump(%{state | reqs: reqs, queued: state.queued - 1}, :timeouts))}
+
+      {%{id: id} = req, reqs} ->
+        GenServer.reply(req.from, {:error, timeout_error(req)})
+
+        state = %{
+          state
+          | reqs: reqs,
+            ids: Map.delete(state.ids, id),
+            abandoned: Map.put(state.abandoned, id, req.command)
+        }
+
+        state = state |> bump(:timeouts) |> send_cancel(id) |> drain_queue() |> publish_load()
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(:ready_timeout, %{status: status} = state)
+      when status in [:starting, :replaying] do
+    Logger.error("dspy_bridge worker #{state.os_pid} not ready in time (#{status}); killing it")
+    kill_os_process(state)
+    state = fail_all(%{state | status: :exited}, "worker did not become ready in time")
+    {:stop, {:shutdown, :ready_timeout}, state}
+  end
+
+  def handle_info(:ready_timeout, state), do: {:noreply, state}
+  def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
+  def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, %{status: :exited} = state), do: unregister(state)
+
+  def terminate(reason, state) do
+    # Ask the worker to stop, keep answering callers while it drains, and
+    # make sure the OS process is gone before returning.
+    state =
+      if state.status == :stopping,
+        do: state,
+        else: send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown)
+
+    deadline = System.monotonic_time(:millisecond) + state.grace + 1_000
+
+    state =
+      case drain_until_exit(state, deadline) do
+        {:exited, state} ->
+          state
+
+        {:alive, state} ->
+          Logger.warning(
+            "dspy_bridge worker #{state.os_pid} still running after shutdown grace; sending SIGKILL"
+          )
+
+          kill_os_process(state)
+
+          case drain_until_exit(state, System.monotonic_time(:millisecond) + 3_000) do
+            {_, state} -> state
+          end
+      end
+
+    fail_all(state, "worker stopped (#{inspect(reason)})")
+    unregister(state)
+  end
+
+  # -- internals ------------------------------------------------------------------
+
+  defp drain_until_exit(%{port: port} = state, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:exit_status, _}} ->
+        {:exited, state}
+
+      {^port, {:data, frame}} ->
+        state =
+          case MsgPack.decode(frame) do
+            {:ok, %{"id" => id} = response} -> handle_response(id, response, state)
+            _ -> state
+          end
+
+        drain_until_exit(state, deadline)
+    after
+      wait -> {:alive, state}
+    end
+  end
+
+  defp kill_os_process(%{os_pid: os_pid}) do
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
+  rescue
+    _ -> :ok
+  end
+
+  defp handle_event("ready", event, %{status: :starting} = state) do
+    if event["protocol_version"] != 1 do
+      Logger.warning(
+        "dspy_bridge worker #{state.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
+      )
+    end
+
+    Logger.info(
+      "dspy_bridge worker #{state.os_pid} ready (worker_id=#{event["worker_id"]}" <>
+        if(state.pool, do: ", pool=#{inspect(state.pool.name)}[#{state.pool.index}])", else: ")")
+    )
+
+    emit(state, :worker, "ready", event)
+    start_replay(%{state | ready: event, status: :replaying})
+  end
+
+  defp handle_event(name, event, state) do
+    case name do
+      "session_evicted" ->
+        Logger.info(
+          "dspy_bridge worker #{state.os_pid}: session #{inspect(event["session_id"])} evicted"
+        )
+
+        if state.pool,
+          do: DSPyBridge.Pool.Store.forget_session(state.pool.table, event["session_id"])
+
+      "progress" ->
+        Logger.debug("dspy_bridge worker #{state.os_pid} progress: #{inspect(event)}")
+
+      _ ->
+        Logger.info(
+          "dspy_bridge worker #{state.os_pid} event #{name}: #{inspect(event, limit: 20)}"
+        )
+    end
+
+    emit(state, :worker, name, event)
+    state
+  end
+
+  defp handle_response(id, response, state) do
+    cond do
+      Map.has_key?(state.ids, id) ->
+        {ref, ids} = Map.pop(state.ids, id)
+        {req, reqs} = Map.pop(state.reqs, ref)
+        cancel_timer(req.timer)
+        reply = to_reply(response)
+
+        if req.record != nil and match?({:ok, _}, reply) and state.pool do
+          DSPyBridge.Pool.Store.apply_record(state.pool.table, req.record, reply)
+        end
+
+        GenServer.reply(req.from, reply)
+        request_telemetry(state, req, reply)
+        %{state | ids: ids, reqs: reqs} |> drain_queue() |> publish_load()
+
+      Map.has_key?(state.internal, id) ->
+        {tag, internal} = Map.pop(state.internal, id)
+        handle_internal(tag, response, %{state | internal: internal})
+
+      Map.has_key?(state.abandoned, id) ->
+        {command, abandoned} = Map.pop(state.abandoned, id)
+        outcome = outcome(response)
+
+        Logger.debug(
+          "dspy_bridge worker #{state.os_pid}: dropped late #{outcome} reply for timed-out request #{inspect(id)} (#{command})"
+        )
+
+        emit(state, :client, "late_reply_dropped", %{
+          "id" => id,
+          "command" => command,
+          "outcome" => outcome
+        })
+
+        bump(%{state | abandoned: abandoned}, :late_replies_dropped)
+
+      true ->
+        Logger.warning(
+          "dspy_bridge worker #{state.os_pid} answered unknown request id #{inspect(id)}: " <>
+            inspect(response, limit: 10)
+        )
+
+        state
+    end
+  end
+
+  defp handle_internal({:replay, _} = tag, response, state) do
+    rs = state.replay_state
+
+    rs =
+      case response do
+        %{"success" => true} ->
+          rs
+
+        %{"error" => err} ->
+          {command, _} = Map.get(rs.sent, tag, {"?", nil})
+
+          Logger.warning(
+            "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: #{inspect(err, limit: 10)}"
+          )
+
+          %{rs | failed: rs.failed + 1}
+      end
+
+    rs = %{rs | outstanding: rs.outstanding - 1, sent: Map.delete(rs.sent, tag)}
+    state = %{state | replay_state: rs}
+    if rs.outstanding == 0, do: next_replay_batch(state), else: state
+  end
+
+  defp handle_internal(tag, response, state) do
+    if match?(%{"success" => false}, response) do
+      Logger.debug(
+        "dspy_bridge worker #{state.os_pid}: #{inspect(tag)} answered #{inspect(response)}"
+      )
+    end
+
+    state
+  end
+
+  defp start_replay(state) do
+    batches =
+      case state.replay do
+        nil -> []
+        fun -> fun.()
+      end
+
+    batches = Enum.reject([state.init_commands | batches], &(&1 == []))
+    commands = Enum.reduce(batches, 0, &(length(&1) + &2))
+
+    rs = %{
+      batches: batches,
+      outstanding: 0,
+      sent: %{},
+      failed: 0,
+      commands: commands,
+      started: System.monotonic_time(:millisecond)
+    }
+
+    next_replay_batch(%{state | replay_state: rs})
+  end
+
+  defp next_replay_batch(%{replay_state: %{batches: []} = rs} = state) do
+    if rs.commands > 0 do
+      duration = System.monotonic_time(:millisecond) - rs.started
+
+      Logger.info(
+        "dspy_bridge worker #{state.os_pid}: replayed #{rs.commands} command(s) in #{duration} ms" <>
+          if(rs.failed > 0, do: " (#{rs.failed} failed)", else: "")
+      )
+
+      emit(state, :client, "replayed", %{
+        "commands" => rs.commands,
+        "failed" => rs.failed,
+        "duration_ms" => duration
+      })
+    end
+
+    become_ready(%{state | replay_state: nil})
+  end
+
+  defp next_replay_batch(%{replay_state: %{batches: [batch | rest]} = rs} = state) do
+    state = %{state | replay_state: %{rs | batches: rest}}
+
+    Enum.reduce(batch, state, fn {command, args}, state ->
+      ref = make_ref()
+      state = send_internal(state, command, args, {:replay, ref})
+      rs = state.replay_state
+
+      %{
+        state
+        | replay_state: %{
+            rs
+            | outstanding: rs.outstanding + 1,
+              sent: Map.put(rs.sent, {:replay, ref}, {command, args})
+          }
+      }
+    end)
+    |> then(fn state ->
+      if state.replay_state.outstanding == 0, do: next_replay_batch(state), else: state
+    end)
+  end
+
+  defp become_ready(state) do
+    Process.cancel_timer(state.ready_timer)
+    Enum.each(state.ready_waiters, &GenServer.reply(&1, :ok))
+    state = %{state | status: :ready, ready_waiters: []}
+    register(state)
+    state |> drain_queue() |> publish_load()
+  end
+
+  defp drain_queue(%{status: :ready} = state) do
+    if state.queued > 0 and map_size(state.ids) < state.max_in_flight do
+      {{:value, ref}, queue} = :queue.out(state.queue)
+      state = %{state | queue: queue}
+
+      case Map.fetch(state.reqs, ref) do
+        {:ok, %{id: nil} = req} ->
+          drain_queue(dispatch(%{state | queued: state.queued - 1}, ref, req))
+
+        _ ->
+          # timed out while queued (already answered and counted)
+          drain_queue(state)
+      end
+    else
+      if state.queued == 0, do: %{state | queue: :queue.new()}, else: state
+    end
+  end
+
+  defp drain_queue(state), do: state
+
+  defp dispatch(state, ref, req) do
+    id = state.next_id
+
+    timeout_ms =
+      case req.deadline do
+        :infinity -> nil
+        deadline -> max(deadline - System.monotonic_time(:millisecond), 1) + state.margin
+      end
+
+    Port.command(state.port, frame(id, req.command, req.args, timeout_ms))
+
+    %{
+      state
+      | next_id: id + 1,
+        reqs: Map.put(state.reqs, ref, %{req | id: id}),
+        ids: Map.put(state.ids, id, ref)
+    }
+  end
+
+  defp send_internal(state, command, args, tag) do
+    id = state.next_id
+    Port.command(state.port, frame(id, command, MsgPack.encode!(args), nil))
+    %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
+  rescue
+    ArgumentError -> state
+  end
+
+  defp send_cancel(state, id) do
+    state
+    |> send_internal("cancel", %{"request_id" => id}, :cancel)
+    |> bump(:cancels_sent)
+  end
+
+  # A request map built around the caller's pre-encoded args.
+  defp frame(id, command, args_bin, nil) do
+    [
+      <<0x83>>,
+      MsgPack.encode!("id"),
+      MsgPack.encode!(id),
+      MsgPack.encode!("command"),
+      MsgPack.encode!(command),
+      MsgPack.encode!("args"),
+      args_bin
+    ]
+  end
+
+  defp frame(id, command, args_bin, timeout_ms) do
+    [
+      <<0x84>>,
+      MsgPack.encode!("id"),
+      MsgPack.encode!(id),
+      MsgPack.encode!("command"),
+      MsgPack.encode!(command),
+      MsgPack.encode!("args"),
+      args_bin,
+      MsgPack.encode!("timeout_ms"),
+      MsgPack.encode!(timeout_ms)
+    ]
+  end
+
+  defp request_telemetry(state, req, reply) do
+    outcome =
+      case reply do
+        {:ok, _} -> :ok
+        {:error, %Error{type: type}} -> type
+      end
+
+    DSPyBridge.Telemetry.execute(
+      [:dspy_bridge, :request, :stop],
+      %{duration: System.monotonic_time() - req.started},
+      %{
+        command: req.command,
+        outcome: outcome,
+        pool: state.pool && state.pool.name,
+        worker: state.pool && state.pool.index
+      }
+    )
+  end
+
+  defp to_reply(%{"success" => true} = response), do: {:ok, Map.get(response, "result")}
+  defp to_reply(%{"error" => err}), do: {:error, Error.from_wire(err)}
+
+  defp to_reply(other),
+    do: {:error, Error.new(:internal, "malformed response: #{inspect(other)}")}
+
+  defp outcome(%{"success" => true}), do: "ok"
+  defp outcome(%{"error" => %{"type" => type}}), do: to_string(type)
+  defp outcome(_), do: "unknown"
+
+  defp fail_all(state, message) do
+    error = Error.new(:worker_exited, message)
+
+    for {_ref, req} <- state.reqs do
+      cancel_timer(req.timer)
+      GenServer.reply(req.from, {:error, error})
+    end
+
+    Enum.each(state.ready_waiters, &GenServer.reply(&1, {:error, error}))
+
+    %{state | reqs: %{}, ids: %{}, queue: :queue.new(), queued: 0, ready_waiters: []}
+    |> publish_load()
+  end
+
+  defp timeout_error(req) do
+    Error.new(:timeout, "#{req.command} did not complete within its timeout; cancelled")
+  end
+
+  defp overloaded(state) do
+    Error.new(
+      :overloaded,
+      "worker #{state.os_pid} has #{map_size(state.ids)} requests in flight and #{state.queued} queued",
+      details: %{"in_flight" => map_size(state.ids), "queued" => state.queued}
+    )
+  end
+
+  defp cancel_timer(nil), do: :ok
+  defp cancel_timer(timer), do: :erlang.cancel_timer(timer, async: true, info: false)
+
+  defp bump(state, key), do: %{state | counters: Map.update!(state.counters, key, &(&1 + 1))}
+
+  defp publish_load(%{pool: %{load: load, index: index}} = state) do
+    :atomics.put(load, index + 1, map_size(state.reqs))
+    state
+  end
+
+  defp publish_load(state), do: state
+
+  defp register(%{pool: nil}), do: :ok
+
+  defp register(%{pool: pool} = state) do
+    DSPyBridge.Pool.Store.register_worker(
+      pool.table,
+      pool.index,
+      self(),
+      state.os_pid,
+      state.status
+    )
+  end
+
+  defp unregister(%{pool: nil}), do: :ok
+
+  defp unregister(%{pool: pool}) do
+    DSPyBridge.Pool.Store.unregister_worker(pool.table, pool.index, self())
+  end
+
+  defp emit(state, source, name, data) do
+    event = %Event{
+      name: name,
+      source: source,
+      data: data,
+      pool: state.pool && state.pool.name,
+      worker: state.pool && state.pool.index,
+      os_pid: state.os_pid
+    }
+
+    case state.on_event do
+      nil -> :ok
+      fun when is_function(fun, 1) -> safe_call(fun, event)
+      pid when is_pid(pid) -> send(pid, {:dspy_bridge_event, event})
+    end
+
+    DSPyBridge.Telemetry.execute([:dspy_bridge, :event], %{count: 1}, %{event: event})
+  end
+
+  defp safe_call(fun, event) do
+    fun.(event)
+  rescue
+    e -> Logger.warning("dspy_bridge event handler raised: #{Exception.message(e)}")
+  end
+end
