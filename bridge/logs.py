@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,14 +12,16 @@ import structlog
 from bridge.redaction import redactor
 
 
-def _redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return redactor.redact(event_dict)  # type: ignore[no-any-return]
+def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    return redactor.redact(dict(event_dict))
 
 
 def configure_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     # Libraries that use the stdlib logger (litellm, httpx) also go to stderr, not fd 1.
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

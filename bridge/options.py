@@ -46,24 +46,50 @@ def build_parser() -> argparse.ArgumentParser:
         "`dspy-bridge replay FILE...` replays transcripts instead.",
     )
     add = parser.add_argument
-    add("--max-in-flight", type=_positive_int, default=defaults.max_in_flight,
-        help="concurrent requests beyond which work is refused with limit_exceeded")
-    add("--max-frame-bytes", type=_positive_int, default=defaults.max_frame_bytes,
-        help="largest accepted frame; larger frames are skipped with invalid_frame")
-    add("--log-level", default=defaults.log_level,
-        choices=["debug", "info", "warning", "error", "critical"], help="stderr log level")
-    add("--enable-test-commands", action="store_true",
-        help="enable test-only commands (sleep, echo, ...); never in production")
+    add(
+        "--max-in-flight",
+        type=_positive_int,
+        default=defaults.max_in_flight,
+        help="concurrent requests beyond which work is refused with limit_exceeded",
+    )
+    add(
+        "--max-frame-bytes",
+        type=_positive_int,
+        default=defaults.max_frame_bytes,
+        help="largest accepted frame; larger frames are skipped with invalid_frame",
+    )
+    add(
+        "--log-level",
+        default=defaults.log_level,
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="stderr log level",
+    )
+    add(
+        "--enable-test-commands",
+        action="store_true",
+        help="enable test-only commands (sleep, echo, ...); never in production",
+    )
     add("--worker-id", default=None, help="id reported in ready/ping (default: generated)")
-    add("--default-grace-ms", type=_positive_int, default=defaults.default_grace_ms,
-        help="grace for in-flight work on shutdown without grace_ms, and on SIGTERM")
+    add(
+        "--default-grace-ms",
+        type=_positive_int,
+        default=defaults.default_grace_ms,
+        help="grace for in-flight work on shutdown without grace_ms, and on SIGTERM",
+    )
     add("--max-sessions", type=_positive_int, default=defaults.max_sessions)
-    add("--max-programs-per-session", type=_positive_int,
-        default=defaults.max_programs_per_session)
-    add("--max-input-bytes", type=_positive_int, default=defaults.max_input_bytes,
-        help="largest msgpack size of one execute_program's inputs")
-    add("--session-idle-ttl-s", type=_positive_float, default=None,
-        help="evict sessions idle this long (default: never), with a session_evicted event")
+    add("--max-programs-per-session", type=_positive_int, default=defaults.max_programs_per_session)
+    add(
+        "--max-input-bytes",
+        type=_positive_int,
+        default=defaults.max_input_bytes,
+        help="largest msgpack size of one execute_program's inputs",
+    )
+    add(
+        "--session-idle-ttl-s",
+        type=_positive_float,
+        default=None,
+        help="evict sessions idle this long (default: never), with a session_evicted event",
+    )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
     return parser
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import statistics
 from collections import Counter, defaultdict, deque
-from typing import Any
 
 LATENCY_WINDOW = 1024
 

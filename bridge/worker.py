@@ -83,6 +83,8 @@ class Worker:
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self.started_at = time.monotonic()
+        # Taken before `ready`, so a host that dies right after it is still noticed.
+        self._host_pid = os.getppid()
         self.in_flight: dict[int | str, InFlight] = {}
         self.shutting_down = False
         self._in_fd, self._out_fd = protocol_fds
@@ -114,9 +116,8 @@ class Worker:
         threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
-        parent = os.getppid()
-        if parent != 1:
-            self._loop.call_later(PARENT_CHECK_S, self._watch_parent, parent)
+        if self._host_pid != 1:
+            self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit
         self._outbox.put(None)
@@ -151,7 +152,7 @@ class Worker:
                     ErrorType.SHUTTING_DOWN,
                     f"abandoned: the worker shut down after a grace of {grace_ms} ms",
                 )
-                entry.task.cancel()  # type: ignore[union-attr]
+                entry.task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=ABANDON_REPLY_S)
         if not self._exit.done():
@@ -169,11 +170,11 @@ class Worker:
         self._log.info("signal", signal=signal.Signals(signum).name)
         self.begin_shutdown(self.options.default_grace_ms)
 
-    def _watch_parent(self, parent: int) -> None:
-        if os.getppid() != parent:
+    def _watch_parent(self) -> None:
+        if os.getppid() != self._host_pid:
             self.host_gone("parent process exited")
         elif not self._exit.done():
-            self._loop.call_later(PARENT_CHECK_S, self._watch_parent, parent)
+            self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
 
     # ----- DSPy, loaded in the background so `ready` comes at once -----
 
@@ -255,8 +256,13 @@ class Worker:
 
     def _reply_error(self, request_id: int | str | None, command: str, error: BridgeError) -> None:
         self.stats.record_rejected(error.type.value)
-        self._log.info("request", id=request_id, command=command, outcome=error.type.value,
-                       message=error.message)
+        self._log.info(
+            "request",
+            id=request_id,
+            command=command,
+            outcome=error.type.value,
+            message=error.message,
+        )
         self._send(error_response(request_id, error))
 
     # ----- incoming -----
@@ -276,41 +282,61 @@ class Worker:
     def _dispatch(self, request: Request) -> None:
         spec = self.table.get(request.command)
         if spec is None:
-            self._reply_error(request.id, request.command, BridgeError(
-                ErrorType.UNKNOWN_COMMAND,
-                f"unknown command {request.command!r}",
-                details={"command": request.command, "known": self.table.names()},
-            ))
+            self._reply_error(
+                request.id,
+                request.command,
+                BridgeError(
+                    ErrorType.UNKNOWN_COMMAND,
+                    f"unknown command {request.command!r}",
+                    details={"command": request.command, "known": self.table.names()},
+                ),
+            )
             return
         if self.shutting_down and not spec.control:
-            self._reply_error(request.id, request.command, BridgeError(
-                ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
-            ))
+            self._reply_error(
+                request.id,
+                request.command,
+                BridgeError(
+                    ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
+                ),
+            )
             return
         if request.id in self.in_flight:
-            self._reply_error(request.id, request.command, BridgeError(
-                ErrorType.INVALID_REQUEST,
-                f"request id {request.id!r} is already in flight",
-                details=field_errors([("id", "already in flight")]),
-            ))
+            self._reply_error(
+                request.id,
+                request.command,
+                BridgeError(
+                    ErrorType.INVALID_REQUEST,
+                    f"request id {request.id!r} is already in flight",
+                    details=field_errors([("id", "already in flight")]),
+                ),
+            )
             return
         if not spec.control and self.work_in_flight >= self.options.max_in_flight:
-            self._reply_error(request.id, request.command, BridgeError(
-                ErrorType.LIMIT_EXCEEDED,
-                f"{self.options.max_in_flight} requests already in flight",
-                details={"limit": "max_in_flight", "max_in_flight": self.options.max_in_flight},
-            ))
+            self._reply_error(
+                request.id,
+                request.command,
+                BridgeError(
+                    ErrorType.LIMIT_EXCEEDED,
+                    f"{self.options.max_in_flight} requests already in flight",
+                    details={"limit": "max_in_flight", "max_in_flight": self.options.max_in_flight},
+                ),
+            )
             return
         try:
             args = spec.args_model.model_validate(request.args)
         except ValidationError as exc:
             errors = validation_errors(exc)
-            self._reply_error(request.id, request.command, BridgeError(
-                ErrorType.INVALID_ARGS,
-                f"invalid arguments for {request.command}: "
-                + "; ".join(f"{name}: {message}" for name, message in errors),
-                details=field_errors(errors),
-            ))
+            self._reply_error(
+                request.id,
+                request.command,
+                BridgeError(
+                    ErrorType.INVALID_ARGS,
+                    f"invalid arguments for {request.command}: "
+                    + "; ".join(f"{name}: {message}" for name, message in errors),
+                    details=field_errors(errors),
+                ),
+            )
             return
         entry = InFlight(request.command, spec.control)
         self.in_flight[request.id] = entry
@@ -340,7 +366,7 @@ class Worker:
             if deadline.expired():
                 error = BridgeError(
                     ErrorType.TIMEOUT,
-                    f"{request.command} did not finish within its timeout of {request.timeout_ms} ms",
+                    f"{request.command} did not finish within {request.timeout_ms} ms",
                     details={"timeout_ms": request.timeout_ms},
                 )
             else:

@@ -20,7 +20,8 @@ class EncodeError(Exception):
 
 def pack(value: Any) -> bytes:
     try:
-        return msgpack.packb(value, use_bin_type=True, datetime=False)
+        packed: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+        return packed
     except (OverflowError, TypeError, ValueError) as exc:
         raise EncodeError(str(exc)) from exc
 

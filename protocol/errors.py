@@ -47,7 +47,9 @@ class BridgeError(Exception):
         super().__init__(message)
         self.type = error_type
         self.message = message
-        self.retryable = DEFAULT_RETRYABLE.get(error_type, False) if retryable is None else retryable
+        self.retryable = (
+            DEFAULT_RETRYABLE.get(error_type, False) if retryable is None else retryable
+        )
         self.details = details
         self.traceback = traceback
 

@@ -1,0 +1,165 @@
+"""The sans-I/O protocol layer: framing, codec, envelope and the connection stack."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import codec, jsonvalue
+from protocol.connection import Connection, Rejected
+from protocol.envelope import Request, parse_request
+from protocol.errors import BridgeError, ErrorType
+from protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
+
+VECTORS = json.loads(
+    (Path(__file__).resolve().parent.parent / "protocol/vectors/vectors.json").read_text()
+)
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_golden_vectors(vector: dict[str, Any]) -> None:
+    value = jsonvalue.from_json(vector["value"])
+    payload = bytes.fromhex(vector["hex"])
+    assert codec.unpack(payload) == value
+    assert type(codec.unpack(payload)) is type(value)
+    if not vector["decode_only"]:
+        assert codec.pack(value) == payload
+        assert encode_frame(payload) == bytes.fromhex(vector["frame_hex"])
+    [frame] = FrameDecoder(1024 * 1024).feed(bytes.fromhex(vector["frame_hex"]))
+    assert frame == Frame(payload)
+
+
+def test_vectors_cover_every_kind() -> None:
+    assert {v["kind"] for v in VECTORS} == {"value", "request", "response", "event"}
+
+
+@given(msgpack_values)
+def test_codec_round_trip_keeps_str_and_bin_apart(value: Any) -> None:
+    assert codec.unpack(codec.pack(value)) == value
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.data())
+def test_frames_survive_any_chunking(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder(1024)
+    frames: list[Any] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        frames += decoder.feed(stream[start:end])
+    assert frames == [Frame(p) for p in payloads]
+    assert decoder.buffered == 0
+
+
+def test_oversized_frame_is_skipped_across_chunks() -> None:
+    decoder = FrameDecoder(max_frame_bytes=10)
+    big = encode_frame(b"x" * 100)
+    after = encode_frame(b"ok")
+    assert decoder.feed(big[:30]) == [OversizedFrame(100)]
+    assert decoder.feed(big[30:]) == []
+    assert decoder.feed(after) == [Frame(b"ok")]
+
+
+def test_oversized_frame_followed_in_same_chunk() -> None:
+    decoder = FrameDecoder(max_frame_bytes=10)
+    assert decoder.feed(encode_frame(b"y" * 11) + encode_frame(b"z")) == [
+        OversizedFrame(11),
+        Frame(b"z"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"\xc1", "undecodable"),  # the one byte msgpack never uses
+        (b"\x92\x01", "undecodable"),  # array of 2 with one element: truncated
+        (b"\xa3ab", "undecodable"),  # str of 3 with 2 bytes
+        (b"\x01\x02", "more than one"),
+        (b"\xa2\xff\xfe", "UTF-8"),
+        (b"\x91" * 2000 + b"\xc0", "nested deeper"),
+        (b"\x91" * 200 + b"\xc0", "nested deeper"),
+    ],
+)
+def test_codec_rejects_bad_payloads(payload: bytes, fragment: str) -> None:
+    with pytest.raises(BridgeError) as caught:
+        codec.unpack(payload)
+    assert caught.value.type is ErrorType.INVALID_FRAME
+    assert fragment in caught.value.message
+
+
+def test_codec_refuses_ints_beyond_64_bits() -> None:
+    with pytest.raises(codec.EncodeError):
+        codec.pack(2**64)
+
+
+def test_nan_decodes_as_a_float() -> None:
+    assert math.isnan(codec.unpack(msgpack.packb(float("nan"))))
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ({"command": "ping"}, "id"),
+        ({"id": -1, "command": "ping"}, "id"),
+        ({"id": 1.5, "command": "ping"}, "id"),
+        ({"id": True, "command": "ping"}, "id"),
+        ({"id": 1}, "command"),
+        ({"id": 1, "command": 7}, "command"),
+        ({"id": 1, "command": ""}, "command"),
+        ({"id": 1, "command": "ping", "args": [1]}, "args"),
+        ({"id": 1, "command": "ping", "timeout_ms": 0}, "timeout_ms"),
+        ({"id": 1, "command": "ping", "timeout_ms": float("nan")}, "timeout_ms"),
+        ({"id": 1, "command": "ping", "timeout_ms": "5"}, "timeout_ms"),
+        ({"id": 1, "command": "ping", "extra": 1}, "extra"),
+    ],
+)
+def test_envelope_rejects_malformed_requests(value: dict[str, Any], field: str) -> None:
+    with pytest.raises(BridgeError) as caught:
+        parse_request(value)
+    assert caught.value.type is ErrorType.INVALID_REQUEST
+    assert field in [e["field"] for e in caught.value.details["errors"]]  # type: ignore[index]
+
+
+def test_envelope_accepts_both_id_kinds() -> None:
+    assert parse_request({"id": 0, "command": "ping"}) == Request(id=0, command="ping")
+    assert parse_request({"id": "a", "command": "x", "args": {"k": 1}}).args == {"k": 1}
+    assert parse_request({"id": 2**64 - 1, "command": "ping"}).id == 2**64 - 1
+
+
+def test_connection_answers_bad_frames_with_known_id() -> None:
+    connection = Connection()
+    frames = b"".join(
+        encode_frame(codec.pack(v))
+        for v in (
+            [1, 2],
+            {"id": 9, "command": 5},
+            {"id": 3, "command": "ping"},
+        )
+    )
+    first, second, third = connection.receive_data(frames + struct.pack(">I", 2) + b"\xc1\xc1")[:3]
+    assert isinstance(first, Rejected) and first.request_id is None
+    assert first.error.type is ErrorType.INVALID_FRAME
+    assert isinstance(second, Rejected) and second.request_id == 9
+    assert second.error.type is ErrorType.INVALID_REQUEST
+    assert isinstance(third, Request) and third.id == 3
