@@ -331,13 +331,16 @@ defmodule DSPyBridge do
 
   @doc """
   Sends any command to a worker, routed like the other calls (`:session`,
-  `:worker`). A `:session` option is also put in the arguments as
-  `session_id`. The result is returned as decoded (string keys). Nothing is
-  recorded for replay.
+  `:worker`). The `:session` option only routes the call: put `session_id`
+  in `args` yourself if the command takes one. The result is returned as
+  decoded (string keys). Nothing is recorded for replay.
+
+  This is also how a host reaches test-only commands of a worker started
+  with `--enable-test-commands`, e.g. `request(pool, "sleep", %{ms: 100})`.
   """
   @spec request(pool(), String.t(), map() | keyword(), [option()]) :: result(term())
   def request(pool, command, args \\ %{}, opts \\ []) do
-    read(pool, command, normalize(args), opts)
+    Pool.request(pool, opts[:session], command, normalize(args), call_opts(opts))
   end
 
   # -- helpers --------------------------------------------------------------------
