@@ -72,6 +72,8 @@ defmodule DSPyBridge.Worker do
   alias DSPyBridge.{Command, Error, Event, MsgPack}
 
   @default_timeout 30_000
+  # answered at once by the worker, so never held back by the in-flight bound
+  @unbounded ["ping", "get_stats", "cancel"]
   @call_margin 5_000
 
   @typedoc "A worker: pid or registered name."
@@ -264,7 +266,8 @@ defmodule DSPyBridge.Worker do
     state = bump(state, :requests)
 
     cond do
-      state.status == :ready and map_size(state.ids) < state.max_in_flight ->
+      state.status == :ready and
+          (map_size(state.ids) < state.max_in_flight or command in @unbounded) ->
         {:noreply, state |> dispatch(ref, req) |> publish_load()}
 
       state.status == :ready and state.overflow == :error ->

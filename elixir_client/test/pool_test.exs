@@ -1,0 +1,207 @@
+defmodule DSPyBridge.PoolTest do
+  # The pool with real workers, control commands only (no DSPy needed).
+  use ExUnit.Case, async: true
+
+  import DSPyBridge.Test.Helpers
+
+  alias DSPyBridge.{Error, Event, Pool}
+
+  defp start_pool(extra \\ []) do
+    name = pool_name()
+    opts = worker_opts(Keyword.merge([name: name, size: 2], extra))
+    start_supervised!({Pool, opts})
+    name
+  end
+
+  defp os_pids(pool), do: for({_, _, os_pid, _} <- Pool.workers(pool), do: os_pid)
+
+  test "workers start concurrently and are all ready when start_link returns" do
+    pool = start_pool(size: 3)
+    workers = Pool.workers(pool)
+    assert length(workers) == 3
+
+    assert Enum.all?(workers, fn {_, pid, os_pid, status} ->
+             is_pid(pid) and os_alive?(os_pid) and status == :ready
+           end)
+
+    {:ok, stats} = DSPyBridge.stats(pool)
+    assert stats.size == 3
+    assert Enum.all?(stats.workers, &(&1.status == :ready and is_map(&1.worker_stats)))
+  end
+
+  test "session affinity: a session's calls always reach the same worker" do
+    pool = start_pool()
+
+    for session <- ["alpha", "beta", "gamma", "delta"] do
+      {_pid, expected} = Pool.worker_for(pool, session)
+
+      os_pids =
+        for _ <- 1..10 do
+          {:ok, %{"pid" => os_pid}} = DSPyBridge.ping(pool, session: session)
+          os_pid
+        end
+
+      assert Enum.uniq(os_pids) == [expected]
+    end
+
+    [a] = sessions_on(0, 2, 1)
+    [b] = sessions_on(1, 2, 1)
+    assert {:ok, %{"pid" => pa}} = DSPyBridge.ping(pool, session: a)
+    assert {:ok, %{"pid" => pb}} = DSPyBridge.ping(pool, session: b)
+    assert pa != pb
+  end
+
+  test "calls without a session spread over the workers by load" do
+    pool = start_pool()
+
+    results =
+      1..40
+      |> Enum.map(fn _ -> Task.async(fn -> DSPyBridge.request(pool, "sleep", %{ms: 100}) end) end)
+      |> Task.await_many()
+
+    assert Enum.all?(results, &match?({:ok, %{"slept_ms" => 100}}, &1))
+
+    {:ok, stats} = DSPyBridge.stats(pool)
+    counts = for w <- stats.workers, do: w.worker_stats["requests"]["sleep"] || 0
+    assert Enum.sum(counts) == 40
+    assert Enum.all?(counts, &(&1 >= 10)), "unbalanced: #{inspect(counts)}"
+  end
+
+  test "a killed worker is restarted; callers in flight get :worker_exited at once" do
+    pool = start_pool()
+    DSPyBridge.subscribe(pool)
+    [session] = sessions_on(0, 2, 1)
+    {_, os_pid} = Pool.worker_for(pool, session)
+
+    task =
+      Task.async(fn ->
+        DSPyBridge.request(pool, "sleep", %{ms: 10_000}, session: session, timeout: 20_000)
+      end)
+
+    {worker, _} = Pool.worker_for(pool, session)
+    wait_for(fn -> DSPyBridge.Worker.info(worker).in_flight >= 1 end)
+    kill9(os_pid)
+
+    assert {:error, %Error{type: :worker_exited}} = Task.await(task, 3_000)
+
+    assert_receive {:dspy_bridge_event,
+                    %Event{name: "worker_exited", os_pid: ^os_pid, worker: 0}},
+                   2_000
+
+    assert_receive {:dspy_bridge_event, %Event{name: "ready", worker: 0, os_pid: new_os_pid}},
+                   10_000
+
+    assert new_os_pid != os_pid
+
+    # the session now reaches the new worker
+    assert {:ok, %{"pid" => ^new_os_pid}} = DSPyBridge.ping(pool, session: session)
+    {:ok, stats} = DSPyBridge.stats(pool)
+    assert Enum.at(stats.workers, 0).restarts == 1
+  end
+
+  test "calls made while a worker restarts wait for it instead of failing" do
+    pool = start_pool()
+    [session] = sessions_on(1, 2, 1)
+    {_, os_pid} = Pool.worker_for(pool, session)
+    kill9(os_pid)
+    # whichever moment this lands in (dead, restarting, ready), it gets served
+    results = for _ <- 1..20, do: DSPyBridge.ping(pool, session: session, timeout: 15_000)
+
+    assert Enum.all?(results, fn
+             {:ok, %{"status" => "ok"}} -> true
+             {:error, %Error{type: :worker_exited}} -> true
+             _ -> false
+           end)
+
+    assert {:ok, %{"pid" => new}} = DSPyBridge.ping(pool, session: session)
+    assert new != os_pid
+  end
+
+  test "no orphan OS processes after the pool stops" do
+    name = pool_name()
+    {:ok, sup} = Pool.start_link(worker_opts(name: name, size: 3))
+    pids = os_pids(name)
+    assert Enum.all?(pids, &os_alive?/1)
+    Process.unlink(sup)
+    started = System.monotonic_time(:millisecond)
+    :ok = Pool.stop(name)
+    IO.puts("\n  pool of 3 stopped in #{System.monotonic_time(:millisecond) - started} ms")
+    assert Enum.reject(pids, &os_alive?/1) == pids
+  end
+
+  test "no orphan OS processes after the pool's owner is killed" do
+    name = pool_name()
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        {:ok, _} = Pool.start_link(worker_opts(name: name, size: 2))
+        send(parent, {:started, os_pids(name)})
+        Process.sleep(:infinity)
+      end)
+
+    assert_receive {:started, pids}, 20_000
+    sup = Process.whereis(name)
+    ref = Process.monitor(sup)
+    Process.exit(owner, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^sup, _}, 15_000
+    # the pool terminated its workers, which waited for their OS processes
+    assert Enum.reject(pids, &os_alive?/1) == pids
+  end
+
+  test "no orphan OS processes after the whole BEAM is killed with SIGKILL" do
+    ebin = Path.join(Mix.Project.build_path(), "lib/dspy_bridge/ebin")
+
+    script = """
+    {:ok, _} = DSPyBridge.Pool.start_link(name: :beam_kill_pool, size: 2, log_level: "warning")
+    pids = for {_, _, os_pid, _} <- DSPyBridge.Pool.workers(:beam_kill_pool), do: os_pid
+    IO.puts("PIDS " <> Enum.join([System.pid() | Enum.map(pids, &Integer.to_string/1)], " "))
+    Process.sleep(:infinity)
+    """
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 10_000},
+        args: ["-pa", ebin, "-e", script]
+      ])
+
+    [beam | worker_pids] = read_pids(port) |> Enum.map(&String.to_integer/1)
+    assert Enum.all?(worker_pids, &os_alive?/1)
+    kill9(beam)
+    assert_receive {^port, {:exit_status, _}}, 5_000
+
+    for pid <- worker_pids do
+      waited = await_os_exit(pid, 3_000)
+      IO.puts("\n  worker #{pid} exited #{waited} ms after its BEAM was killed")
+    end
+  end
+
+  defp read_pids(port) do
+    receive do
+      {^port, {:data, {:eol, "PIDS " <> pids}}} -> String.split(pids)
+      {^port, {:data, _}} -> read_pids(port)
+      {^port, {:exit_status, status}} -> flunk("child BEAM exited with #{status}")
+    after
+      30_000 -> flunk("child BEAM did not report its workers")
+    end
+  end
+
+  test "overflow: :error makes the pool answer :overloaded instead of queueing" do
+    pool = start_pool(size: 1, max_in_flight: 2, overflow: :error)
+    tasks = for _ <- 1..2, do: Task.async(fn -> DSPyBridge.request(pool, "sleep", %{ms: 300}) end)
+    [{_, worker, _, _}] = Pool.workers(pool)
+    wait_for(fn -> DSPyBridge.Worker.info(worker).in_flight >= 2 end)
+    assert {:error, %Error{type: :overloaded}} = DSPyBridge.request(pool, "sleep", %{ms: 1})
+    assert [{:ok, _}, {:ok, _}] = Task.await_many(tasks)
+  end
+
+  defp wait_for(fun, tries \\ 1_000) do
+    cond do
+      fun.() -> :ok
+      tries == 0 -> flunk("condition not reached")
+      true -> Process.sleep(2) && wait_for(fun, tries - 1)
+    end
+  end
+end
