@@ -417,9 +417,15 @@ defmodule DSPyBridge do
   defp generate_id(prefix),
     do: prefix <> "-" <> Base.encode16(<<:rand.uniform(0xFFFFFFFFFFFF)::48>>, case: :lower)
 
-  # Sums numbers in maps merged from several workers (usage reports).
-  defp merge_sum(a, b) when is_map(a) and is_map(b),
-    do: Map.merge(a, b, fn _k, x, y -> merge_sum(x, y) end)
+  # Sums numbers in maps merged from several workers (usage reports); for
+  # "since" (when counting started) the earliest wins.
+  defp merge_sum(a, b) when is_map(a) and is_map(b) do
+    Map.merge(a, b, fn
+      "since", x, y when is_number(x) and is_number(y) -> min(x, y)
+      "since", x, y -> x || y
+      _k, x, y -> merge_sum(x, y)
+    end)
+  end
 
   defp merge_sum(a, b) when is_number(a) and is_number(b), do: a + b
   defp merge_sum(nil, b), do: b

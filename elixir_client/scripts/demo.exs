@@ -1,0 +1,191 @@
+# The dspy-bridge demo, driven from Elixir:
+#
+#     cd elixir_client && mix run scripts/demo.exs
+#
+# Starts a pool of 2 Python workers on the built-in mock LM, gives two
+# sessions different LMs, creates a question-answering program and a
+# chain-of-thought program, runs them, kills a worker with SIGKILL to show a
+# session surviving it, and prints results and pool statistics.
+
+Logger.configure(level: :warning)
+
+defmodule Demo do
+  def section(title), do: IO.puts("\n== #{title} " <> String.duplicate("=", max(60 - String.length(title), 3)))
+
+  def show_answer(label, {:ok, %{"outputs" => outputs} = result}) do
+    IO.puts("  #{label}")
+
+    for {field, value} <- Enum.sort_by(outputs, fn {k, _} -> if k == "reasoning", do: 0, else: 1 end) do
+      IO.puts("      #{String.pad_trailing(field <> ":", 11)}#{value}")
+    end
+
+    IO.puts("      (lm #{result["lm"]}, #{result["duration_ms"]} ms)")
+  end
+
+  def show_answer(label, {:error, error}), do: IO.puts("  #{label}\n      ERROR #{Exception.message(error)}")
+
+  def show_stats(pool) do
+    {:ok, stats} = DSPyBridge.stats(pool)
+
+    IO.puts(
+      "  pool #{inspect(stats.pool)}: #{stats.size} workers, #{stats.sessions} sessions and " <>
+        "#{stats.programs} programs recorded for replay"
+    )
+
+    IO.puts("    worker  os_pid  status  restarts  requests  executes  in_flight  rss_mb")
+
+    for w <- stats.workers do
+      ws = w.worker_stats || %{}
+      executes = get_in(ws, ["requests", "execute_program"]) || 0
+      rss = if ws["rss_bytes"], do: Float.round(ws["rss_bytes"] / 1_048_576, 1), else: "-"
+
+      IO.puts(
+        "    " <>
+          Enum.map_join(
+            [{w.index, 6}, {w.os_pid, 6}, {w.status, 6}, {w.restarts, 8}, {w.requests, 8}, {executes, 8}, {w.in_flight, 9}, {rss, 6}],
+            "  ",
+            fn {v, width} -> String.pad_leading(to_string(v), width) end
+          )
+      )
+    end
+  end
+
+  def await_event(name, index) do
+    receive do
+      {:dspy_bridge_event, %DSPyBridge.Event{name: ^name, worker: ^index} = event} -> event
+    after
+      30_000 -> raise "no #{name} event from worker #{index}"
+    end
+  end
+end
+
+pool = DSPy.Demo
+mock = fn name, extra -> [model: "mock/#{name}", extra: extra] end
+
+Demo.section("Starting a pool of 2 workers")
+started = System.monotonic_time(:millisecond)
+
+{:ok, _sup} =
+  DSPyBridge.Pool.start_link(
+    name: pool,
+    size: 2,
+    log_level: "warning",
+    default_lm: mock.("default", %{default: "I only know the default answer."})
+  )
+
+DSPyBridge.subscribe(pool)
+IO.puts("  ready in #{System.monotonic_time(:millisecond) - started} ms")
+
+for {index, _pid, os_pid, status} <- DSPyBridge.Pool.workers(pool),
+    do: IO.puts("  worker #{index}: OS pid #{os_pid}, #{status}")
+
+Demo.section("Two sessions, two different LMs")
+
+sessions = %{
+  "alice" =>
+    mock.("alice", %{
+      responses: %{
+        "What is the capital of France?" => %{
+          answer: "Paris",
+          reasoning: "France's government sits in Paris, so that is its capital."
+        },
+        "What is 17 * 3?" => %{answer: "51", reasoning: "17 * 3 = 10 * 3 + 7 * 3 = 30 + 21 = 51."}
+      },
+      latency_ms: 20
+    }),
+  "bob" =>
+    mock.("bob", %{
+      responses: %{"What is the capital of France?" => "Paris (according to Bob's model)"},
+      default: "Bob's model has no idea.",
+      latency_ms: 20
+    })
+}
+
+for {session, lm} <- sessions do
+  {:ok, _} = DSPyBridge.configure_lm(pool, lm, session: session)
+  {_, os_pid} = DSPyBridge.Pool.worker_for(pool, session)
+  IO.puts("  session #{inspect(session)} -> #{lm[:model]} on worker OS pid #{os_pid}")
+end
+
+Demo.section("Programs")
+
+for session <- Map.keys(sessions) do
+  {:ok, qa} =
+    DSPyBridge.create_program(pool, [program_id: "qa", signature: "question -> answer"], session: session)
+
+  IO.puts("  #{session}: created #{qa["program_id"]} (#{qa["program_type"]})")
+end
+
+{:ok, cot} =
+  DSPyBridge.create_program(
+    pool,
+    [
+      program_id: "reasoner",
+      program_type: "chain_of_thought",
+      signature: "question -> answer",
+      instructions: "Think step by step, then answer briefly."
+    ],
+    session: "alice"
+  )
+
+IO.puts("  alice: created #{cot["program_id"]} (#{cot["program_type"]})")
+
+Demo.section("Running them")
+
+queries = [
+  {"alice", "qa", "What is the capital of France?"},
+  {"bob", "qa", "What is the capital of France?"},
+  {"bob", "qa", "What is 17 * 3?"},
+  {"alice", "reasoner", "What is 17 * 3?"}
+]
+
+before =
+  for {session, program, question} <- queries do
+    result = DSPyBridge.execute(pool, program, %{question: question}, session: session)
+    Demo.show_answer("[#{session}/#{program}] #{question}", result)
+    {{session, program, question}, result}
+  end
+
+isolation = DSPyBridge.execute(pool, "reasoner", %{question: "What is 17 * 3?"}, session: "bob")
+Demo.show_answer("[bob/reasoner] (alice's program, from bob's session)", isolation)
+
+Demo.section("Pool statistics")
+Demo.show_stats(pool)
+
+Demo.section("Killing alice's worker with SIGKILL")
+{_, victim} = DSPyBridge.Pool.worker_for(pool, "alice")
+index = DSPyBridge.Pool.index_for("alice", 2)
+IO.puts("  kill -9 #{victim}")
+System.cmd("kill", ["-9", Integer.to_string(victim)])
+Demo.await_event("worker_exited", index)
+IO.puts("  worker #{index} exited; the supervisor restarts it")
+ready = Demo.await_event("ready", index)
+IO.puts("  new worker OS pid #{ready.os_pid} is up")
+replayed = Demo.await_event("replayed", index)
+
+IO.puts(
+  "  replayed #{replayed.data["commands"]} recorded commands into it " <>
+    "in #{replayed.data["duration_ms"]} ms before it took traffic"
+)
+
+Demo.section("Same questions after the crash")
+
+for {{session, program, question}, old} <- before do
+  new = DSPyBridge.execute(pool, program, %{question: question}, session: session)
+  Demo.show_answer("[#{session}/#{program}] #{question}", new)
+  same = match?({:ok, _}, new) and elem(new, 1)["outputs"] == elem(old, 1)["outputs"]
+  IO.puts("      same answer as before the crash: #{same}")
+end
+
+Demo.section("Usage for alice")
+{:ok, usage} = DSPyBridge.get_usage(pool, session: "alice")
+IO.puts("  " <> inspect(usage, pretty: true, width: 90) |> String.replace("\n", "\n  "))
+
+Demo.section("Pool statistics")
+Demo.show_stats(pool)
+
+Demo.section("Stopping")
+os_pids = for {_, _, os_pid, _} <- DSPyBridge.Pool.workers(pool), do: os_pid
+:ok = DSPyBridge.Pool.stop(pool)
+alive = Enum.filter(os_pids, &File.exists?("/proc/#{&1}"))
+IO.puts("  pool stopped; Python processes left: #{if alive == [], do: "none", else: inspect(alive)}")

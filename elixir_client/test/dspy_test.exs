@@ -1,0 +1,297 @@
+defmodule DSPyBridge.DSPyTest do
+  # The DSPy commands through the pool, on the worker's built-in mock LM.
+  use ExUnit.Case, async: true
+
+  import DSPyBridge.Test.Helpers
+
+  alias DSPyBridge.{Error, Event, Pool}
+
+  @moduletag :dspy
+  @moduletag timeout: 120_000
+
+  defp start_pool(extra \\ []) do
+    name = pool_name("dspy")
+    start_supervised!({Pool, worker_opts(Keyword.merge([name: name, size: 2], extra))})
+    name
+  end
+
+  defp mock(name, extra), do: [model: "mock/#{name}", extra: Map.new(extra)]
+
+  defp answer({:ok, %{"outputs" => %{"answer" => answer}}}), do: answer
+  defp answer(other), do: flunk("expected an answer, got #{inspect(other)}")
+
+  test "happy path: configure, create, execute, inspect, export/import, usage, delete" do
+    pool = start_pool(default_lm: mock("default", default: "default answer"))
+    s = "happy"
+
+    assert {:ok, configured} =
+             DSPyBridge.configure_lm(pool, mock("qa", responses: %{"What is 2+2?" => "4"}),
+               session: s
+             )
+
+    assert is_map(configured)
+    refute inspect(configured) =~ "api_key\" => \"sk"
+
+    assert {:ok, %{"program_id" => "qa", "session_id" => ^s, "program_type" => "predict"}} =
+             DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "qa"],
+               session: s
+             )
+
+    assert {:ok, result} = DSPyBridge.execute(pool, "qa", %{question: "What is 2+2?"}, session: s)
+    assert result["outputs"]["answer"] == "4"
+    assert is_map(result["usage"]) or is_list(result["usage"])
+    assert is_binary(result["lm"])
+
+    {:ok, cot} =
+      DSPyBridge.create_program(
+        pool,
+        %{signature: "question -> answer", program_type: "chain_of_thought"},
+        session: s
+      )
+
+    {:ok, %{"outputs" => outputs}} =
+      DSPyBridge.execute(pool, cot["program_id"], %{question: "What is 2+2?"}, session: s)
+
+    assert outputs["answer"] == "4"
+    assert Map.has_key?(outputs, "reasoning")
+
+    assert {:ok, %{"program_id" => "qa"}} = DSPyBridge.get_program(pool, "qa", session: s)
+    assert {:ok, listed} = DSPyBridge.list_programs(pool, session: s)
+    assert inspect(listed) =~ "qa"
+
+    # the default session uses the pool's default LM, on every worker
+    {:ok, %{"program_id" => shared}} = DSPyBridge.create_program(pool, "question -> answer")
+
+    for worker <- 0..1 do
+      assert answer(DSPyBridge.execute(pool, shared, %{question: "x"}, worker: worker)) ==
+               "default answer"
+    end
+
+    # export from one session, import into another
+    {:ok, doc} = DSPyBridge.export_program(pool, "qa", session: s)
+
+    {:ok, %{"program_id" => "copy"}} =
+      DSPyBridge.import_program(pool, doc, session: "other", program_id: "copy")
+
+    assert answer(DSPyBridge.execute(pool, "copy", %{question: "What is 2+2?"}, session: "other")) ==
+             "4"
+
+    assert {:ok, usage} = DSPyBridge.get_usage(pool, session: s)
+    assert usage != %{}
+
+    assert {:ok, _} = DSPyBridge.delete_program(pool, "qa", session: s)
+
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.execute(pool, "qa", %{question: "x"}, session: s)
+
+    # program ids are scoped to their session
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.get_program(pool, cot["program_id"], session: "other")
+
+    assert {:ok, _} = DSPyBridge.end_session(pool, s)
+
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.get_program(pool, cot["program_id"], session: s)
+
+    {:ok, stats} = DSPyBridge.stats(pool)
+    assert stats.programs >= 1
+  end
+
+  test "typed errors: invalid args, unknown program, no LM" do
+    pool = start_pool(size: 1)
+
+    assert {:error, %Error{type: :invalid_args, details: details}} =
+             DSPyBridge.configure_lm(pool, [model: "mock", temperature: 7], session: "e")
+
+    assert inspect(details) =~ "temperature"
+
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.execute(pool, "nope", %{question: "x"}, session: "e")
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "p"],
+        session: "e"
+      )
+
+    assert {:error, %Error{type: :lm_not_configured}} =
+             DSPyBridge.execute(pool, "p", %{question: "x"}, session: "e")
+
+    assert {:error, %Error{type: :already_exists}} =
+             DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "p"],
+               session: "e"
+             )
+  end
+
+  test "2,000 concurrent executes through a pool of 2 workers (mock LM, 50 ms latency)" do
+    n = 2_000
+    responses = Map.new(1..n, &{"q#{&1}", "a#{&1}"})
+    pool = start_pool(default_lm: mock("bench", responses: responses, latency_ms: 50))
+    {:ok, %{"program_id" => id}} = DSPyBridge.create_program(pool, "question -> answer")
+
+    # warm both workers (DSPy import, adapter caches)
+    for w <- 0..1, do: {:ok, _} = DSPyBridge.execute(pool, id, %{question: "q1"}, worker: w)
+
+    started = System.monotonic_time(:millisecond)
+
+    results =
+      1..n
+      |> Enum.map(fn i ->
+        Task.async(fn ->
+          {i, DSPyBridge.execute(pool, id, %{question: "q#{i}"}, timeout: 60_000)}
+        end)
+      end)
+      |> Task.await_many(90_000)
+
+    elapsed = System.monotonic_time(:millisecond) - started
+
+    for {i, result} <- results, do: assert(answer(result) == "a#{i}")
+
+    {:ok, stats} = DSPyBridge.stats(pool)
+    per_worker = for w <- stats.workers, do: w.worker_stats["requests"]["execute_program"]
+
+    IO.puts(
+      "\n  #{n} concurrent executes, pool of 2, mock latency 50 ms: #{elapsed} ms " <>
+        "(#{round(n * 1000 / max(elapsed, 1))} calls/s; per worker #{inspect(per_worker)})"
+    )
+
+    File.write!(Path.join(Mix.Project.build_path(), "bench_2000.txt"), "#{elapsed}\n")
+  end
+
+  test "two sessions with different mock LMs never see each other's answers" do
+    pool = start_pool()
+    # two sessions on the same worker, and one on the other worker
+    [a, b] = sessions_on(0, 2, 2, "tenant")
+    [c] = sessions_on(1, 2, 1, "tenant")
+
+    for {s, tag} <- [{a, "A"}, {b, "B"}, {c, "C"}] do
+      {:ok, _} =
+        DSPyBridge.configure_lm(pool, mock(tag, default: "from-#{tag}", latency_ms: 5), session: s)
+
+      {:ok, _} =
+        DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "p"],
+          session: s
+        )
+    end
+
+    results =
+      for i <- 1..600 do
+        {s, tag} = Enum.at([{a, "A"}, {b, "B"}, {c, "C"}], rem(i, 3))
+
+        Task.async(fn ->
+          {tag, DSPyBridge.execute(pool, "p", %{question: "q#{i}"}, session: s)}
+        end)
+      end
+      |> Task.await_many(60_000)
+
+    for {tag, result} <- results, do: assert(answer(result) == "from-#{tag}")
+
+    # a session's program lives only on its own worker
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.execute(pool, "p", %{question: "x"}, session: c, worker: 0)
+
+    {:ok, usage_a} = DSPyBridge.get_usage(pool, session: a)
+    refute inspect(usage_a) =~ "mock/B"
+  end
+
+  test "a slow execute times out, is cancelled in the worker, and its late reply is dropped" do
+    pool = start_pool(size: 1)
+    DSPyBridge.subscribe(pool)
+
+    {:ok, _} =
+      DSPyBridge.configure_lm(pool, mock("slow", default: "late", latency_ms: 5_000),
+        session: "slow"
+      )
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "p"],
+        session: "slow"
+      )
+
+    started = System.monotonic_time(:millisecond)
+
+    assert {:error, %Error{type: :timeout}} =
+             DSPyBridge.execute(pool, "p", %{question: "x"}, session: "slow", timeout: 200)
+
+    assert_receive {:dspy_bridge_event,
+                    %Event{
+                      name: "late_reply_dropped",
+                      data: %{"command" => "execute_program"} = d
+                    }},
+                   3_000
+
+    assert d["outcome"] == "cancelled"
+    assert System.monotonic_time(:millisecond) - started < 3_000
+
+    {:messages, messages} = Process.info(self(), :messages)
+    assert Enum.filter(messages, &match?({ref, _} when is_reference(ref), &1)) == []
+  end
+
+  test "kill -9 of a worker loses no session: programs are replayed and answer the same" do
+    pool = start_pool(default_lm: mock("default", default: "shared"))
+    DSPyBridge.subscribe(pool)
+    sessions = sessions_on(0, 2, 3, "keep") ++ sessions_on(1, 2, 2, "keep")
+
+    for s <- sessions do
+      {:ok, _} = DSPyBridge.configure_lm(pool, mock(s, default: "answer-of-#{s}"), session: s)
+
+      {:ok, _} =
+        DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "qa"],
+          session: s
+        )
+
+      {:ok, _} =
+        DSPyBridge.create_program(
+          pool,
+          [signature: "question -> answer", program_id: "cot", program_type: "chain_of_thought"],
+          session: s
+        )
+    end
+
+    # a program of the default session, and one imported
+    {:ok, _} =
+      DSPyBridge.create_program(pool, signature: "question -> answer", program_id: "shared")
+
+    {:ok, doc} = DSPyBridge.export_program(pool, "qa", session: hd(sessions))
+    {:ok, _} = DSPyBridge.import_program(pool, doc, session: "imported", program_id: "imp")
+
+    # one deleted program must stay deleted
+    {:ok, _} =
+      DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "gone"],
+        session: hd(sessions)
+      )
+
+    {:ok, _} = DSPyBridge.delete_program(pool, "gone", session: hd(sessions))
+
+    calls =
+      for(s <- sessions, p <- ["qa", "cot"], do: {s, p}) ++
+        [{nil, "shared"}, {"imported", "imp"}]
+
+    run = fn ->
+      for {s, p} <- calls, into: %{} do
+        {{s, p}, answer(DSPyBridge.execute(pool, p, %{question: "who?"}, session: s))}
+      end
+    end
+
+    before = run.()
+    assert before[{hd(sessions), "qa"}] == "answer-of-#{hd(sessions)}"
+    assert before[{nil, "shared"}] == "shared"
+
+    for index <- [0, 1] do
+      {_, _, os_pid, _} = Enum.at(Pool.workers(pool), index)
+      kill9(os_pid)
+      assert_receive {:dspy_bridge_event, %Event{name: "worker_exited", worker: ^index}}, 5_000
+
+      assert_receive {:dspy_bridge_event,
+                      %Event{name: "replayed", worker: ^index, data: %{"failed" => 0} = data}},
+                     20_000
+
+      assert data["commands"] > 0
+      refute os_alive?(os_pid)
+    end
+
+    assert run.() == before
+
+    assert {:error, %Error{type: :not_found}} =
+             DSPyBridge.get_program(pool, "gone", session: hd(sessions))
+  end
+end
