@@ -15,7 +15,7 @@ export LITELLM_TELEMETRY := False
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(INSTALLED)
 
 venv: $(INSTALLED)

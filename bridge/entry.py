@@ -13,7 +13,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(replay_main(args[1:]))
     from bridge.stdio import claim_protocol_fds
 
-    fds = claim_protocol_fds()
+    channel = claim_protocol_fds()
+    from bridge.options import parse_options
+    from bridge.startup import announce
+
+    options = parse_options(args)
+    ready = announce(options, channel.protocol_out)
     from bridge.cli import run_worker
 
-    run_worker(args, fds)
+    run_worker(options, args, channel, ready)

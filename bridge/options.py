@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from protocol.connection import DEFAULT_MAX_FRAME_BYTES
+from protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True, slots=True)

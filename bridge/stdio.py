@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NamedTuple
 
 
-def claim_protocol_fds() -> tuple[int, int]:
-    """Return (input fd, output fd) reserved for the protocol."""
+class HostChannel(NamedTuple):
+    """The private descriptors frames travel on, and the host process at the other end."""
+
+    protocol_in: int
+    protocol_out: int
+    host_pid: int
+
+
+def claim_protocol_fds() -> HostChannel:
+    # The parent is read first, so a host that dies during start-up is still noticed.
+    host_pid = os.getppid()
     protocol_in = os.dup(0)
     protocol_out = os.dup(1)
     os.dup2(2, 1)
@@ -24,4 +34,4 @@ def claim_protocol_fds() -> tuple[int, int]:
         os.set_inheritable(fd, False)
     # Python's own stdout object now writes to stderr too, line by line.
     sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-    return protocol_in, protocol_out
+    return HostChannel(protocol_in, protocol_out, host_pid)

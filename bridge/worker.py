@@ -11,28 +11,24 @@ import asyncio
 import concurrent.futures
 import importlib
 import os
-import platform
 import queue
-import secrets
 import signal
-import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from types import ModuleType
 from typing import Any, Protocol
 
 import structlog
 from pydantic import ValidationError
 
-from bridge import __version__
 from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.options import WorkerOptions
 from bridge.redaction import redactor
+from bridge.sessions import SessionStore
 from bridge.stats import Stats
-from protocol import PROTOCOL_VERSION
+from bridge.stdio import HostChannel
 from protocol.codec import EncodeError
 from protocol.connection import Connection, Rejected
 from protocol.envelope import (
@@ -73,21 +69,21 @@ class Worker:
         self,
         options: WorkerOptions,
         table: CommandTable,
-        protocol_fds: tuple[int, int],
+        channel: HostChannel,
+        ready: dict[str, Any],
         observers: list[FrameObserver] | None = None,
     ) -> None:
         self.options = options
         self.table = table
         self.stats = Stats()
-        self.worker_id = options.worker_id or (
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        )
+        self.sessions = SessionStore(options, self.emit_event)
+        self.worker_id: str = ready["worker_id"]
+        self._ready = ready
         self.started_at = time.monotonic()
-        # Taken before `ready`, so a host that dies right after it is still noticed.
-        self._host_pid = os.getppid()
+        self._host_pid = channel.host_pid
         self.in_flight: dict[int | str, InFlight] = {}
         self.shutting_down = False
-        self._in_fd, self._out_fd = protocol_fds
+        self._in_fd, self._out_fd = channel.protocol_in, channel.protocol_out
         self._connection = Connection(options.max_frame_bytes)
         self._observers = observers or []
         self._log = structlog.get_logger("bridge")
@@ -104,14 +100,8 @@ class Worker:
         self._exit = self._loop.create_future()
         writer = threading.Thread(target=self._write_frames, name="frame-writer", daemon=True)
         writer.start()
-        self.emit_event(
-            "ready",
-            protocol_version=PROTOCOL_VERSION,
-            worker_id=self.worker_id,
-            pid=os.getpid(),
-            commands=self.table.names(),
-            versions=_versions(),
-        )
+        for observer in self._observers:
+            observer.outgoing(self._ready)  # `ready` itself went out in bridge.startup
         threading.Thread(target=self._read_frames, name="frame-reader", daemon=True).start()
         threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -413,13 +403,3 @@ def _internal(log: Any, request: Request) -> BridgeError:
         f"{request.command} failed inside the worker",
         traceback=redactor.redact(traceback.format_exc(), by_key=False),
     )
-
-
-def _versions() -> dict[str, str]:
-    versions = {"bridge": __version__, "python": platform.python_version()}
-    for package in ("dspy", "msgpack", "pydantic"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "missing"
-    return versions

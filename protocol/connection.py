@@ -7,9 +7,13 @@ from typing import Any
 
 from protocol import codec, envelope
 from protocol.errors import BridgeError, ErrorType
-from protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
-
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+from protocol.framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Frame,
+    FrameDecoder,
+    OversizedFrame,
+    encode_frame,
+)
 
 
 @dataclass(frozen=True, slots=True)

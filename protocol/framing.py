@@ -13,6 +13,7 @@ from dataclasses import dataclass
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 MAX_LENGTH = 2**32 - 1
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -415,3 +415,13 @@ def test_bad_flag_values_are_refused_at_start() -> None:
     assert result.returncode == 2
     assert b"max-in-flight" in result.stderr
     assert result.stdout == b""
+
+
+def test_registry_names_every_command_its_tables_define() -> None:
+    from bridge.registry import build_table, command_names
+
+    full = build_table(include_test_only=True)
+    assert sorted(full.names()) == sorted(command_names(include_test_only=True))
+    production = build_table(include_test_only=False)
+    assert sorted(production.names()) == sorted(command_names(include_test_only=False))
+    assert "sleep" not in production.names()

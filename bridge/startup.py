@@ -1,0 +1,48 @@
+"""Phase one of start-up: validate the flags and announce `ready`, importing almost nothing.
+
+pydantic, structlog, asyncio and the handlers take longer to import than a host should
+wait for `ready`; they load in phase two (`bridge.cli`), and DSPy after that, in the
+background. Requests sent meanwhile wait in the pipe and are read once the loop runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import socket
+from importlib import metadata
+from typing import Any
+
+from bridge import __version__
+from bridge.options import WorkerOptions
+from bridge.registry import command_names
+from protocol import PROTOCOL_VERSION, codec
+from protocol.framing import encode_frame
+
+
+def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:
+    """Write the `ready` event to the protocol descriptor and return it."""
+    ready = {
+        "event": "ready",
+        "protocol_version": PROTOCOL_VERSION,
+        "worker_id": options.worker_id
+        or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        "pid": os.getpid(),
+        "commands": command_names(include_test_only=options.enable_test_commands),
+        "versions": _versions(),
+    }
+    frame = memoryview(encode_frame(codec.pack(ready)))
+    while frame:
+        frame = frame[os.write(protocol_out, frame) :]
+    return ready
+
+
+def _versions() -> dict[str, str]:
+    versions = {"bridge": __version__, "python": platform.python_version()}
+    for package in ("dspy", "msgpack", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
