@@ -305,7 +305,8 @@ defmodule DSPyBridge.Pool do
         {:error, Error.new(:timeout, "no worker became available for #{command} in time")}
 
       {pid, _, _} ->
-        opts = Keyword.put(opts, :timeout, remaining)
+        opts =
+          opts |> Keyword.put(:timeout, remaining) |> Keyword.put(:load, {config.load, index})
 
         case Worker.request(pid, command, args, opts) do
           {:error, %Error{type: :worker_exited, details: %{"reason" => "noproc"}}} ->
@@ -333,7 +334,7 @@ defmodule DSPyBridge.Pool do
     candidates =
       for index <- 0..(size - 1) do
         ready? = match?({_, _, :ready}, Store.worker(table, index))
-        {if(ready?, do: 0, else: 1), :atomics.get(load, index + 1), index}
+        {if(ready?, do: 0, else: 1), max(:atomics.get(load, index + 1), 0), index}
       end
 
     {best_ready, best_load, _} = Enum.min(candidates)

@@ -79,8 +79,11 @@ defmodule DSPyBridge.Worker do
   @typedoc "A worker: pid or registered name."
   @type server :: GenServer.server()
 
-  @typedoc "Options of `request/4`."
-  @type request_opt :: {:timeout, timeout()} | {:record, term()}
+  @typedoc "Options of `request/4` (`:record` and `:load` are used by `DSPyBridge.Pool`)."
+  @type request_opt ::
+          {:timeout, timeout()}
+          | {:record, term()}
+          | {:load, {:atomics.atomics_ref(), non_neg_integer()}}
 
   @doc """
   A child spec whose `:shutdown` leaves time for the graceful stop
@@ -121,7 +124,11 @@ defmodule DSPyBridge.Worker do
     case MsgPack.encode(args || %{}) do
       {:ok, args_bin} ->
         call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
-        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record)}
+        load = Keyword.get(opts, :load)
+        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), load}
+        # The pool's load counter counts the call from now; the worker releases
+        # it when it answers, whatever the outcome.
+        acquire(load)
 
         try do
           GenServer.call(server, msg, call_timeout)
@@ -131,6 +138,8 @@ defmodule DSPyBridge.Worker do
 
           :exit, {:noproc, _} ->
             # never delivered: safe for the pool to retry on a restarted worker
+            release(load)
+
             {:error,
              Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
 
@@ -229,19 +238,26 @@ defmodule DSPyBridge.Worker do
           }
         }
 
-        if state.pool, do: DSPyBridge.Pool.Store.note_start(state.pool.table, state.pool.index)
+        if state.pool do
+          DSPyBridge.Pool.Store.note_start(state.pool.table, state.pool.index)
+          # calls counted against the previous process were answered or failed
+          :atomics.put(state.pool.load, state.pool.index + 1, 0)
+        end
+
         register(state)
         {:ok, state}
     end
   end
 
   @impl true
-  def handle_call({:request, command, _, _, _}, _from, %{status: :stopping} = state) do
+  def handle_call({:request, command, _, _, _, load}, _from, %{status: :stopping} = state) do
+    release(load)
+
     {:reply, {:error, Error.new(:shutting_down, "worker is stopping; #{command} not sent")},
      state}
   end
 
-  def handle_call({:request, command, args_bin, timeout, record}, from, state) do
+  def handle_call({:request, command, args_bin, timeout, record, load}, from, state) do
     ref = make_ref()
 
     timer =
@@ -259,6 +275,7 @@ defmodule DSPyBridge.Worker do
       timer: timer,
       deadline: deadline,
       record: record,
+      load: load,
       started: System.monotonic_time(),
       id: nil
     }
@@ -268,14 +285,16 @@ defmodule DSPyBridge.Worker do
     cond do
       state.status == :ready and
           (map_size(state.ids) < state.max_in_flight or command in @unbounded) ->
-        {:noreply, state |> dispatch(ref, req) |> publish_load()}
+        {:noreply, dispatch(state, ref, req)}
 
       state.status == :ready and state.overflow == :error ->
         cancel_timer(timer)
+        release(load)
         {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
 
       state.queued >= state.max_queue ->
         cancel_timer(timer)
+        release(load)
         {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
 
       true ->
@@ -286,7 +305,7 @@ defmodule DSPyBridge.Worker do
             queued: state.queued + 1
         }
 
-        {:noreply, publish_load(state)}
+        {:noreply, state}
     end
   end
 
@@ -376,11 +395,11 @@ defmodule DSPyBridge.Worker do
 
       {%{id: nil} = req, reqs} ->
         # still queued: lazily skipped when dequeued
-        GenServer.reply(req.from, {:error, timeout_error(req)})
-        {:noreply, publish_load(bump(%{state | reqs: reqs, queued: state.queued - 1}, :timeouts))}
+        reply(req, {:error, timeout_error(req)})
+        {:noreply, bump(%{state | reqs: reqs, queued: state.queued - 1}, :timeouts)}
 
       {%{id: id} = req, reqs} ->
-        GenServer.reply(req.from, {:error, timeout_error(req)})
+        reply(req, {:error, timeout_error(req)})
 
         state = %{
           state
@@ -389,7 +408,7 @@ defmodule DSPyBridge.Worker do
             abandoned: Map.put(state.abandoned, id, req.command)
         }
 
-        state = state |> bump(:timeouts) |> send_cancel(id) |> drain_queue() |> publish_load()
+        state = state |> bump(:timeouts) |> send_cancel(id) |> drain_queue()
         {:noreply, state}
     end
   end
@@ -520,9 +539,9 @@ defmodule DSPyBridge.Worker do
           DSPyBridge.Pool.Store.apply_record(state.pool.table, req.record, reply)
         end
 
-        GenServer.reply(req.from, reply)
+        reply(req, reply)
         request_telemetry(state, req, reply)
-        %{state | ids: ids, reqs: reqs} |> drain_queue() |> publish_load()
+        drain_queue(%{state | ids: ids, reqs: reqs})
 
       Map.has_key?(state.internal, id) ->
         {tag, internal} = Map.pop(state.internal, id)
@@ -655,7 +674,7 @@ defmodule DSPyBridge.Worker do
     Enum.each(state.ready_waiters, &GenServer.reply(&1, :ok))
     state = %{state | status: :ready, ready_waiters: []}
     register(state)
-    state |> drain_queue() |> publish_load()
+    drain_queue(state)
   end
 
   defp drain_queue(%{status: :ready} = state) do
@@ -772,13 +791,12 @@ defmodule DSPyBridge.Worker do
 
     for {_ref, req} <- state.reqs do
       cancel_timer(req.timer)
-      GenServer.reply(req.from, {:error, error})
+      reply(req, {:error, error})
     end
 
     Enum.each(state.ready_waiters, &GenServer.reply(&1, {:error, error}))
 
     %{state | reqs: %{}, ids: %{}, queue: :queue.new(), queued: 0, ready_waiters: []}
-    |> publish_load()
   end
 
   defp timeout_error(req) do
@@ -798,12 +816,16 @@ defmodule DSPyBridge.Worker do
 
   defp bump(state, key), do: %{state | counters: Map.update!(state.counters, key, &(&1 + 1))}
 
-  defp publish_load(%{pool: %{load: load, index: index}} = state) do
-    :atomics.put(load, index + 1, map_size(state.reqs))
-    state
+  defp reply(req, reply) do
+    GenServer.reply(req.from, reply)
+    release(req.load)
   end
 
-  defp publish_load(state), do: state
+  defp acquire(nil), do: :ok
+  defp acquire({load, index}), do: :atomics.add(load, index + 1, 1)
+
+  defp release(nil), do: :ok
+  defp release({load, index}), do: :atomics.sub(load, index + 1, 1)
 
   defp register(%{pool: nil}), do: :ok
 
