@@ -171,27 +171,35 @@ defmodule DSPyBridge do
   end
 
   @doc """
-  Exports a program as a msgpack-safe document (string keys) that
-  `import_program/3` recreates in any session of any worker.
+  Exports a program: `{:ok, %{"document" => doc}}`, a msgpack-safe
+  document (string keys) that `import_program/3` recreates in any session of
+  any worker. Secrets (API keys given by value) are not exported.
   """
   @spec export_program(pool(), String.t(), [option()]) :: result(map())
   def export_program(pool, program_id, opts \\ []),
     do: read(pool, "export_program", %{"program_id" => program_id}, opts)
 
   @doc """
-  Recreates a program from a document made by `export_program/3`. Option
-  `:program_id` names the new program (else the worker picks one, or the
-  client does for the default session). Recorded for replay.
+  Recreates a program from a document made by `export_program/3` (either
+  its whole answer `%{"document" => doc}` or `doc` itself). Option
+  `:program_id` names the new program (else the document's id is used, or
+  the client picks one for the default session). Recorded for replay.
   """
   @spec import_program(pool(), map(), keyword()) :: result(map())
   def import_program(pool, document, opts \\ []) do
+    document =
+      case document do
+        %{"document" => %{} = doc} when map_size(document) == 1 -> doc
+        doc -> doc
+      end
+
     args =
       %{"document" => document}
       |> put_opt("program_id", opts[:program_id])
 
     args =
       if opts[:session] == nil and not is_map_key(args, "program_id"),
-        do: Map.put(args, "program_id", generate_id("prog")),
+        do: Map.put(args, "program_id", document["program_id"] || generate_id("prog")),
         else: args
 
     mutate(pool, "import_program", args, opts, fn session, args ->

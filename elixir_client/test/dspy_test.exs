@@ -32,13 +32,20 @@ defmodule DSPyBridge.DSPyTest do
     assert is_map(configured)
     refute inspect(configured) =~ "api_key\" => \"sk"
 
+    # "qa" carries its own LM, so its export does too
     assert {:ok, %{"program_id" => "qa", "session_id" => ^s, "program_type" => "predict"}} =
-             DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "qa"],
+             DSPyBridge.create_program(
+               pool,
+               [
+                 signature: "question -> answer",
+                 program_id: "qa",
+                 lm: mock("qa-own", responses: %{"What is 2+2?" => "four"})
+               ],
                session: s
              )
 
     assert {:ok, result} = DSPyBridge.execute(pool, "qa", %{question: "What is 2+2?"}, session: s)
-    assert result["outputs"]["answer"] == "4"
+    assert result["outputs"]["answer"] == "four"
     assert is_map(result["usage"]) or is_list(result["usage"])
     assert is_binary(result["lm"])
 
@@ -74,7 +81,7 @@ defmodule DSPyBridge.DSPyTest do
       DSPyBridge.import_program(pool, doc, session: "other", program_id: "copy")
 
     assert answer(DSPyBridge.execute(pool, "copy", %{question: "What is 2+2?"}, session: "other")) ==
-             "4"
+             "four"
 
     assert {:ok, usage} = DSPyBridge.get_usage(pool, session: s)
     assert usage != %{}
