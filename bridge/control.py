@@ -56,9 +56,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         "latency_ms": stats.latency_summary(),
         "dspy_loaded": worker.dspy_loaded,
     }
-    sessions = getattr(worker, "sessions", None)
-    if sessions is not None:
-        result.update(sessions.stats())
+    result.update(worker.sessions.stats())
     return result
 
 

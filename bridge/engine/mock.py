@@ -1,0 +1,246 @@
+"""The mock provider: deterministic answers with no network, behind DSPy's engine interface.
+
+`dspy.LM("mock/<name>", engine=MockEngine(...), async_engine=AsyncMockEngine(...))`: DSPy's
+adapter formats the prompt into a canonical `dspy.lm15.Request` exactly as for a real
+provider, the engine answers with a `dspy.lm15.Response` in the format that adapter asked
+for, and the adapter parses it back into typed output fields. Failures are raised as the
+lm15 errors a real engine raises, so DSPy classifies and retries them as it would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from dspy import lm15
+from dspy.clients.engines.base import validate_request
+
+if TYPE_CHECKING:
+    from bridge.programs import MockOptions
+
+MISSING: Any = object()
+RAW_KEY = "__raw__"
+OUTPUT_SECTION = re.compile(r"Your output fields are:\n(.*?)(?:\nAll interactions|\Z)", re.S)
+OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \((.+?)\):", re.M)
+INPUT_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]\n")
+RESPOND_MARKER = re.compile(r"\n\nRespond with (?:the corresponding output fields|a JSON object)")
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+ERRORS: dict[str, tuple[type[lm15.LM15Error], int | None]] = {
+    "rate_limit": (lm15.RateLimitError, 429),
+    "server": (lm15.ServerError, 500),
+    "timeout": (lm15.TimeoutError, 408),
+    "transport": (lm15.TransportError, None),
+    "auth": (lm15.AuthError, 401),
+    "billing": (lm15.BillingError, 402),
+    "invalid_request": (lm15.InvalidRequestError, 400),
+    "context_length": (lm15.ContextLengthError, 400),
+}
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic stand-in for a tokenizer: words and punctuation marks."""
+    return len(TOKEN.findall(text))
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(getattr(part, "text", "") or "" for part in content)
+
+
+class MockEngine:
+    """The synchronous engine; it holds the mock's state (call and sequence counters)."""
+
+    def __init__(self, options: MockOptions, model: str, timeout_s: float | None = None) -> None:
+        self.options = options
+        self.model = model
+        self.timeout_s = timeout_s
+        self.calls = 0
+        self._sequence_index = 0
+        self._lock = threading.Lock()
+
+    # ----- the engine interface -----
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
+        delay, outcome = self.plan(request)
+        if delay:
+            time.sleep(delay)
+        return self._deliver(outcome)
+
+    def stream(self, request: lm15.Request) -> Iterator[Any]:
+        return iter(lm15.response_to_events(self.complete(request)))
+
+    def close(self) -> None:
+        pass
+
+    # ----- answering -----
+
+    def plan(self, request: lm15.Request) -> tuple[float, lm15.Response | Exception]:
+        """The simulated latency and the answer (or provider error) for one call."""
+        validate_request(request)
+        with self._lock:
+            call_index = self.calls
+            self.calls += 1
+        latency = self.options.latency_ms / 1000
+        if self.timeout_s is not None and latency > self.timeout_s:
+            return self.timeout_s, lm15.TimeoutError(
+                f"mock provider did not answer within timeout_s={self.timeout_s}",
+                provider="mock", status=408, retry_after=0.0,
+            )
+        fail = self.options.fail
+        if fail is not None and (fail.times is None or call_index < fail.times):
+            error_class, status = ERRORS[fail.error]
+            message = fail.message or (
+                f"simulated {fail.error} failure (mock call #{call_index + 1})")
+            return latency, error_class(message, provider="mock", status=status, retry_after=0.0)
+        return latency, self._response(request, call_index)
+
+    @staticmethod
+    def _deliver(outcome: lm15.Response | Exception) -> lm15.Response:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _response(self, request: lm15.Request, call_index: int) -> lm15.Response:
+        system = _text_of(request.system)
+        user_texts = [m.text or "" for m in request.messages if m.role == "user"]
+        last_user = user_texts[-1] if user_texts else ""
+        outputs = parse_output_fields(system)
+        json_mode = (
+            request.config.response_format is not None
+            or "Outputs will be a JSON object" in system
+            or "Respond with a JSON object" in last_user
+        )
+        value = self._choose(parse_inputs(last_user))
+        if isinstance(value, dict) and set(value) == {RAW_KEY}:
+            text = str(value[RAW_KEY])
+        else:
+            text = render(assign(value, outputs), outputs, json_mode)
+        prompt = system + "".join(m.text or "" for m in request.messages)
+        usage = lm15.Usage(input_tokens=count_tokens(prompt), output_tokens=count_tokens(text))
+        return lm15.Response(
+            id=f"mock-{call_index + 1}",
+            model=self.model,
+            message=lm15.Message.assistant([lm15.TextPart(text)]),
+            finish_reason="stop",
+            usage=usage,
+        )
+
+    def _choose(self, inputs: dict[str, str]) -> Any:
+        responses = self.options.responses
+        for text in inputs.values():
+            if text in responses:
+                return responses[text]
+        sequence = self.options.sequence
+        if sequence:
+            with self._lock:
+                index = self._sequence_index
+                if index < len(sequence):
+                    self._sequence_index += 1
+                    return sequence[index]
+        if self.options.default is not None:
+            return self.options.default
+        return MISSING
+
+
+class AsyncMockEngine:
+    """The async counterpart: the same state, latency awaited so cancellation stops it."""
+
+    def __init__(self, sync: MockEngine) -> None:
+        self.sync = sync
+
+    async def complete(self, request: lm15.Request) -> lm15.Response:
+        delay, outcome = self.sync.plan(request)
+        if delay:
+            await asyncio.sleep(delay)
+        return self.sync._deliver(outcome)
+
+    async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
+        for item in lm15.response_to_events(await self.complete(request)):
+            yield item
+
+    async def aclose(self) -> None:
+        pass
+
+
+# ----- reading the formatted prompt -----
+
+
+def parse_output_fields(system: str) -> list[tuple[str, str]]:
+    """(name, type text) of every output field the adapter asks for, in order."""
+    section = OUTPUT_SECTION.search(system)
+    if section is None:
+        return []
+    return OUTPUT_FIELD.findall(section.group(1))
+
+
+def parse_inputs(user_text: str) -> dict[str, str]:
+    """The input field values of the last user message, as the adapter rendered them."""
+    marker = RESPOND_MARKER.search(user_text)
+    if marker is not None:
+        user_text = user_text[: marker.start()]
+    parts = INPUT_FIELD.split(user_text)
+    # parts: [preamble, name1, value1, name2, value2, ...]
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+# ----- writing the answer -----
+
+
+def assign(value: Any, outputs: list[tuple[str, str]]) -> dict[str, Any]:
+    names = [name for name, _ in outputs]
+    fields: dict[str, Any] = {}
+    if value is MISSING:
+        pass
+    elif isinstance(value, dict) and value and set(value) <= set(names):
+        fields = dict(value)
+    elif names:
+        primary = next((name for name in names if name != "reasoning"), names[0])
+        fields[primary] = value
+    for name, type_text in outputs:
+        if name not in fields:
+            fields[name] = placeholder(name, type_text)
+    return fields
+
+
+def placeholder(name: str, type_text: str) -> Any:
+    """A well-typed answer for a field the mock was given nothing for."""
+    if name == "reasoning":
+        return "Mock reasoning."
+    kind = type_text.replace(" ", "")
+    if kind == "int":
+        return 0
+    if kind == "float":
+        return 0.0
+    if kind == "bool":
+        return False
+    if kind.startswith("list"):
+        return []
+    if kind.startswith("dict"):
+        return {}
+    if kind.startswith("Literal["):
+        choice = re.search(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", type_text)
+        if choice:
+            return choice.group(1) if choice.group(1) is not None else choice.group(2)
+    return f"mock {name}"
+
+
+def render(fields: dict[str, Any], outputs: list[tuple[str, str]], json_mode: bool) -> str:
+    order = [name for name, _ in outputs] + [name for name in fields if name not in dict(outputs)]
+    if json_mode:
+        return json.dumps({name: fields[name] for name in order}, ensure_ascii=False)
+    sections = []
+    for name in order:
+        value = fields[name]
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        sections.append(f"[[ ## {name} ## ]]\n{text}")
+    sections.append("[[ ## completed ## ]]")
+    return "\n\n".join(sections)

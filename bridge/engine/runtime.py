@@ -1,0 +1,496 @@
+"""Everything the bridge asks of DSPy: LMs, programs, execution, state, cache.
+
+Isolation between requests rests on three per-call pieces, none of them process-global:
+`dspy.context(lm=...)` (a contextvar) chooses the LM; a `CallScope` contextvar
+partitions the response cache by session and LM config and collects the call's LM
+history entries; a fresh `UsageTracker` in that context counts its tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import dspy
+import dspy.clients.base_lm as dspy_base_lm
+from dspy.clients.cache import Cache
+from dspy.utils.caching import default_cache_dir
+from dspy.utils.usage_tracker import UsageTracker
+
+from bridge.engine.mock import AsyncMockEngine, MockEngine
+from bridge.sessions import BreakerSettings, ModelUsage
+from protocol.errors import BridgeError, ErrorType, field_errors
+
+if TYPE_CHECKING:
+    from bridge.programs import CheckedLm, SignatureSpec
+
+RAW_EXCERPT_CHARS = 500
+MESSAGE_CHARS = 1000
+DEFAULT_MEMORY_ENTRIES = 10_000
+DEFAULT_DISK_LIMIT = 1024 * 1024 * 1024
+
+
+def invalid(field_name: str, message: str) -> BridgeError:
+    return BridgeError(ErrorType.INVALID_ARGS, f"{field_name}: {message}",
+                       details=field_errors([(field_name, message)]))
+
+
+# ----- per-call scope: cache partition, history capture -----
+
+
+@dataclass(slots=True)
+class CallScope:
+    partition: str
+    cache_hits: int = 0
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+SCOPE: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
+    "bridge_call_scope", default=None
+)
+
+
+class BridgeCache(Cache):  # type: ignore[misc]
+    """DSPy's cache with keys partitioned by the calling session and LM config, so two
+    tenants never share a cached answer (DSPy's own key ignores api_key and api_base)."""
+
+    def cache_key(self, request: dict[str, Any],
+                  ignored_args_for_cache_key: list[str] | None = None) -> str:
+        scope = SCOPE.get()
+        partitioned = {**request, "_bridge_partition": scope.partition if scope else ""}
+        return str(super().cache_key(partitioned, ignored_args_for_cache_key))
+
+    def get(self, request: dict[str, Any],
+            ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        value = super().get(request, ignored_args_for_cache_key)
+        scope = SCOPE.get()
+        if value is not None and scope is not None:
+            scope.cache_hits += 1
+        return value
+
+
+class HistorySink(list):  # type: ignore[type-arg]
+    """Replaces DSPy's process-wide LM history: each entry goes to the scope of the call
+    that made it (for its cost), and nothing accumulates in the worker."""
+
+    def append(self, entry: Any) -> None:
+        scope = SCOPE.get()
+        if scope is not None:
+            scope.entries.append(entry)
+
+
+# ----- handles -----
+
+
+@dataclass(eq=False)
+class LmHandle:
+    checked: CheckedLm
+    lm: Any  # dspy.LM
+    fingerprint: str
+
+    @property
+    def model(self) -> str:
+        return self.checked.config.model
+
+    @property
+    def breaker_settings(self) -> BreakerSettings:
+        return self.checked.breaker
+
+
+@dataclass(frozen=True)
+class ProgramType:
+    name: str
+    build: Callable[[Any], Any]
+    # Output fields the module adds to the signature's own (chain_of_thought: reasoning).
+    extra_outputs: tuple[str, ...] = ()
+
+
+# Adding a program type is adding an entry.
+PROGRAM_TYPES: dict[str, ProgramType] = {
+    "predict": ProgramType("predict", dspy.Predict),
+    "chain_of_thought": ProgramType("chain_of_thought", dspy.ChainOfThought, ("reasoning",)),
+}
+
+
+@dataclass(eq=False)
+class ProgramHandle:
+    program_id: str
+    session_id: str
+    program_type: str
+    spec: SignatureSpec
+    module: Any  # dspy.Module
+    lm: LmHandle | None
+    output_names: list[str]
+    created_at: float = field(default_factory=time.time)
+
+    def _first_predictor(self) -> Any:
+        return self.module.named_predictors()[0][1]
+
+    def demos(self) -> list[Any]:
+        return list(self._first_predictor().demos)
+
+    def instructions(self) -> str:
+        return str(self._first_predictor().signature.instructions)
+
+
+# ----- wire conversion -----
+
+
+def to_wire(value: Any) -> Any:
+    """A prediction value as msgpack carries it."""
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_wire(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_wire(item) for key, item in value.items()}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return to_wire(dump(mode="json"))
+    return str(value)
+
+
+def canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return sorted(([canonical(k), canonical(v)] for k, v in value.items()), key=repr)
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    return value
+
+
+def fingerprint(checked: CheckedLm) -> str:
+    """Stable identity of an LM config (the key enters only as a digest)."""
+    material = {
+        "config": checked.config.model_dump(exclude_none=True),
+        "key": None if checked.api_key is None
+        else hashlib.sha256(checked.api_key.encode()).hexdigest(),
+    }
+    text = json.dumps(canonical(material), default=repr, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
+
+
+def _class_path(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def provider_error(exc: Exception, model: str) -> BridgeError:
+    chain: list[str] = []
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and len(chain) < 5:
+        chain.append(_class_path(cause))
+        cause = cause.__cause__
+    retryable = bool(dspy.is_retryable_lm_error(exc))
+    text = getattr(exc, "message", "") or str(exc)
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: {type(exc).__name__}: {truncate(text, MESSAGE_CHARS)}",
+        retryable=retryable,
+        details={
+            "reason": "provider_error",
+            "error_class": type(exc).__name__,
+            "provider_error_class": chain[-1].rsplit(".", 1)[-1] if chain else type(exc).__name__,
+            "cause_chain": chain,
+            "code": getattr(exc, "code", None),
+            "status": getattr(exc, "status", None),
+            "provider": getattr(exc, "provider", None),
+            "retry_after_s": getattr(exc, "retry_after", None),
+            "model": model,
+        },
+    )
+
+
+def parse_error(exc: Any, model: str) -> BridgeError:
+    raw = str(exc.lm_response or "")
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: the LM's answer could not be parsed into the output fields",
+        retryable=False,
+        details={
+            "reason": "unparseable_answer",
+            "error_class": type(exc).__name__,
+            "adapter": exc.adapter_name,
+            "expected_fields": list(exc.signature.output_fields),
+            "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS),
+            "raw_length": len(raw),
+            "model": model,
+        },
+    )
+
+
+# ----- the engine -----
+
+
+def _annotation(wire_type: Any) -> Any:
+    if isinstance(wire_type, dict):
+        return Literal.__getitem__(tuple(wire_type["choices"]))
+    return {
+        "str": str, "int": int, "float": float, "bool": bool, "list[str]": list[str],
+        "list[int]": list[int], "list[float]": list[float], "dict": dict[str, Any],
+    }[wire_type]
+
+
+class Engine:
+    dspy_version: str = dspy.__version__
+
+    def __init__(self) -> None:
+        self.cache_settings: dict[str, Any] = {
+            "enable_memory": True,
+            "enable_disk": False,
+            "disk_dir": None,
+            "memory_max_entries": DEFAULT_MEMORY_ENTRIES,
+            "disk_size_limit_bytes": DEFAULT_DISK_LIMIT,
+        }
+        self._install_cache(self.cache_settings)
+        self._litellm: concurrent.futures.Future[Any] | None = None
+
+    # ----- LMs -----
+
+    async def lm(self, checked: CheckedLm, field_name: str = "model") -> LmHandle:
+        """Build an LM, first loading litellm off the event loop when it may be used
+        (its import takes seconds: never on the loop, where it would stall every request)."""
+        if checked.mock is None:
+            loading = self._load_litellm()
+            if checked.extra.get("engine") == "litellm":
+                await asyncio.wrap_future(loading)
+        return self.build_lm(checked, field_name)
+
+    def _load_litellm(self) -> concurrent.futures.Future[Any]:
+        if self._litellm is None:
+            self._litellm = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="litellm-import"
+            ).submit(_import_litellm)
+        return self._litellm
+
+    def build_lm(self, checked: CheckedLm, field_name: str = "model") -> LmHandle:
+        config = checked.config
+        common: dict[str, Any] = {
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+            "cache": True if config.cache is None else config.cache,
+            "num_retries": 3 if config.num_retries is None else config.num_retries,
+        }
+        if config.top_p is not None:
+            common["top_p"] = config.top_p
+        try:
+            if checked.mock is not None:
+                engine = MockEngine(checked.mock, config.model, config.timeout_s)
+                lm = dspy.LM(config.model, engine=engine, async_engine=AsyncMockEngine(engine),
+                             **common)
+            else:
+                extra = dict(checked.extra)
+                selection = extra.pop("engine", "auto")
+                model_type = extra.pop("model_type", "chat")
+                client: dict[str, Any] = {}
+                if checked.api_key is not None:
+                    client["api_key"] = checked.api_key
+                if config.api_base is not None:
+                    client["api_base"] = config.api_base
+                if config.timeout_s is not None:
+                    client["timeout"] = config.timeout_s
+                lm = dspy.LM(config.model, model_type=model_type, engine=selection,
+                             **common, **client, **extra)
+        except (ValueError, TypeError, dspy.LMError) as exc:
+            raise invalid(field_name, f"DSPy refused this LM: {truncate(str(exc), 500)}") from None
+        return LmHandle(checked, lm, fingerprint(checked))
+
+    # ----- programs -----
+
+    def program_type(self, name: str, field_name: str = "program_type") -> ProgramType:
+        found = PROGRAM_TYPES.get(name)
+        if found is None:
+            raise invalid(field_name, f"unknown program type {name[:100]!r}; known: "
+                          + ", ".join(PROGRAM_TYPES))
+        return found
+
+    def signature(self, spec: SignatureSpec, program_type: ProgramType) -> Any:
+        fields: dict[str, Any] = {}
+        for spec_field in spec.inputs:
+            fields[spec_field.name] = self._field(spec_field, dspy.InputField)
+        for spec_field in spec.outputs:
+            fields[spec_field.name] = self._field(spec_field, dspy.OutputField)
+        for name in fields:
+            if name in program_type.extra_outputs:
+                raise invalid("signature", f"field name {name!r} is used by the "
+                              f"{program_type.name} program type itself")
+            if hasattr(dspy.Signature, name):
+                raise invalid("signature", f"field name {name!r} is reserved by DSPy")
+        return dspy.Signature(fields, spec.instructions or None, signature_name=spec.name
+                              or "BridgeSignature")
+
+    @staticmethod
+    def _field(spec_field: Any, kind: Any) -> tuple[Any, Any]:
+        info = kind(desc=spec_field.desc) if spec_field.desc else kind()
+        return (_annotation(spec_field.type), info)
+
+    def build_program(self, program_id: str, session_id: str, spec: SignatureSpec,
+                      type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
+                      state: dict[str, Any] | None) -> ProgramHandle:
+        program_type = PROGRAM_TYPES[type_name]
+        module = program_type.build(self.signature(spec, program_type))
+        if state is not None:
+            module.load_state(state)
+        elif demos:
+            for _, predictor in module.named_predictors():
+                predictor.demos = [dspy.Example(**demo) for demo in demos]
+        output_names = [*program_type.extra_outputs, *(f.name for f in spec.outputs)]
+        return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names)
+
+    def export_state(self, program: ProgramHandle) -> dict[str, Any]:
+        return to_wire(program.module.dump_state())  # type: ignore[no-any-return]
+
+    def check_state(self, spec: SignatureSpec, program_type: ProgramType,
+                    state: dict[str, Any]) -> dict[str, Any]:
+        """A state document from the wire, reduced to what a program may take from it:
+        demos, instructions and field prefixes/descriptions (never an LM, never any other
+        attribute DSPy's load_state would set)."""
+        template = program_type.build(self.signature(spec, program_type))
+        predictors = dict(template.named_predictors())
+        if list(predictors) == ["self"]:
+            return self._check_predictor(state, predictors["self"], "document.state")
+        unknown = set(state) - set(predictors)
+        if unknown:
+            raise invalid("document.state", f"unexpected keys {sorted(unknown)!r}; this program "
+                          f"type's state holds {sorted(predictors)!r}")
+        return {name: self._check_predictor(state.get(name), predictor,
+                                            f"document.state.{name}")
+                for name, predictor in predictors.items()}
+
+    @staticmethod
+    def _check_predictor(raw: Any, predictor: Any, where: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise invalid(where, "must be a map (a predictor's state)")
+        unknown = set(raw) - {"traces", "train", "demos", "signature", "lm", "fields"}
+        if unknown:
+            raise invalid(where, f"unexpected keys {sorted(unknown)!r}")
+        if raw.get("lm") is not None:
+            raise invalid(f"{where}.lm", "must be nil; a program's LM travels in document.lm")
+        if raw.get("fields"):
+            raise invalid(f"{where}.fields", "must be empty")
+        names = set(predictor.signature.fields) | {"augmented"}
+        demos = raw.get("demos", [])
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise invalid(f"{where}.demos", "must be a list of maps")
+        for index, demo in enumerate(demos):
+            bad = [key for key in demo if not isinstance(key, str) or key not in names]
+            if bad:
+                raise invalid(f"{where}.demos.{index}", f"unknown fields {bad!r}")
+        template = predictor.signature.dump_state()
+        signature = raw.get("signature", template)
+        if not isinstance(signature, dict) or set(signature) - {"instructions", "fields"}:
+            raise invalid(f"{where}.signature", "must be {instructions, fields}")
+        instructions = signature.get("instructions", template["instructions"])
+        if not isinstance(instructions, str):
+            raise invalid(f"{where}.signature.instructions", "must be a string")
+        fields = signature.get("fields", template["fields"])
+        if (not isinstance(fields, list) or len(fields) != len(template["fields"])
+                or not all(isinstance(f, dict) and set(f) == {"prefix", "description"}
+                           and all(isinstance(v, str) for v in f.values()) for f in fields)):
+            raise invalid(f"{where}.signature.fields",
+                          f"must be {len(template['fields'])} maps of {{prefix, description}}")
+        return {"traces": [], "train": [], "demos": demos, "lm": None,
+                "signature": {"instructions": instructions, "fields": fields}}
+
+    # ----- execution -----
+
+    async def execute(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
+                      config: dict[str, Any],
+                      record: Callable[[dict[str, ModelUsage]], None]) -> dict[str, Any]:
+        scope = CallScope(partition=f"{program.session_id}\x1f{lm.fingerprint}")
+        token = SCOPE.set(scope)
+        tracker = UsageTracker()
+        failed = False
+        try:
+            kwargs = dict(inputs)
+            if config:
+                kwargs["config"] = config
+            with dspy.context(lm=lm.lm, adapter=None, usage_tracker=tracker,
+                              track_usage=False, max_history_size=0, max_trace_size=0):
+                if hasattr(program.module, "aforward"):
+                    prediction = await program.module.acall(**kwargs)
+                else:  # a module without an async path: a thread (the context goes with it)
+                    prediction = await asyncio.to_thread(program.module, **kwargs)
+            return {name: to_wire(prediction.get(name)) for name in program.output_names}
+        except dspy.AdapterParseError as exc:
+            raise parse_error(exc, lm.model) from None
+        except dspy.LMError as exc:
+            failed = True
+            raise provider_error(exc, lm.model) from None
+        finally:
+            SCOPE.reset(token)
+            record(self._usage(scope, tracker, lm.model, failed))
+
+    @staticmethod
+    def _usage(scope: CallScope, tracker: UsageTracker, model: str,
+               failed: bool) -> dict[str, ModelUsage]:
+        per_model: dict[str, ModelUsage] = {}
+        for entry in scope.entries:
+            usage = per_model.setdefault(str(entry.get("model", model)), ModelUsage())
+            usage.requests += 1
+            cost = entry.get("cost")
+            if entry.get("usage") and isinstance(cost, int | float):
+                usage.cost_usd = (usage.cost_usd or 0.0) + float(cost)
+        for name, tokens in tracker.get_total_tokens().items():
+            usage = per_model.setdefault(str(name), ModelUsage())
+            usage.prompt_tokens += int(tokens.get("prompt_tokens") or 0)
+            usage.completion_tokens += int(tokens.get("completion_tokens") or 0)
+            usage.total_tokens += int(tokens.get("total_tokens") or 0)
+        if scope.cache_hits:
+            per_model.setdefault(model, ModelUsage()).cached_requests += scope.cache_hits
+        if failed:
+            usage = per_model.setdefault(model, ModelUsage())
+            usage.errors += 1
+            usage.requests += 1
+        return per_model
+
+    # ----- cache -----
+
+    def configure_cache(self, **changes: Any) -> dict[str, Any]:
+        settings = {**self.cache_settings, **changes}
+        if settings["enable_disk"] and settings["disk_dir"] is None:
+            settings["disk_dir"] = default_cache_dir()
+        try:
+            self._install_cache(settings)
+        except (OSError, ValueError) as exc:
+            raise invalid("disk_dir", f"the disk cache could not be opened: {exc}") from None
+        self.cache_settings = settings
+        return dict(settings)
+
+    @staticmethod
+    def _install_cache(settings: dict[str, Any]) -> None:
+        disk_dir = settings["disk_dir"]
+        if settings["enable_disk"]:
+            os.makedirs(disk_dir, exist_ok=True)
+        cache = BridgeCache(
+            enable_disk_cache=settings["enable_disk"],
+            enable_memory_cache=settings["enable_memory"],
+            disk_cache_dir=disk_dir,
+            disk_size_limit_bytes=settings["disk_size_limit_bytes"],
+            memory_max_entries=settings["memory_max_entries"],
+        )
+        with dspy._cache_lock:
+            dspy.cache = cache
+
+
+def _import_litellm() -> Any:
+    from dspy.clients._litellm import get_litellm
+
+    return get_litellm(feature="dspy.LM")
+
+
+def install_history_sink() -> None:
+    dspy_base_lm.GLOBAL_HISTORY = HistorySink()

@@ -1,0 +1,367 @@
+"""Sessions: per-tenant LM, program pool and usage book, plus the circuit breakers.
+
+Nothing here imports DSPy: the LM and program objects the engine builds are held as
+opaque handles, so the store (and `get_stats`, which reads it) works before DSPy loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.options import WorkerOptions
+from protocol.errors import BridgeError, ErrorType
+
+DEFAULT_SESSION = "default"
+DEFAULT_FAILURE_THRESHOLD = 5
+DEFAULT_COOLDOWN_S = 30.0
+MAX_BREAKERS = 10_000
+
+
+class LmLike(Protocol):
+    """What the store needs of an engine LM handle."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+# ----- usage -----
+
+
+@dataclass(slots=True)
+class ModelUsage:
+    """Counters for one model: what a host bills and watches."""
+
+    requests: int = 0
+    cached_requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float | None = None
+
+    def add(self, other: ModelUsage) -> None:
+        self.requests += other.requests
+        self.cached_requests += other.cached_requests
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        if other.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "cached_requests": self.cached_requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 10),
+        }
+
+
+def merge_usage(per_model: dict[str, ModelUsage]) -> ModelUsage:
+    total = ModelUsage()
+    for usage in per_model.values():
+        total.add(usage)
+    return total
+
+
+class UsageBook:
+    """Usage of one session, per model."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelUsage] = {}
+        self.since = time.time()
+
+    def add(self, per_model: dict[str, ModelUsage]) -> None:
+        for model, usage in per_model.items():
+            self.models.setdefault(model, ModelUsage()).add(usage)
+
+    def reset(self) -> None:
+        self.models = {}
+        self.since = time.time()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "models": {model: usage.to_wire() for model, usage in sorted(self.models.items())},
+            "total": merge_usage(self.models).to_wire(),
+            "since": self.since,
+        }
+
+
+# ----- circuit breakers -----
+
+
+@dataclass(slots=True)
+class BreakerSettings:
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    cooldown_s: float = DEFAULT_COOLDOWN_S
+
+
+class CircuitBreaker:
+    """Consecutive retryable provider failures open it; after the cool-down one probe
+    call is let through, and its outcome closes or re-opens it."""
+
+    def __init__(self, label: str, settings: BreakerSettings) -> None:
+        self.label = label
+        self.settings = settings
+        self.state = "closed"
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self.times_opened = 0
+        self.rejected = 0
+        self._probe_in_flight = False
+
+    def before_call(self, model: str) -> bool:
+        """Raise circuit_open if the call may not go ahead; True if it is the probe."""
+        if self.state == "closed":
+            return False
+        now = time.monotonic()
+        assert self.opened_at is not None
+        remaining = self.opened_at + self.settings.cooldown_s - now
+        if self.state == "open" and remaining <= 0:
+            self.state = "half_open"
+        if self.state == "half_open" and not self._probe_in_flight:
+            self._probe_in_flight = True
+            return True
+        self.rejected += 1
+        raise BridgeError(
+            ErrorType.LM_ERROR,
+            f"the circuit breaker for {model} is open after {self.consecutive_failures} "
+            "consecutive provider failures; calls fail fast until the cool-down ends",
+            retryable=True,
+            details={
+                "reason": "circuit_open",
+                "model": model,
+                "consecutive_failures": self.consecutive_failures,
+                "retry_after_ms": max(0, round(remaining * 1000)),
+            },
+        )
+
+    def on_success(self) -> None:
+        self.state = "closed"
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self._probe_in_flight = False
+
+    def on_failure(self, *, retryable_provider_failure: bool) -> None:
+        self._probe_in_flight = False
+        if not retryable_provider_failure:
+            # The provider answered (or the failure is ours): it is not down.
+            if self.state != "open":
+                self.on_success()
+            return
+        self.consecutive_failures += 1
+        if self.state == "half_open" or (
+            self.state == "closed" and self.consecutive_failures >= self.settings.failure_threshold
+        ):
+            self.state = "open"
+            self.opened_at = time.monotonic()
+            self.times_opened += 1
+
+    def on_abandoned(self) -> None:
+        """The call was cancelled or timed out before an outcome: no verdict."""
+        self._probe_in_flight = False
+
+    def to_wire(self) -> dict[str, Any]:
+        remaining = None
+        if self.state == "open" and self.opened_at is not None:
+            remaining = max(0, round((self.opened_at + self.settings.cooldown_s
+                                      - time.monotonic()) * 1000))
+        return {
+            "model": self.label,
+            "state": self.state,
+            "consecutive_failures": self.consecutive_failures,
+            "failure_threshold": self.settings.failure_threshold,
+            "cooldown_ms": round(self.settings.cooldown_s * 1000),
+            "times_opened": self.times_opened,
+            "rejected_calls": self.rejected,
+            "cooldown_remaining_ms": remaining,
+        }
+
+
+class BreakerRegistry:
+    """One breaker per LM configuration (keyed by its fingerprint), least recent dropped."""
+
+    def __init__(self, limit: int = MAX_BREAKERS) -> None:
+        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._limit = limit
+
+    def get(self, fingerprint: str, label: str, settings: BreakerSettings) -> CircuitBreaker:
+        breaker = self._breakers.get(fingerprint)
+        if breaker is None:
+            breaker = CircuitBreaker(label, settings)
+            self._breakers[fingerprint] = breaker
+            while len(self._breakers) > self._limit:
+                self._breakers.popitem(last=False)
+        else:
+            self._breakers.move_to_end(fingerprint)
+        return breaker
+
+    def to_wire(self) -> dict[str, Any]:
+        return {fingerprint: breaker.to_wire() for fingerprint, breaker in self._breakers.items()}
+
+
+# ----- sessions -----
+
+
+@dataclass(slots=True)
+class Session:
+    session_id: str
+    lm: Any = None
+    programs: dict[str, Any] = field(default_factory=dict)
+    usage: UsageBook = field(default_factory=UsageBook)
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    last_used_monotonic: float = field(default_factory=time.monotonic)
+    busy: int = 0
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+        self.last_used_monotonic = time.monotonic()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "programs": len(self.programs),
+            "lm": None if self.lm is None else self.lm.model,
+            "created_at": self.created_at,
+            "last_used": self.last_used,
+            "idle_s": round(time.monotonic() - self.last_used_monotonic, 3),
+            "in_flight": self.busy,
+        }
+
+
+class SessionStore:
+    """Every session of the worker, the worker-wide default LM and the breakers."""
+
+    def __init__(self, options: WorkerOptions, emit: Callable[..., None]) -> None:
+        self.options = options
+        self._emit = emit
+        self.sessions: dict[str, Session] = {}
+        self.default_lm: Any = None
+        self.breakers = BreakerRegistry()
+        self.evicted = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def resolve_id(session_id: str | None) -> str:
+        return DEFAULT_SESSION if session_id is None else session_id
+
+    def get(self, session_id: str | None) -> Session | None:
+        return self.sessions.get(self.resolve_id(session_id))
+
+    def get_or_create(self, session_id: str | None) -> Session:
+        sid = self.resolve_id(session_id)
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.touch()
+            return session
+        if len(self.sessions) >= self.options.max_sessions:
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"the worker already holds {self.options.max_sessions} sessions; "
+                "end one (end_session) before starting another",
+                details={"limit": "max_sessions", "max_sessions": self.options.max_sessions},
+            )
+        session = Session(sid)
+        self.sessions[sid] = session
+        self._ensure_sweeper()
+        return session
+
+    def require(self, session_id: str | None) -> Session:
+        session = self.get(session_id)
+        if session is None:
+            sid = self.resolve_id(session_id)
+            raise BridgeError(
+                ErrorType.NOT_FOUND, f"no session {sid!r}", details={"session_id": sid}
+            )
+        return session
+
+    def end(self, session_id: str | None) -> Session:
+        session = self.require(session_id)
+        del self.sessions[session.session_id]
+        return session
+
+    @contextmanager
+    def using(self, session: Session) -> Iterator[Session]:
+        """Mark the session busy (never evicted while in use) for the block."""
+        session.busy += 1
+        session.touch()
+        try:
+            yield session
+        finally:
+            session.busy -= 1
+            session.touch()
+
+    def check_program_room(self, session: Session) -> None:
+        limit = self.options.max_programs_per_session
+        if len(session.programs) >= limit:
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"session {session.session_id!r} already holds {limit} programs; "
+                "delete one before creating another",
+                details={"limit": "max_programs_per_session", "max_programs_per_session": limit,
+                         "session_id": session.session_id},
+            )
+
+    def breaker_for(self, lm: Any) -> CircuitBreaker:
+        settings = getattr(lm, "breaker_settings", None) or BreakerSettings()
+        return self.breakers.get(lm.fingerprint, lm.model, settings)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sessions": len(self.sessions),
+            "programs": sum(len(s.programs) for s in self.sessions.values()),
+            "sessions_evicted": self.evicted,
+            "default_lm": None if self.default_lm is None else self.default_lm.model,
+            "circuit_breakers": self.breakers.to_wire(),
+        }
+
+    # ----- idle eviction -----
+
+    def _ensure_sweeper(self) -> None:
+        ttl = self.options.session_idle_ttl_s
+        if ttl is None or self._sweeper is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._sweeper = loop.call_later(self._sweep_interval(ttl), self._sweep)
+
+    @staticmethod
+    def _sweep_interval(ttl: float) -> float:
+        return min(max(ttl / 4, 0.02), 5.0)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        ttl = self.options.session_idle_ttl_s
+        if ttl is None:
+            return
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            idle = now - session.last_used_monotonic
+            if session.busy == 0 and idle >= ttl:
+                del self.sessions[session.session_id]
+                self.evicted += 1
+                self._emit(
+                    "session_evicted",
+                    session_id=session.session_id,
+                    reason="idle",
+                    idle_s=round(idle, 3),
+                    programs=len(session.programs),
+                )
+        if self.sessions:
+            self._ensure_sweeper()

@@ -1,0 +1,127 @@
+"""A tiny OpenAI-compatible chat completions server on 127.0.0.1, for tests only.
+
+It answers `POST .../chat/completions` in the format DSPy's adapter asked for (the output
+fields named in the last user message), records every request (headers included), and can
+be told to fail the next calls with a given HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]")
+JSON_FIELDS = re.compile(r"`(\w+)`")
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.failures: list[tuple[int, str]] = []
+        self.answers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def fail_next(self, count: int, status: int, message: str = "simulated failure") -> None:
+        with self._lock:
+            self.failures.extend([(status, message)] * count)
+
+    def _next_failure(self) -> tuple[int, str] | None:
+        with self._lock:
+            return self.failures.pop(0) if self.failures else None
+
+    def answer(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages", [])
+        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        content = last_user.get("content", "")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content)
+        _, _, tail = content.partition("Respond with")
+        if "JSON object" in tail:
+            names = JSON_FIELDS.findall(tail)
+            return json.dumps({name: self.answers.get(name, f"fake {name}") for name in names})
+        names = [n for n in FIELD.findall(tail) if n != "completed"]
+        sections = [f"[[ ## {n} ## ]]\n{self.answers.get(n, f'fake {n}')}" for n in names]
+        return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with fake._lock:
+                    fake.requests.append({"path": self.path, "headers": dict(self.headers),
+                                          "body": body})
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": "not found", "type": "not_found"}})
+                    return
+                failure = fake._next_failure()
+                if failure is not None:
+                    status, message = failure
+                    self._send(status, {"error": {"message": message, "type": "server_error",
+                                                  "code": str(status)}},
+                               {"Retry-After": "0"} if status == 429 else None)
+                    return
+                text = fake.answer(body)
+                prompt_tokens = sum(len(str(m.get("content", "")).split())
+                                    for m in body.get("messages", []))
+                completion_tokens = len(text.split())
+                self._send(200, {
+                    "id": f"chatcmpl-{len(fake.requests)}",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": prompt_tokens,
+                              "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens},
+                })
+
+            def _send(self, status: int, payload: dict[str, Any],
+                      headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def start(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@contextmanager
+def fake_openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    try:
+        yield server
+    finally:
+        server.stop()
