@@ -251,6 +251,8 @@ class ReplayResult:
     failure: Failure | None = None
     steps: int = 0
     duration_s: float = 0.0
+    # (transcript line, actual message) for every expectation met, in order.
+    matched: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -315,6 +317,7 @@ class Player:
         self.strict = strict
         self.cwd = cwd
         self.session: _Session | None = None
+        self.matched: list[tuple[int, dict[str, Any]]] = []
 
     def play(self, steps: Iterable[tx.Step]) -> int:
         count = 0
@@ -473,6 +476,7 @@ class Player:
                 if result.ok:
                     session.bindings = result.bindings
                     session.answered.append(wanted)
+                    self.matched.append((step.line, session.responses[index]))
                     del session.responses[index]
                     return
                 first = first or result
@@ -502,6 +506,7 @@ class Player:
                 if result.ok:
                     session.bindings = result.bindings
                     session.answered.append(actual.get("id"))
+                    self.matched.append((step.line, actual))
                     del session.responses[index]
                     return
             if not self._pump(deadline):
@@ -523,6 +528,7 @@ class Player:
                 result = tx.match(expected, actual, session.bindings)
                 if result.ok:
                     session.bindings = result.bindings
+                    self.matched.append((step.line, actual))
                     del session.events[index]
                     return
             if not self._pump(deadline):
@@ -645,6 +651,7 @@ def replay_steps(
     except _Failed as failed:
         result.failure = failed.failure
         result.steps = len(steps)
+    result.matched = player.matched
     result.duration_s = time.monotonic() - started
     return result
 

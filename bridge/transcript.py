@@ -139,8 +139,13 @@ def to_json(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """One compact JSON text (non-ASCII kept readable; NaN written as JSON5-style NaN)."""
-    return json.dumps(to_json(value), ensure_ascii=False, separators=(", ", ": "))
+    """One compact JSON text on one line (non-ASCII kept readable; NaN written `NaN`)."""
+    text = json.dumps(to_json(value), ensure_ascii=False, separators=(", ", ": "))
+    # Characters some readers take for line breaks are escaped, so a step stays one line.
+    return text.translate(_LINE_BREAKS)
+
+
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 # ----- reading and writing transcripts -----
@@ -149,7 +154,7 @@ def dumps(value: Any) -> str:
 def parse(text: str) -> list[Step]:
     """Every step of a transcript, in order; raises TranscriptError naming the line."""
     steps: list[Step] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
