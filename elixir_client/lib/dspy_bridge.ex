@@ -325,17 +325,26 @@ defmodule DSPyBridge do
   @doc """
   Subscribes the calling process to the pool's events, delivered as
   `{:dspy_bridge_event, %DSPyBridge.Event{}}` until it exits or calls
-  `unsubscribe/1`.
+  `unsubscribe/1`. The subscriber is monitored, not linked: it does not
+  die with the pool.
   """
   @spec subscribe(pool()) :: :ok
   def subscribe(pool) do
-    {:ok, _} = Registry.register(Store.config(pool).registry, :events, nil)
+    scope = Store.config(pool).registry
+
+    unless self() in :pg.get_local_members(scope, :events),
+      do: :ok = :pg.join(scope, :events, self())
+
     :ok
   end
 
   @doc "Stops delivering the pool's events to the calling process."
   @spec unsubscribe(pool()) :: :ok
-  def unsubscribe(pool), do: Registry.unregister(Store.config(pool).registry, :events)
+  def unsubscribe(pool) do
+    scope = Store.config(pool).registry
+    if self() in :pg.get_local_members(scope, :events), do: :pg.leave(scope, :events, self())
+    :ok
+  end
 
   @doc """
   Sends any command to a worker, routed like the other calls (`:session`,

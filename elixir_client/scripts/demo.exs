@@ -85,10 +85,7 @@ sessions = %{
   "alice" =>
     mock.("alice", %{
       responses: %{
-        "What is the capital of France?" => %{
-          answer: "Paris",
-          reasoning: "France's government sits in Paris, so that is its capital."
-        },
+        "What is the capital of France?" => "Paris",
         "What is 17 * 3?" => %{answer: "51", reasoning: "17 * 3 = 10 * 3 + 7 * 3 = 30 + 21 = 51."}
       },
       latency_ms: 20
@@ -177,9 +174,19 @@ for {{session, program, question}, old} <- before do
   IO.puts("      same answer as before the crash: #{same}")
 end
 
-Demo.section("Usage for alice")
-{:ok, usage} = DSPyBridge.get_usage(pool, session: "alice")
-IO.puts("  " <> inspect(usage, pretty: true, width: 90) |> String.replace("\n", "\n  "))
+Demo.section("Usage per session (counted by the worker since it started)")
+
+for session <- ["alice", "bob"] do
+  {:ok, usage} = DSPyBridge.get_usage(pool, session: session)
+
+  for {model, u} <- usage["models"] do
+    IO.puts(
+      "  #{String.pad_trailing(session, 6)} #{String.pad_trailing(model, 11)} " <>
+        "#{u["requests"]} requests, #{u["prompt_tokens"]} prompt + " <>
+        "#{u["completion_tokens"]} completion tokens, cost #{inspect(u["cost_usd"])}"
+    )
+  end
+end
 
 Demo.section("Pool statistics")
 Demo.show_stats(pool)

@@ -129,6 +129,23 @@ defmodule DSPyBridge.PoolTest do
     assert Enum.reject(pids, &os_alive?/1) == pids
   end
 
+  test "subscribers get events once, are not linked to the pool, and can unsubscribe" do
+    name = pool_name()
+    {:ok, sup} = Pool.start_link(worker_opts(name: name, size: 1))
+    Process.unlink(sup)
+    :ok = DSPyBridge.subscribe(name)
+    :ok = DSPyBridge.subscribe(name)
+    [{0, _, os_pid, _}] = Pool.workers(name)
+    kill9(os_pid)
+    assert_receive {:dspy_bridge_event, %Event{name: "worker_exited", os_pid: ^os_pid}}, 5_000
+    assert_receive {:dspy_bridge_event, %Event{name: "ready", source: :worker}}, 10_000
+    refute_received {:dspy_bridge_event, %Event{name: "worker_exited"}}
+    :ok = DSPyBridge.unsubscribe(name)
+    :ok = Pool.stop(name)
+    # still alive (not linked to the pool's processes), nothing more delivered
+    refute_received {:dspy_bridge_event, _}
+  end
+
   test "no orphan OS processes after the pool's owner is killed" do
     name = pool_name()
     parent = self()

@@ -168,7 +168,10 @@ defmodule DSPyBridge.Pool do
       shutdown: 5_000
     }
 
-    children = [{Registry, keys: :duplicate, name: registry}] ++ workers ++ extra ++ [stopper]
+    # :pg monitors its members instead of linking to them, so subscribers do
+    # not die with the pool.
+    subscribers = %{id: :subscribers, start: {:pg, :start_link, [registry]}}
+    children = [subscribers] ++ workers ++ extra ++ [stopper]
 
     Supervisor.init(children,
       strategy: :one_for_one,
@@ -355,8 +358,9 @@ defmodule DSPyBridge.Pool do
       end
     end
 
-    Registry.dispatch(registry, :events, fn entries ->
-      for {pid, _} <- entries, do: send(pid, {:dspy_bridge_event, event})
-    end)
+    for pid <- :pg.get_local_members(registry, :events),
+        do: send(pid, {:dspy_bridge_event, event})
+
+    :ok
   end
 end
