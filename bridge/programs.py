@@ -148,11 +148,15 @@ class CheckedLm:
             data["extra"] = redact_extra(self.config.extra)
         return data
 
-    def exportable(self) -> dict[str, Any]:
+    def exportable(self) -> tuple[dict[str, Any], list[str]]:
+        """The config for an export document, and the paths of the secrets left out."""
         data = self.config.model_dump(exclude_none=True)
+        omitted = []
+        if self.api_key is not None and self.config.api_key_env is None:
+            omitted.append("lm.api_key")
         if self.config.extra is not None:
-            data["extra"] = drop_secret_keys(self.config.extra)
-        return data
+            data["extra"] = drop_secret_keys(self.config.extra, "lm.extra", omitted)
+        return data, omitted
 
 
 def redact_extra(value: Any) -> Any:
@@ -163,11 +167,17 @@ def redact_extra(value: Any) -> Any:
     return value
 
 
-def drop_secret_keys(value: Any) -> Any:
+def drop_secret_keys(value: Any, path: str, dropped: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: drop_secret_keys(v) for k, v in value.items() if not is_secret_key(k)}
+        kept = {}
+        for key, item in value.items():
+            if is_secret_key(key):
+                dropped.append(f"{path}.{key}")
+            else:
+                kept[key] = drop_secret_keys(item, f"{path}.{key}", dropped)
+        return kept
     if isinstance(value, list):
-        return [drop_secret_keys(item) for item in value]
+        return [drop_secret_keys(item, f"{path}.{i}", dropped) for i, item in enumerate(value)]
     return value
 
 
@@ -707,24 +717,18 @@ async def end_session(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
 async def export_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any]:
     program = find_program(ctx, args.session_id, args.program_id)
     engine = await engine_of(ctx)
+    lm, omitted = (None, []) if program.lm is None else program.lm.checked.exportable()
     document: dict[str, Any] = {
         "format": DOCUMENT_FORMAT,
         "version": DOCUMENT_VERSION,
         "program_id": program.program_id,
         "program_type": program.program_type,
         "signature": program.spec.to_wire(),
-        "lm": None if program.lm is None else program.lm.checked.exportable(),
+        "lm": lm,
         "state": engine.export_state(program),
         "dspy_version": engine.dspy_version,
+        "secrets_omitted": omitted,
     }
-    omitted = []
-    if program.lm is not None and program.lm.checked.config.api_key_env is None \
-            and program.lm.checked.api_key is not None:
-        omitted.append("lm.api_key")
-    if program.lm is not None and program.lm.checked.config.extra != (document["lm"] or {}).get(
-            "extra"):
-        omitted.append("lm.extra (secret-named keys)")
-    document["secrets_omitted"] = omitted
     return {"document": document}
 
 

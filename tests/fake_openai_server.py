@@ -67,8 +67,8 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake._lock:
-                    fake.requests.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": body})
+                    headers = {key.lower(): value for key, value in self.headers.items()}
+                    fake.requests.append({"path": self.path, "headers": headers, "body": body})
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": "not found", "type": "not_found"}})
                     return
