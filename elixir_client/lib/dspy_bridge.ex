@@ -180,6 +180,20 @@ defmodule DSPyBridge do
     do: read(pool, "export_program", %{"program_id" => program_id}, opts)
 
   @doc """
+  Checkpoints a program for replay: exports its current state and records
+  it, so a restarted worker gets the program back *as it is now* (e.g.
+  with demos or instructions changed after creation), not as it was
+  created. Returns `{:ok, document}`.
+  """
+  @spec checkpoint_program(pool(), String.t(), [option()]) :: result(map())
+  def checkpoint_program(pool, program_id, opts \\ []) do
+    with {:ok, %{"document" => doc}} <- export_program(pool, program_id, opts) do
+      :ok = Store.checkpoint(Store.config(pool).table, opts[:session], program_id, doc)
+      {:ok, doc}
+    end
+  end
+
+  @doc """
   Recreates a program from a document made by `export_program/3` (either
   its whole answer `%{"document" => doc}` or `doc` itself). Option
   `:program_id` names the new program (else the document's id is used, or

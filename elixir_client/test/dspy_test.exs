@@ -269,6 +269,10 @@ defmodule DSPyBridge.DSPyTest do
 
     {:ok, _} = DSPyBridge.delete_program(pool, "gone", session: hd(sessions))
 
+    # a checkpointed program is replayed from its exported state
+    {:ok, %{"format" => "dspy-bridge/program"}} =
+      DSPyBridge.checkpoint_program(pool, "cot", session: List.last(sessions))
+
     calls =
       for(s <- sessions, p <- ["qa", "cot"], do: {s, p}) ++
         [{nil, "shared"}, {"imported", "imp"}]

@@ -29,6 +29,16 @@ defmodule DSPyBridge.PoolTest do
     assert Enum.all?(stats.workers, &(&1.status == :ready and is_map(&1.worker_stats)))
   end
 
+  test "the :on_event callback sees every worker's ready event" do
+    parent = self()
+    pool = start_pool(on_event: fn event -> send(parent, {:callback, event}) end)
+
+    for index <- [0, 1] do
+      assert_receive {:callback, %Event{name: "ready", pool: ^pool, worker: ^index, data: data}}
+      assert data["protocol_version"] == 1
+    end
+  end
+
   test "session affinity: a session's calls always reach the same worker" do
     pool = start_pool()
 

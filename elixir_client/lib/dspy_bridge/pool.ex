@@ -257,8 +257,10 @@ defmodule DSPyBridge.Pool do
   @doc """
   Sends the same request to every worker concurrently (used for the
   default session's mutations). A worker that dies meanwhile is retried
-  once after its restart, where `already_exists` then counts as success.
-  Returns the first worker's result, or the first error.
+  once after its restart. `already_exists` from some workers while others
+  succeed counts as success (a restarted worker may already have got the
+  change by replay); from all of them it is the error it says.
+  Returns the first success, or the first error.
   """
   @spec broadcast(t(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def broadcast(pool, command, args, opts) do
@@ -280,10 +282,18 @@ defmodule DSPyBridge.Pool do
       end)
     end)
     |> Task.await_many(:infinity)
-    |> then(fn results ->
-      Enum.find(results, &match?({:error, _}, &1)) ||
-        Enum.find(results, hd(results), &match?({:ok, r} when r != nil, &1))
-    end)
+    |> broadcast_result()
+  end
+
+  defp broadcast_result(results) do
+    exists? = &match?({:error, %Error{type: :already_exists}}, &1)
+    {failed, rest} = Enum.split_with(results, &(match?({:error, _}, &1) and not exists?.(&1)))
+
+    cond do
+      failed != [] -> hd(failed)
+      Enum.all?(rest, exists?) -> hd(rest)
+      true -> Enum.find(rest, &match?({:ok, r} when r != nil, &1)) || {:ok, nil}
+    end
   end
 
   # -- internals ----------------------------------------------------------------

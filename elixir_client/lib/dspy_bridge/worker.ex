@@ -72,6 +72,7 @@ defmodule DSPyBridge.Worker do
   alias DSPyBridge.{Command, Error, Event, MsgPack}
 
   @default_timeout 30_000
+  @replay_window 64
   # answered at once by the worker, so never held back by the in-flight bound
   @unbounded ["ping", "get_stats", "cancel"]
   @call_margin 5_000
@@ -613,7 +614,14 @@ defmodule DSPyBridge.Worker do
         fun -> fun.()
       end
 
-    batches = Enum.reject([state.init_commands | batches], &(&1 == []))
+    # Within a batch commands are sent concurrently, but at most
+    # @replay_window at a time so a big replay stays under the worker's
+    # --max-in-flight.
+    batches =
+      [state.init_commands | batches]
+      |> Enum.reject(&(&1 == []))
+      |> Enum.flat_map(&Enum.chunk_every(&1, @replay_window))
+
     commands = Enum.reduce(batches, 0, &(length(&1) + &2))
 
     rs = %{

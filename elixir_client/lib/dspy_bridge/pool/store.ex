@@ -121,6 +121,33 @@ defmodule DSPyBridge.Pool.Store do
   end
 
   @doc false
+  # Replaces a program's replay record by an import of its exported
+  # `document`, so state changed after creation (demos, instructions, e.g.
+  # from compilation) survives a restart. An LM given at creation keeps its
+  # secrets, which exports omit.
+  @spec checkpoint(atom(), String.t() | nil, String.t(), map()) :: :ok
+  def checkpoint(table, session, program_id, document) do
+    key = {:rec, session, :program, program_id}
+
+    {seq, document} =
+      case :ets.lookup(table, key) do
+        [{_, seq, "create_program", %{"lm" => lm}}] when lm != nil ->
+          {seq, Map.put(document, "lm", lm)}
+
+        [{_, seq, _, _}] ->
+          {seq, document}
+
+        [] ->
+          {System.unique_integer([:monotonic, :positive]), document}
+      end
+
+    args = %{"program_id" => program_id, "document" => document}
+    args = if session, do: Map.put(args, "session_id", session), else: args
+    :ets.insert(table, {key, seq, "import_program", args})
+    :ok
+  end
+
+  @doc false
   def forget_session(table, session) do
     :ets.match_delete(table, {{:rec, session, :_, :_}, :_, :_, :_})
     :ok
