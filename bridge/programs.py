@@ -643,11 +643,6 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         )
     check_inputs(program.spec, args.inputs)
     override = check_lm(args.lm, "lm") if args.lm is not None else None
-    engine = await engine_of(ctx)
-    call_lm = await engine.lm(override, "lm.model") if override is not None else None
-    lm, source = resolve_lm(call_lm, program, session, store.default_lm)
-    breaker = store.breaker_for(lm)
-    breaker.before_call(lm.model)
     config = args.config.model_dump(exclude_none=True) if args.config else {}
     usage: dict[str, ModelUsage] = {}
 
@@ -655,7 +650,12 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         usage.update(per_model)
         session.usage.add(per_model)
 
-    with store.using(session):
+    with store.using(session):  # from here on the session is never evicted under us
+        engine = await engine_of(ctx)
+        call_lm = await engine.lm(override, "lm.model") if override is not None else None
+        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        breaker = store.breaker_for(lm)
+        breaker.before_call(lm.model)
         try:
             outputs = await engine.execute(program, lm, args.inputs, config, record)
         except BridgeError as error:

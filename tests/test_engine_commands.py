@@ -337,6 +337,16 @@ def test_provider_errors_map_to_lm_error(
     assert error["details"]["reason"] == "provider_error"
 
 
+def test_mock_latency_beyond_timeout_s_is_a_provider_timeout(worker: RecordingWorker) -> None:
+    sid = "mock-timeout"
+    worker.ok("configure_lm", mock_lm("late", latency_ms=60_000)
+              | {"session_id": sid, "timeout_s": 0.05, "num_retries": 0})
+    worker.ok("create_program", {"session_id": sid, "program_id": "p", "signature": "q -> a"})
+    error = worker.error("execute_program", {"session_id": sid, "program_id": "p",
+                                             "inputs": {"q": "x"}}, "lm_error")
+    assert error["details"]["error_class"] == "LMTimeoutError" and error["retryable"] is True
+
+
 def test_retryable_failures_are_retried_by_dspy(worker: RecordingWorker) -> None:
     sid = "retry"
     worker.ok("configure_lm", mock_lm("retry", fail={"times": 2}, default="finally")
