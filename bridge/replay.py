@@ -84,7 +84,7 @@ class SpawnedWorker:
         self._inbox: queue.SimpleQueue[dict[str, Any] | Any] = queue.SimpleQueue()
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.output_closed = False
-        self._backlog: list[dict[str, Any]] = []
+        self.backlog: list[dict[str, Any]] = []
         threading.Thread(target=self._read_frames, name="replay-reader", daemon=True).start()
         threading.Thread(target=self._read_stderr, name="replay-stderr", daemon=True).start()
 
@@ -159,11 +159,14 @@ class SpawnedWorker:
     def request(
         self, message: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S
     ) -> dict[str, Any]:
-        """Send a request and wait for its response; other messages go to `backlog`."""
+        """Send a request and wait for its response; other messages go to `backlog`.
+
+        (`receive` and `backlog` are for hosts-in-tests; `replay` uses `Player`.)
+        """
         self.send(message)
-        for index, held in enumerate(self._backlog):
+        for index, held in enumerate(self.backlog):
             if "event" not in held and held.get("id") == message.get("id"):
-                return self._backlog.pop(index)
+                return self.backlog.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             got = self.receive(deadline - time.monotonic())
@@ -171,12 +174,12 @@ class SpawnedWorker:
                 raise TimeoutError(f"no response to {message.get('id')!r} within {timeout} s")
             if "event" not in got and got.get("id") == message.get("id"):
                 return got
-            self._backlog.append(got)
+            self.backlog.append(got)
 
     def wait_event(self, name: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-        for index, held in enumerate(self._backlog):
+        for index, held in enumerate(self.backlog):
             if held.get("event") == name:
-                return self._backlog.pop(index)
+                return self.backlog.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             got = self.receive(deadline - time.monotonic())
@@ -184,7 +187,7 @@ class SpawnedWorker:
                 raise TimeoutError(f"no {name!r} event within {timeout} s")
             if got.get("event") == name:
                 return got
-            self._backlog.append(got)
+            self.backlog.append(got)
 
     # --- ending ---
 

@@ -25,7 +25,14 @@ from hypothesis import strategies as st
 
 from bridge import transcript as tx
 from bridge.record import TranscriptRecorder, worker_args_without_record
-from bridge.replay import ReplayResult, SpawnedWorker, main, replay_file, replay_text
+from bridge.replay import (
+    ReplayResult,
+    SpawnedWorker,
+    WorkerExited,
+    main,
+    replay_file,
+    replay_text,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_COMMANDS = '{"worker_args": ["--enable-test-commands"]}\n'
@@ -497,8 +504,11 @@ def drive_session(worker: SpawnedWorker) -> None:
     worker.send([1, 2])
     assert worker.request({"id": 9, "command": "shutdown", "args": {"grace_ms": 1000}})["success"]
     assert worker.wait(10) == 0
-    backlog_ids = {message.get("id") for message in worker._backlog}
-    assert {2, "slow", None} <= backlog_ids
+    seen = list(worker.backlog)
+    with pytest.raises(WorkerExited):
+        while (message := worker.receive(10)) is not None:
+            seen.append(message)
+    assert {2, "slow", None} <= {message.get("id") for message in seen}
 
 
 @pytest.fixture(scope="module")
