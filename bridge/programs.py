@@ -698,9 +698,13 @@ def resolve_lm(call_lm: LmHandle | None, program: ProgramHandle,
 # ===== sessions =====
 
 
-@table.command("list_sessions", Args)
-async def list_sessions(ctx: RequestContext, args: Args) -> dict[str, Any]:
+@table.command("list_sessions", SessionRef)
+async def list_sessions(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
+    """Every session, or just the one named by `session_id` (none if it does not exist)."""
     sessions = ctx.worker.sessions.sessions
+    if args.session_id is not None:
+        found = sessions.get(args.session_id)
+        return {"sessions": [] if found is None else [found.to_wire()]}
     return {"sessions": [s.to_wire() for s in sessions.values()]}
 
 
@@ -808,6 +812,9 @@ async def reset_usage(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
 
 
 class ConfigureCacheArgs(Args):
+    # The cache is worker-wide (its keys are partitioned by session); a session_id is
+    # accepted like on every DSPy command and changes nothing.
+    session_id: SessionId | None = None
     enable_memory: bool | None = None
     enable_disk: bool | None = None
     disk_dir: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
@@ -818,4 +825,4 @@ class ConfigureCacheArgs(Args):
 @table.command("configure_cache", ConfigureCacheArgs)
 async def configure_cache(ctx: RequestContext, args: ConfigureCacheArgs) -> dict[str, Any]:
     engine = await engine_of(ctx)
-    return engine.configure_cache(**args.model_dump(exclude_none=True))
+    return engine.configure_cache(**args.model_dump(exclude_none=True, exclude={"session_id"}))

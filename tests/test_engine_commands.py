@@ -429,6 +429,8 @@ def test_list_and_end_sessions(worker: RecordingWorker) -> None:
     sessions = {s["session_id"]: s for s in worker.ok("list_sessions")["sessions"]}
     assert sessions["ending"]["programs"] == 1 and sessions["ending"]["lm"] == "mock/end"
     assert sessions["ending"]["last_used"] > 0
+    only = worker.ok("list_sessions", {"session_id": "ending"})["sessions"]
+    assert [s["session_id"] for s in only] == ["ending"]
     ended = worker.ok("end_session", {"session_id": "ending"})
     assert ended == {"ended": True, "session_id": "ending", "programs": 1}
     assert "ending" not in {s["session_id"] for s in worker.ok("list_sessions")["sessions"]}
