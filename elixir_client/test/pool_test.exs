@@ -4,7 +4,7 @@ defmodule DSPyBridge.PoolTest do
 
   import DSPyBridge.Test.Helpers
 
-  alias DSPyBridge.{Error, Event, Pool}
+  alias DSPyBridge.{Error, Event, Pool, Worker}
 
   defp start_pool(extra \\ []) do
     name = pool_name()
@@ -83,16 +83,12 @@ defmodule DSPyBridge.PoolTest do
     [session] = sessions_on(0, 2, 1)
     {_, os_pid} = Pool.worker_for(pool, session)
 
-    task =
-      Task.async(fn ->
-        DSPyBridge.request(pool, "sleep", %{ms: 10_000}, session: session, timeout: 20_000)
-      end)
-
     {worker, _} = Pool.worker_for(pool, session)
-    wait_for(fn -> DSPyBridge.Worker.info(worker).in_flight >= 1 end)
+    {:ok, request} = Worker.send_request(worker, "sleep", %{ms: 10_000}, timeout: 20_000)
+    assert %{in_flight: 1} = Worker.info(worker)
     kill9(os_pid)
 
-    assert {:error, %Error{type: :worker_exited}} = Task.await(task, 3_000)
+    assert {:error, %Error{type: :worker_exited}} = Worker.await_response(request, 3_000)
 
     assert_receive {:dspy_bridge_event,
                     %Event{name: "worker_exited", os_pid: ^os_pid, worker: 0}},
@@ -217,18 +213,10 @@ defmodule DSPyBridge.PoolTest do
 
   test "overflow: :error makes the pool answer :overloaded instead of queueing" do
     pool = start_pool(size: 1, max_in_flight: 2, overflow: :error)
-    tasks = for _ <- 1..2, do: Task.async(fn -> DSPyBridge.request(pool, "sleep", %{ms: 300}) end)
     [{_, worker, _, _}] = Pool.workers(pool)
-    wait_for(fn -> DSPyBridge.Worker.info(worker).in_flight >= 2 end)
+    requests = for _ <- 1..2, do: Worker.send_request(worker, "sleep", %{ms: 300}) |> elem(1)
+    assert %{in_flight: 2} = Worker.info(worker)
     assert {:error, %Error{type: :overloaded}} = DSPyBridge.request(pool, "sleep", %{ms: 1})
-    assert [{:ok, _}, {:ok, _}] = Task.await_many(tasks)
-  end
-
-  defp wait_for(fun, tries \\ 1_000) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not reached")
-      true -> Process.sleep(2) && wait_for(fun, tries - 1)
-    end
+    assert [{:ok, _}, {:ok, _}] = Enum.map(requests, &Worker.await_response/1)
   end
 end

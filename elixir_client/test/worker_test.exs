@@ -94,23 +94,15 @@ defmodule DSPyBridge.WorkerTest do
     {:ok, pid} = Worker.start_link(worker_opts(on_event: self()))
     :ok = Worker.await_ready(pid)
     os_pid = Worker.os_pid(pid)
-    parent = self()
-
-    tasks =
-      for _ <- 1..5 do
-        Task.async(fn ->
-          send(parent, :sent)
-          Worker.request(pid, "sleep", %{ms: 10_000}, timeout: 20_000)
-        end)
-      end
-
-    for _ <- 1..5, do: assert_receive(:sent)
-    wait_in_flight(pid, 5)
+    requests = for _ <- 1..5, do: send_sleep(pid, 10_000, timeout: 20_000)
+    # ordered after the requests: once it answers, all five are in flight
+    assert %{in_flight: 5} = Worker.info(pid)
     started = System.monotonic_time(:millisecond)
     kill9(os_pid)
 
-    for reply <- Task.await_many(tasks, 5_000) do
-      assert {:error, %Error{type: :worker_exited, retryable: true}} = reply
+    for request <- requests do
+      assert {:error, %Error{type: :worker_exited, retryable: true}} =
+               Worker.await_response(request)
     end
 
     assert System.monotonic_time(:millisecond) - started < 2_000
@@ -131,24 +123,38 @@ defmodule DSPyBridge.WorkerTest do
     {:ok, pid} = Worker.start_link(worker_opts(shutdown_grace: 3_000))
     :ok = Worker.await_ready(pid)
     os_pid = Worker.os_pid(pid)
-    task = Task.async(fn -> Worker.request(pid, "sleep", %{ms: 300}) end)
-    wait_in_flight(pid, 1)
+    request = send_sleep(pid, 300)
+    assert %{in_flight: 1} = Worker.info(pid)
     :ok = GenServer.stop(pid)
-    assert Task.await(task) == {:ok, %{"slept_ms" => 300}}
+    assert Worker.await_response(request) == {:ok, %{"slept_ms" => 300}}
     refute os_alive?(os_pid)
   end
 
-  test "a worker that outlives the grace period is killed with SIGKILL" do
+  test "work still running after the grace period is abandoned with :shutting_down" do
     {:ok, pid} = Worker.start_link(worker_opts(shutdown_grace: 200))
     :ok = Worker.await_ready(pid)
     os_pid = Worker.os_pid(pid)
-    task = Task.async(fn -> Worker.request(pid, "sleep", %{ms: 30_000}, timeout: 60_000) end)
-    wait_in_flight(pid, 1)
+    request = send_sleep(pid, 30_000, timeout: 60_000)
+    assert %{in_flight: 1} = Worker.info(pid)
+    :ok = GenServer.stop(pid)
+    refute os_alive?(os_pid)
+    assert {:error, %Error{type: :shutting_down}} = Worker.await_response(request)
+  end
+
+  test "a worker that does not exit after the grace period is killed with SIGKILL" do
+    {:ok, pid} = Worker.start_link(worker_opts(shutdown_grace: 200))
+    :ok = Worker.await_ready(pid)
+    os_pid = Worker.os_pid(pid)
+    request = send_sleep(pid, 30_000, timeout: 60_000)
+    assert %{in_flight: 1} = Worker.info(pid)
+    # a frozen process cannot honour `shutdown`
+    {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(os_pid)])
     started = System.monotonic_time(:millisecond)
     :ok = GenServer.stop(pid)
-    assert System.monotonic_time(:millisecond) - started < 5_000
+    elapsed = System.monotonic_time(:millisecond) - started
+    assert elapsed >= 200 and elapsed < 5_000
     refute os_alive?(os_pid)
-    assert {:error, %Error{}} = Task.await(task)
+    assert {:error, %Error{type: :worker_exited}} = Worker.await_response(request)
   end
 
   test "when the owning GenServer is killed outright, the worker exits on EOF" do
@@ -162,45 +168,35 @@ defmodule DSPyBridge.WorkerTest do
 
   test "overflow: :error answers :overloaded beyond max_in_flight" do
     pid = start_worker(max_in_flight: 2, overflow: :error)
-    tasks = for _ <- 1..2, do: Task.async(fn -> Worker.request(pid, "sleep", %{ms: 300}) end)
-    wait_in_flight(pid, 2)
+    requests = for _ <- 1..2, do: send_sleep(pid, 300)
 
     assert {:error, %Error{type: :overloaded, retryable: true}} =
              Worker.request(pid, "sleep", %{ms: 1})
 
-    assert [{:ok, _}, {:ok, _}] = Task.await_many(tasks)
+    # ping is never held back by the bound
+    assert {:ok, %{"status" => "ok"}} = Worker.request(pid, "ping")
+    assert [{:ok, _}, {:ok, _}] = Enum.map(requests, &Worker.await_response/1)
   end
 
   test "overflow: :queue waits for a slot, bounded by max_queue and the timeout" do
     pid = start_worker(max_in_flight: 1, max_queue: 2)
-    parent = self()
-
-    tasks =
-      for i <- 1..3 do
-        Task.async(fn ->
-          send(parent, {:started, i})
-          Worker.request(pid, "sleep", %{ms: 100})
-        end)
-      end
-
-    wait_in_flight(pid, 1)
-    wait_queued(pid, 2)
+    requests = for _ <- 1..3, do: send_sleep(pid, 100)
+    assert %{in_flight: 1, queued: 2} = Worker.info(pid)
     # the queue is full now
     assert {:error, %Error{type: :overloaded}} = Worker.request(pid, "sleep", %{ms: 1})
-    # a queued call whose timeout runs out gets :timeout, without being sent
-    # (the queue is full, so this one is refused)
-    assert Enum.all?(Task.await_many(tasks), &match?({:ok, %{"slept_ms" => 100}}, &1))
+
+    assert Enum.map(requests, &Worker.await_response/1) ==
+             List.duplicate({:ok, %{"slept_ms" => 100}}, 3)
 
     assert %{in_flight: 0, queued: 0} = Worker.info(pid)
   end
 
   test "a queued call times out in the queue" do
     pid = start_worker(max_in_flight: 1)
-    task = Task.async(fn -> Worker.request(pid, "sleep", %{ms: 500}) end)
-    wait_in_flight(pid, 1)
+    request = send_sleep(pid, 500)
 
     assert {:error, %Error{type: :timeout}} = Worker.request(pid, "sleep", %{ms: 1}, timeout: 50)
-    assert {:ok, _} = Task.await(task)
+    assert {:ok, _} = Worker.await_response(request)
     assert %{in_flight: 0, queued: 0, cancels_sent: 0} = Worker.info(pid)
   end
 
@@ -230,15 +226,8 @@ defmodule DSPyBridge.WorkerTest do
              Worker.start_link(python: "/nonexistent/python", args: [])
   end
 
-  # Waiting on the worker's own state is awaitable through a call each time.
-  defp wait_in_flight(pid, n), do: wait_for(fn -> Worker.info(pid).in_flight >= n end)
-  defp wait_queued(pid, n), do: wait_for(fn -> Worker.info(pid).queued >= n end)
-
-  defp wait_for(fun, tries \\ 500) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not reached")
-      true -> Process.sleep(2) && wait_for(fun, tries - 1)
-    end
+  defp send_sleep(pid, ms, opts \\ []) do
+    {:ok, request} = Worker.send_request(pid, "sleep", %{ms: ms}, opts)
+    request
   end
 end

@@ -154,6 +154,49 @@ defmodule DSPyBridge.Worker do
     end
   end
 
+  @doc """
+  Sends a request without waiting: returns `{:ok, request_id}` to pass to
+  `await_response/2` (the caller must be the process that awaits). Like
+  `GenServer.send_request/2`, the request is ordered with the caller's
+  later messages to the worker: once a later `info/1` returns, this request
+  is in flight (or queued). Options: `:timeout` (default #{@default_timeout} ms).
+  """
+  @spec send_request(server(), String.t(), map(), [request_opt()]) ::
+          {:ok, term()} | {:error, Error.t()}
+  def send_request(server, command, args \\ %{}, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    case MsgPack.encode(args || %{}) do
+      {:ok, args_bin} ->
+        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), nil}
+        {:ok, :gen_server.send_request(server, msg)}
+
+      {:error, reason} ->
+        {:error,
+         Error.new(:invalid_args, "arguments cannot be encoded as msgpack: #{inspect(reason)}")}
+    end
+  end
+
+  @doc """
+  Waits for the answer to a `send_request/4`. The worker always answers
+  within the request's timeout (with a `:timeout` error if need be), so the
+  default wait is `:infinity`; if the worker process dies the result is a
+  `:worker_exited` error.
+  """
+  @spec await_response(term(), timeout()) :: {:ok, term()} | {:error, Error.t()}
+  def await_response(request_id, timeout \\ :infinity) do
+    case :gen_server.wait_response(request_id, timeout) do
+      {:reply, reply} ->
+        reply
+
+      :timeout ->
+        {:error, Error.new(:timeout, "no answer in #{timeout} ms")}
+
+      {:error, {reason, _}} ->
+        {:error, Error.new(:worker_exited, "worker not available: #{inspect(reason)}")}
+    end
+  end
+
   @doc "Waits until the worker has sent `ready` and finished its replay."
   @spec await_ready(server(), timeout()) :: :ok | {:error, Error.t()}
   def await_ready(server, timeout \\ 30_000) do
@@ -714,7 +757,9 @@ defmodule DSPyBridge.Worker do
         deadline -> max(deadline - System.monotonic_time(:millisecond), 1) + state.margin
       end
 
-    Port.command(state.port, frame(id, req.command, req.args, timeout_ms))
+    # If the OS process just died the port may be closed already; the request
+    # then stays pending and fails with :worker_exited on the exit status.
+    port_command(state.port, frame(id, req.command, req.args, timeout_ms))
 
     %{
       state
@@ -726,10 +771,16 @@ defmodule DSPyBridge.Worker do
 
   defp send_internal(state, command, args, tag) do
     id = state.next_id
-    Port.command(state.port, frame(id, command, MsgPack.encode!(args), nil))
+    port_command(state.port, frame(id, command, MsgPack.encode!(args), nil))
     %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
   rescue
     ArgumentError -> state
+  end
+
+  defp port_command(port, data) do
+    Port.command(port, data)
+  rescue
+    ArgumentError -> false
   end
 
   defp send_cancel(state, id) do
