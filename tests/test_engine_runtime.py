@@ -1,0 +1,94 @@
+"""The engine in-process, for what a worker cannot show from outside: a module without an
+async path runs in a thread, and cancelling a call stops the mock's awaited latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from bridge.programs import LmConfig, check_lm, parse_signature
+from bridge.sessions import ModelUsage
+from protocol.errors import BridgeError
+
+engine_module = pytest.importorskip("bridge.engine")
+dspy = engine_module.dspy
+ENGINE = engine_module.ENGINE
+
+
+def _lm(**options: Any) -> Any:
+    return ENGINE.build_lm(check_lm(LmConfig.model_validate(
+        {"model": "mock/runtime", "num_retries": 0, "cache": False, "extra": options})))
+
+
+def _program(program_id: str) -> Any:
+    spec = parse_signature("question -> answer")
+    return ENGINE.build_program(program_id, "runtime", spec, "predict", None, [], None)
+
+
+class SyncOnly(dspy.Module):  # type: ignore[misc]
+    """A module with forward() alone: no async path."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.inner(**kwargs)
+
+
+def test_a_module_without_an_async_path_runs_in_a_thread() -> None:
+    program = _program("sync")
+    program.module = SyncOnly(program.module)
+    assert not hasattr(program.module, "aforward")
+    usage: dict[str, ModelUsage] = {}
+    outputs = asyncio.run(ENGINE.execute(program, _lm(default="from a thread"),
+                                         {"question": "q"}, {}, usage.update))
+    assert outputs == {"answer": "from a thread"}
+    assert usage["mock/runtime"].requests == 1 and usage["mock/runtime"].prompt_tokens > 0
+
+
+def test_cancelling_a_call_stops_the_mock_latency() -> None:
+    lm = _lm(latency_ms=60_000)
+    program = _program("slow")
+    recorded: list[dict[str, ModelUsage]] = []
+
+    async def scenario() -> float:
+        task = asyncio.create_task(ENGINE.execute(program, lm, {"question": "q"}, {},
+                                                  recorded.append))
+        while lm.lm.engine.calls == 0:  # until the mock has been reached
+            await asyncio.sleep(0)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0
+    assert len(recorded) == 1  # usage is still accounted for the abandoned call
+
+
+def test_timeout_around_a_call_stops_it() -> None:
+    lm = _lm(latency_ms=60_000)
+    program = _program("timeout")
+
+    async def scenario() -> None:
+        async with asyncio.timeout(0.2):
+            await ENGINE.execute(program, lm, {"question": "q"}, {}, lambda usage: None)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 2.0
+
+
+def test_provider_error_keeps_dspy_classification() -> None:
+    lm = _lm(fail={"error": "server"})
+    with pytest.raises(BridgeError) as raised:
+        asyncio.run(ENGINE.execute(_program("err"), lm, {"question": "q"}, {},
+                                   lambda usage: None))
+    assert raised.value.retryable is True
+    assert raised.value.details is not None
+    assert raised.value.details["error_class"] == "LMServerError"
