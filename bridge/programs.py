@@ -547,6 +547,9 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     engine = await engine_of(ctx)
     program_type = engine.program_type(args.program_type)
     check_demos(spec, args.demos or [], program_type.extra_outputs)
+    engine.signature(spec, program_type)  # DSPy's own name rules, before anything is stored
+    lm = await engine.lm(checked, "lm.model") if checked is not None else None
+    # No await from here on: the id check and the insertion are one step.
     store = ctx.worker.sessions
     session = store.get_or_create(args.session_id)
     if args.program_id is not None and args.program_id in session.programs:
@@ -557,7 +560,6 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
         )
     store.check_program_room(session)
     program_id = args.program_id or new_program_id(session)
-    lm = await engine.lm(checked, "lm.model") if checked is not None else None
     program = engine.build_program(
         program_id, session.session_id, spec, program_type.name, lm, args.demos or [], None
     )
@@ -765,6 +767,8 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     engine = await engine_of(ctx)
     program_type = engine.program_type(document.program_type, "document.program_type")
     state = engine.check_state(spec, program_type, document.state)
+    lm = await engine.lm(checked, "document.lm.model") if checked is not None else None
+    # No await from here on: the id check and the insertion are one step.
     store = ctx.worker.sessions
     session = store.get_or_create(args.session_id)
     program_id = args.program_id or document.program_id or new_program_id(session)
@@ -775,7 +779,6 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
             details={"session_id": session.session_id, "program_id": program_id},
         )
     store.check_program_room(session)
-    lm = await engine.lm(checked, "document.lm.model") if checked is not None else None
     program = engine.build_program(program_id, session.session_id, spec, program_type.name, lm,
                                    [], state)
     session.programs[program_id] = program

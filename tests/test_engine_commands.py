@@ -181,7 +181,19 @@ def test_chain_of_thought_refuses_a_reasoning_field(worker: RecordingWorker) -> 
                                              "program_type": "chain_of_thought"})
 
 
+def test_refused_programs_create_no_session(worker: RecordingWorker) -> None:
+    assert worker.ok("list_sessions", {"session_id": "hostile"})["sessions"] == []
+
+
 # ----- create_program -----
+
+
+def test_concurrent_creates_of_one_id_give_one_program(worker: RecordingWorker) -> None:
+    args = {"session_id": "race", "program_id": "same", "signature": "q -> a",
+            "lm": mock_lm("race")}
+    ids = [worker.start("create_program", args) for _ in range(5)]
+    outcomes = sorted(worker.response(i)["success"] for i in ids)
+    assert outcomes == [False, False, False, False, True]
 
 
 def test_create_program_errors(worker: RecordingWorker) -> None:
