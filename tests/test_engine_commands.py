@@ -527,6 +527,17 @@ def test_export_import_round_trip(worker: RecordingWorker) -> None:
     assert runs[0]["usage"]["prompt_tokens"] == runs[1]["usage"]["prompt_tokens"]
     assert worker.ok("export_program", {"session_id": "exp-b", "program_id": "p"})[
         "document"]["state"] == document["state"]
+    # Another worker, another session: the same program, the same answers.
+    other = RecordingWorker()
+    try:
+        other.ok("import_program", {"session_id": "elsewhere", "document": document})
+        moved = other.ok("execute_program", {"session_id": "elsewhere", "program_id": "p",
+                                             "inputs": {"q": "ping"}})
+        assert moved["outputs"] == runs[0]["outputs"]
+        assert moved["usage"]["prompt_tokens"] == runs[0]["usage"]["prompt_tokens"]
+        other.assert_no_secret_leaked()
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize(("change", "field"), [
