@@ -39,8 +39,8 @@ test-elixir: venv elixir
 		cd elixir_client && MIX_ENV=test mix test; \
 	fi
 
-demo: venv
-	$(PY) scripts/demo.py
+demo: venv elixir
+	cd elixir_client && mix run scripts/demo.exs
 
 bench: venv
 	$(PY) scripts/bench.py
