@@ -64,6 +64,7 @@ EXTRA_RESERVED = frozenset({
 })
 EXTRA_ENGINES = ("auto", "litellm", "lm15")
 EXTRA_MODEL_TYPES = ("chat", "responses")
+MOCK_OPTION_NAMES = ("responses", "default", "sequence", "latency_ms", "fail")
 MockError = Literal[
     "rate_limit", "server", "timeout", "transport", "auth", "billing", "invalid_request",
     "context_length",
@@ -106,6 +107,13 @@ class LmConfig(Args):
     cache: bool | None = None
     extra: dict[str, Any] | None = None
     circuit_breaker: BreakerConfig | None = None
+    # The mock's options belong in `extra`; for convenience they are also taken here
+    # (mock models only) and moved into `extra`.
+    responses: Any = None
+    default: Any = None
+    sequence: Any = None
+    latency_ms: Any = None
+    fail: Any = None
 
     @model_validator(mode="before")
     @classmethod
@@ -220,9 +228,19 @@ def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
         redactor.register(api_key)
     mock: MockOptions | None = None
     extra: dict[str, Any] = {}
+    top_level = {name: getattr(config, name) for name in MOCK_OPTION_NAMES
+                 if getattr(config, name) is not None}
+    if top_level and not config.is_mock:
+        raise invalid(at(next(iter(top_level))), "an option of the mock provider only")
     if config.is_mock:
         if config.api_base is not None:
             raise invalid(at("api_base"), "the mock provider takes no api_base")
+        clash = set(top_level) & set(config.extra or {})
+        if clash:
+            raise invalid(at(f"extra.{sorted(clash)[0]}"), "given both here and at the top level")
+        if top_level:
+            config = config.model_copy(update={"extra": {**(config.extra or {}), **top_level},
+                                               **dict.fromkeys(top_level)})
         try:
             mock = MockOptions.model_validate(config.extra or {})
         except ValidationError as exc:

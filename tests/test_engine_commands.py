@@ -58,7 +58,20 @@ def test_configure_lm_makes_no_lm_call(worker: RecordingWorker) -> None:
     assert error["details"]["error_class"] == "LMAuthError"
 
 
+def test_mock_options_are_also_taken_at_the_top_level(worker: RecordingWorker) -> None:
+    result = worker.ok("configure_lm", {"session_id": "top", "model": "mock/top",
+                                        "responses": {"hi": "hello"}, "latency_ms": 1})
+    assert result["lm"]["extra"] == {"responses": {"hi": "hello"}, "latency_ms": 1}
+    assert "responses" not in result["lm"]
+    worker.ok("create_program", {"session_id": "top", "program_id": "p", "signature": "q -> a"})
+    assert worker.ok("execute_program", {"session_id": "top", "program_id": "p",
+                                         "inputs": {"q": "hi"}})["outputs"] == {"a": "hello"}
+
+
 @pytest.mark.parametrize(("args", "field"), [
+    ({"model": "openai/x", "responses": {}}, "responses"),
+    ({"model": "mock", "default": "a", "extra": {"default": "b"}}, "extra.default"),
+    ({"model": "mock", "fail": {"times": -1}}, "extra.fail.times"),
     ({"model": "mock", "temperature": 2.5}, "temperature"),
     ({"model": "mock", "temperature": -0.1}, "temperature"),
     ({"model": "mock", "top_p": 1.5}, "top_p"),
