@@ -123,6 +123,49 @@ defmodule DSPyBridge.PoolTest do
     assert new != os_pid
   end
 
+  test "killing a worker while calls stream in: every call is answered promptly" do
+    pool = start_pool()
+    [session] = sessions_on(0, 2, 1)
+    payload = String.duplicate("x", 256 * 1024)
+
+    for _round <- 1..2 do
+      {_, os_pid} = Pool.worker_for(pool, session)
+
+      tasks =
+        for _ <- 1..4 do
+          Task.async(fn ->
+            for _ <- 1..30 do
+              # big frames make writes to a dying process fail (EPIPE)
+              {micros, result} =
+                :timer.tc(fn ->
+                  DSPyBridge.request(pool, "echo", %{value: payload},
+                    session: session,
+                    timeout: 10_000
+                  )
+                end)
+
+              {div(micros, 1000), result}
+            end
+          end)
+        end
+
+      kill9(os_pid)
+      results = tasks |> Task.await_many(60_000) |> List.flatten()
+
+      for {ms, result} <- results do
+        assert match?({:ok, ^payload}, result) or
+                 match?({:error, %Error{type: :worker_exited}}, result),
+               "unexpected #{inspect(result)}"
+
+        # waiting for a restart is fine; waiting for a timeout is not
+        assert ms < 8_000
+      end
+
+      assert {:ok, %{"pid" => new_pid}} = DSPyBridge.ping(pool, session: session)
+      assert new_pid != os_pid
+    end
+  end
+
   test "no orphan OS processes after the pool stops" do
     name = pool_name()
     {:ok, sup} = Pool.start_link(worker_opts(name: name, size: 3))

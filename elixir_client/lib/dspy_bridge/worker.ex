@@ -466,6 +466,24 @@ defmodule DSPyBridge.Worker do
   end
 
   def handle_info(:ready_timeout, state), do: {:noreply, state}
+  # A write to a dead process can close the port with :epipe and no exit
+  # status: that is the worker's death too. The process is killed in case it
+  # only closed its stdin.
+  def handle_info({:EXIT, port, reason}, %{port: port, status: status} = state)
+      when status != :exited do
+    in_flight = map_size(state.reqs)
+
+    Logger.error(
+      "dspy_bridge worker #{state.os_pid}: port closed (#{inspect(reason)}); " <>
+        "failing #{in_flight} pending request(s)"
+    )
+
+    kill_os_process(state)
+    state = fail_all(%{state | status: :exited}, "worker port closed: #{inspect(reason)}")
+    emit(state, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
+    {:stop, {:shutdown, {:worker_exited, reason}}, state}
+  end
+
   def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
   def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
   def handle_info(_msg, state), do: {:noreply, state}
@@ -511,6 +529,10 @@ defmodule DSPyBridge.Worker do
 
     receive do
       {^port, {:exit_status, _}} ->
+        {:exited, state}
+
+      {:EXIT, ^port, _} ->
+        kill_os_process(state)
         {:exited, state}
 
       {^port, {:data, frame}} ->
