@@ -61,9 +61,11 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingWorker
 
 
 def configure(worker: RecordingWorker, server: FakeOpenAI, sid: str, **settings: Any) -> None:
+    before = len(server.requests)
     worker.ok("configure_lm", {"session_id": sid, "model": "openai/gpt-4o-mini",
                                "api_key": TEST_API_KEY, "api_base": server.base_url,
                                "num_retries": 0, "cache": False, **settings})
+    assert len(server.requests) == before  # configure_lm makes no LM call
     worker.ok("create_program", {"session_id": sid, "program_id": "qa",
                                  "signature": "question -> answer",
                                  "demos": [{"question": "demo question", "answer": "demo answer"}]})
