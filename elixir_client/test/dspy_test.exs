@@ -129,41 +129,6 @@ defmodule DSPyBridge.DSPyTest do
              )
   end
 
-  test "2,000 concurrent executes through a pool of 2 workers (mock LM, 50 ms latency)" do
-    n = 2_000
-    responses = Map.new(1..n, &{"q#{&1}", "a#{&1}"})
-    pool = start_pool(default_lm: mock("bench", responses: responses, latency_ms: 50))
-    {:ok, %{"program_id" => id}} = DSPyBridge.create_program(pool, "question -> answer")
-
-    # warm both workers (DSPy import, adapter caches)
-    for w <- 0..1, do: {:ok, _} = DSPyBridge.execute(pool, id, %{question: "q1"}, worker: w)
-
-    started = System.monotonic_time(:millisecond)
-
-    results =
-      1..n
-      |> Enum.map(fn i ->
-        Task.async(fn ->
-          {i, DSPyBridge.execute(pool, id, %{question: "q#{i}"}, timeout: 60_000)}
-        end)
-      end)
-      |> Task.await_many(90_000)
-
-    elapsed = System.monotonic_time(:millisecond) - started
-
-    for {i, result} <- results, do: assert(answer(result) == "a#{i}")
-
-    {:ok, stats} = DSPyBridge.stats(pool)
-    per_worker = for w <- stats.workers, do: w.worker_stats["requests"]["execute_program"]
-
-    IO.puts(
-      "\n  #{n} concurrent executes, pool of 2, mock latency 50 ms: #{elapsed} ms " <>
-        "(#{round(n * 1000 / max(elapsed, 1))} calls/s; per worker #{inspect(per_worker)})"
-    )
-
-    File.write!(Path.join(Mix.Project.build_path(), "bench_2000.txt"), "#{elapsed}\n")
-  end
-
   test "two sessions with different mock LMs never see each other's answers" do
     pool = start_pool()
     # two sessions on the same worker, and one on the other worker

@@ -74,7 +74,7 @@ defmodule DSPyBridge.Worker do
   @default_timeout 30_000
   @replay_window 64
   # answered at once by the worker, so never held back by the in-flight bound
-  @unbounded ["ping", "get_stats", "cancel"]
+  @unbounded ["ping", "get_stats", "cancel", "shutdown"]
   @call_margin 5_000
 
   @typedoc "A worker: pid or registered name."
