@@ -340,6 +340,19 @@ def test_unparseable_answer_is_lm_error_with_an_excerpt(worker: RecordingWorker)
     assert details["expected_fields"] == ["n"]
 
 
+def test_json_adapter_fallback_reaches_the_mock_in_json_mode(worker: RecordingWorker) -> None:
+    sid = "json-fallback"
+    worker.ok("configure_lm", mock_lm("json", sequence=[{"__raw__": "garbage"},
+                                                        {"n": 3, "tags": ["a"]}])
+              | {"session_id": sid, "cache": False})
+    worker.ok("create_program", {"session_id": sid, "program_id": "p",
+                                 "signature": "q -> n: int, tags: list[str]"})
+    result = worker.ok("execute_program", {"session_id": sid, "program_id": "p",
+                                           "inputs": {"q": "x"}})
+    assert result["outputs"] == {"n": 3, "tags": ["a"]}
+    assert result["usage"]["requests"] == 2  # the chat attempt, then DSPy's JSON fallback
+
+
 @pytest.mark.parametrize(("kind", "error_class", "retryable"), [
     ("rate_limit", "LMRateLimitError", True),
     ("server", "LMServerError", True),

@@ -233,14 +233,18 @@ def placeholder(name: str, type_text: str) -> Any:
     return f"mock {name}"
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def render(fields: dict[str, Any], outputs: list[tuple[str, str]], json_mode: bool) -> str:
     order = [name for name, _ in outputs] + [name for name in fields if name not in dict(outputs)]
     if json_mode:
-        return json.dumps({name: fields[name] for name in order}, ensure_ascii=False)
+        return _json({name: fields[name] for name in order})
     sections = []
     for name in order:
         value = fields[name]
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = value if isinstance(value, str) else _json(value)
         sections.append(f"[[ ## {name} ## ]]\n{text}")
     sections.append("[[ ## completed ## ]]")
     return "\n\n".join(sections)
