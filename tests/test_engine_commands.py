@@ -432,6 +432,7 @@ def test_two_sessions_500_interleaved_requests_no_cross_talk(worker: RecordingWo
         want = f"{word}-seven" if question == 7 else word
         assert response["result"]["outputs"] == {"a": want}
         assert response["result"]["lm"] == f"mock/x-{word}"
+    assert worker.ok("get_stats")["max_in_flight"] >= 100  # they really ran concurrently
     for sid, word in (("xa", "alpha"), ("xb", "beta")):
         usage = worker.ok("get_usage", {"session_id": sid})
         assert list(usage["models"]) == [f"mock/x-{word}"]
