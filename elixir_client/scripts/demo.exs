@@ -7,22 +7,26 @@
 # chain-of-thought program, runs them, kills a worker with SIGKILL to show a
 # session surviving it, and prints results and pool statistics.
 
-Logger.configure(level: :warning)
+# The client logs worker events with Logger; the demo prints its own account.
+Logger.configure(level: :critical)
 
 defmodule Demo do
-  def section(title), do: IO.puts("\n== #{title} " <> String.duplicate("=", max(60 - String.length(title), 3)))
+  def section(title),
+    do: IO.puts("\n== #{title} " <> String.duplicate("=", max(60 - String.length(title), 3)))
 
   def show_answer(label, {:ok, %{"outputs" => outputs} = result}) do
     IO.puts("  #{label}")
 
-    for {field, value} <- Enum.sort_by(outputs, fn {k, _} -> if k == "reasoning", do: 0, else: 1 end) do
+    for {field, value} <-
+          Enum.sort_by(outputs, fn {k, _} -> if k == "reasoning", do: 0, else: 1 end) do
       IO.puts("      #{String.pad_trailing(field <> ":", 11)}#{value}")
     end
 
     IO.puts("      (lm #{result["lm"]}, #{result["duration_ms"]} ms)")
   end
 
-  def show_answer(label, {:error, error}), do: IO.puts("  #{label}\n      ERROR #{Exception.message(error)}")
+  def show_answer(label, {:error, error}),
+    do: IO.puts("  #{label}\n      ERROR #{Exception.message(error)}")
 
   def show_stats(pool) do
     {:ok, stats} = DSPyBridge.stats(pool)
@@ -42,7 +46,16 @@ defmodule Demo do
       IO.puts(
         "    " <>
           Enum.map_join(
-            [{w.index, 6}, {w.os_pid, 6}, {w.status, 6}, {w.restarts, 8}, {w.requests, 8}, {executes, 8}, {w.in_flight, 9}, {rss, 6}],
+            [
+              {w.index, 6},
+              {w.os_pid, 6},
+              {w.status, 6},
+              {w.restarts, 8},
+              {w.requests, 8},
+              {executes, 8},
+              {w.in_flight, 9},
+              {rss, 6}
+            ],
             "  ",
             fn {v, width} -> String.pad_leading(to_string(v), width) end
           )
@@ -74,7 +87,11 @@ started = System.monotonic_time(:millisecond)
   )
 
 DSPyBridge.subscribe(pool)
-IO.puts("  ready in #{System.monotonic_time(:millisecond) - started} ms")
+
+IO.puts(
+  "  ready in #{System.monotonic_time(:millisecond) - started} ms " <>
+    "(Python started, DSPy loaded, default LM configured)"
+)
 
 for {index, _pid, os_pid, status} <- DSPyBridge.Pool.workers(pool),
     do: IO.puts("  worker #{index}: OS pid #{os_pid}, #{status}")
@@ -108,7 +125,9 @@ Demo.section("Programs")
 
 for session <- Map.keys(sessions) do
   {:ok, qa} =
-    DSPyBridge.create_program(pool, [program_id: "qa", signature: "question -> answer"], session: session)
+    DSPyBridge.create_program(pool, [program_id: "qa", signature: "question -> answer"],
+      session: session
+    )
 
   IO.puts("  #{session}: created #{qa["program_id"]} (#{qa["program_type"]})")
 end
@@ -152,10 +171,42 @@ Demo.show_stats(pool)
 Demo.section("Killing alice's worker with SIGKILL")
 {_, victim} = DSPyBridge.Pool.worker_for(pool, "alice")
 index = DSPyBridge.Pool.index_for("alice", 2)
-IO.puts("  kill -9 #{victim}")
+
+# a slow call in flight on that worker when it dies
+slow_lm = mock.("alice-slow", %{default: "too late", latency_ms: 10_000})
+
+slow =
+  Task.async(fn ->
+    {micros, result} =
+      :timer.tc(fn ->
+        DSPyBridge.execute(pool, "qa", %{question: "slow?"}, session: "alice", lm: slow_lm)
+      end)
+
+    {div(micros, 1000), result}
+  end)
+
+# wait until it is in flight
+{worker_pid, _} = DSPyBridge.Pool.worker_for(pool, "alice")
+
+Stream.repeatedly(fn -> Process.sleep(5) && DSPyBridge.Worker.info(worker_pid).in_flight end)
+|> Enum.find(&(&1 > 0))
+
+IO.puts("  kill -9 #{victim}  (with a 10 s call in flight on it)")
 System.cmd("kill", ["-9", Integer.to_string(victim)])
 Demo.await_event("worker_exited", index)
 IO.puts("  worker #{index} exited; the supervisor restarts it")
+{ms, result} = Task.await(slow)
+
+case result do
+  {:error, %DSPyBridge.Error{} = e} ->
+    IO.puts(
+      "  the in-flight call failed after #{ms} ms: {:error, #{e.type}} \"#{e.message}\" (retryable: #{e.retryable})"
+    )
+
+  other ->
+    IO.puts("  the in-flight call returned after #{ms} ms: #{inspect(other)}")
+end
+
 ready = Demo.await_event("ready", index)
 IO.puts("  new worker OS pid #{ready.os_pid} is up")
 replayed = Demo.await_event("replayed", index)
@@ -195,4 +246,7 @@ Demo.section("Stopping")
 os_pids = for {_, _, os_pid, _} <- DSPyBridge.Pool.workers(pool), do: os_pid
 :ok = DSPyBridge.Pool.stop(pool)
 alive = Enum.filter(os_pids, &File.exists?("/proc/#{&1}"))
-IO.puts("  pool stopped; Python processes left: #{if alive == [], do: "none", else: inspect(alive)}")
+
+IO.puts(
+  "  pool stopped; Python processes left: #{if alive == [], do: "none", else: inspect(alive)}"
+)
