@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.failures: list[tuple[int, str]] = []
         self.answers: dict[str, Any] = {}
+        self.delays: list[float] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
@@ -37,6 +39,15 @@ class FakeOpenAI:
     def fail_next(self, count: int, status: int, message: str = "simulated failure") -> None:
         with self._lock:
             self.failures.extend([(status, message)] * count)
+
+    def delay_next(self, seconds: float) -> None:
+        """The next call answers only after `seconds` (a slow provider)."""
+        with self._lock:
+            self.delays.append(seconds)
+
+    def _next_delay(self) -> float:
+        with self._lock:
+            return self.delays.pop(0) if self.delays else 0.0
 
     def _next_failure(self) -> tuple[int, str] | None:
         with self._lock:
@@ -72,6 +83,9 @@ class FakeOpenAI:
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": "not found", "type": "not_found"}})
                     return
+                delay = fake._next_delay()
+                if delay:
+                    time.sleep(delay)  # a slow provider, in this handler's own thread
                 failure = fake._next_failure()
                 if failure is not None:
                     status, message = failure

@@ -7,6 +7,7 @@ that is not the loopback interface: no test may touch the internet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,19 @@ def test_dspy_retries_a_retryable_http_error(worker: RecordingWorker, server: Fa
                                            "inputs": {"question": "again?"}})
     assert result["outputs"]["answer"]
     assert len(server.requests) - before == 3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_timeout_stops_a_slow_http_call(worker: RecordingWorker, server: FakeOpenAI,
+                                        engine: dict[str, Any]) -> None:
+    sid = f"slow-{bool(engine)}"
+    configure(worker, server, sid, **engine)
+    server.delay_next(3.0)
+    started = time.monotonic()
+    worker.error("execute_program", {"session_id": sid, "program_id": "qa",
+                                     "inputs": {"question": "slow?"}}, "timeout", timeout_ms=300)
+    assert time.monotonic() - started < 2.5
+    assert worker.ok("ping")["in_flight"] == 0
 
 
 def test_key_from_environment_reaches_the_provider(worker: RecordingWorker,
