@@ -244,16 +244,29 @@ defmodule DSPyBridge do
   end
 
   @doc """
-  Lists the sessions of every worker: `{:ok, [%{"worker" => index, ...}]}`
-  with each worker's own answer (string keys) under `"sessions"`.
+  Lists sessions: `{:ok, %{"sessions" => [%{"session_id" => ..., "programs" => n,
+  "lm" => model, "created_at" => ..., "last_used" => ..., "idle_s" => ...,
+  "in_flight" => ..., "worker" => index}]}}` (string keys). Without `session:`
+  every worker is asked and their lists are concatenated (the default
+  session appears once per worker that has it); with `session:` only that
+  session is listed, by its worker.
   """
-  @spec list_sessions(pool(), [option()]) :: result([map()])
+  @spec list_sessions(pool(), [option()]) :: result(map())
   def list_sessions(pool, opts \\ []) do
-    with {:ok, results} <- all_workers(pool, "list_sessions", %{}, opts) do
-      {:ok,
-       results
-       |> Enum.with_index()
-       |> Enum.map(fn {r, i} -> %{"worker" => i, "sessions" => r} end)}
+    %{size: size} = Store.config(pool)
+
+    indexes =
+      if opts[:session] != nil,
+        do: [Pool.index_for(opts[:session], size)],
+        else: Enum.to_list(0..(size - 1))
+
+    with {:ok, results} <- on_workers(pool, indexes, "list_sessions", %{}, opts) do
+      sessions =
+        for {index, %{"sessions" => list}} <- Enum.zip(indexes, results),
+            session <- list,
+            do: Map.put(session, "worker", index)
+
+      {:ok, %{"sessions" => sessions}}
     end
   end
 
@@ -396,10 +409,14 @@ defmodule DSPyBridge do
 
   defp all_workers(pool, command, args, opts) do
     %{size: size} = Store.config(pool)
+    on_workers(pool, Enum.to_list(0..(size - 1)), command, args, opts)
+  end
+
+  defp on_workers(pool, indexes, command, args, opts) do
     args = put_opt(args, "session_id", opts[:session])
 
     results =
-      0..(size - 1)
+      indexes
       |> Enum.map(fn i ->
         Task.async(fn ->
           Pool.request(pool, nil, command, args, Keyword.put(call_opts(opts), :worker, i))

@@ -104,6 +104,62 @@ defmodule DSPyBridge.DSPyTest do
     assert stats.programs >= 1
   end
 
+  test "the default session lives on every worker; pool-wide calls" do
+    pool = start_pool(default_lm: mock("default", default: "shared answer"))
+
+    # no program id: the client picks one so every worker has the same
+    {:ok, %{"program_id" => id}} = DSPyBridge.create_program(pool, "question -> answer")
+    assert is_binary(id)
+
+    for w <- 0..1 do
+      assert {:ok, %{"program_id" => ^id}} = DSPyBridge.get_program(pool, id, worker: w)
+      assert answer(DSPyBridge.execute(pool, id, %{question: "q"}, worker: w)) == "shared answer"
+    end
+
+    # usage of the default session, summed over the workers
+    {:ok, usage} = DSPyBridge.get_usage(pool)
+    assert usage["total"]["requests"] == 2
+    assert usage["models"]["mock/default"]["requests"] == 2
+    {:ok, _} = DSPyBridge.reset_usage(pool)
+    {:ok, usage} = DSPyBridge.get_usage(pool)
+    assert usage["total"]["requests"] == 0
+
+    # sessions of every worker
+    [a] = sessions_on(0, 2, 1, "ls")
+    [b] = sessions_on(1, 2, 1, "ls")
+
+    for s <- [a, b],
+        do: {:ok, _} = DSPyBridge.create_program(pool, "question -> answer", session: s)
+
+    {:ok, %{"sessions" => sessions}} = DSPyBridge.list_sessions(pool)
+    by_id = Map.new(sessions, &{&1["session_id"], &1})
+    assert by_id[a]["worker"] == 0 and by_id[a]["programs"] == 1
+    assert by_id[b]["worker"] == 1
+    {:ok, %{"sessions" => [only]}} = DSPyBridge.list_sessions(pool, session: b)
+    assert only["session_id"] == b
+
+    # the cache is configured on every worker
+    assert {:ok, %{"enable_memory" => true}} =
+             DSPyBridge.configure_cache(pool, enable_memory: true, memory_max_entries: 100)
+
+    {:ok, stats} = DSPyBridge.stats(pool)
+    assert stats.sessions == 2
+
+    # deleting a default-session program deletes it everywhere
+    {:ok, _} = DSPyBridge.delete_program(pool, id)
+
+    for w <- 0..1 do
+      assert {:error, %Error{type: :not_found}} = DSPyBridge.get_program(pool, id, worker: w)
+    end
+
+    # creating it again where it already exists everywhere is an error
+    {:ok, _} =
+      DSPyBridge.create_program(pool, signature: "question -> answer", program_id: "twice")
+
+    assert {:error, %Error{type: :already_exists}} =
+             DSPyBridge.create_program(pool, signature: "question -> answer", program_id: "twice")
+  end
+
   test "typed errors: invalid args, unknown program, no LM" do
     pool = start_pool(size: 1)
 
