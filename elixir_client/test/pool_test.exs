@@ -39,6 +39,27 @@ defmodule DSPyBridge.PoolTest do
     end
   end
 
+  test ":telemetry events are emitted when :telemetry is loaded" do
+    # test/support defines a stand-in :telemetry module
+    Process.register(self(), :dspy_bridge_telemetry_listener)
+    assert DSPyBridge.Telemetry.refresh()
+    pool = start_pool(size: 1)
+    {:ok, _} = DSPyBridge.ping(pool)
+
+    assert_receive {:telemetry, [:dspy_bridge, :request, :stop], %{duration: d},
+                    %{command: "ping", outcome: :ok, pool: ^pool, worker: 0}}
+
+    assert is_integer(d) and d > 0
+
+    {:error, _} = DSPyBridge.request(pool, "no_such_command")
+
+    assert_receive {:telemetry, [:dspy_bridge, :request, :stop], _,
+                    %{command: "no_such_command", outcome: :unknown_command, pool: ^pool}}
+
+    assert_received {:telemetry, [:dspy_bridge, :event], %{count: 1},
+                     %{event: %Event{name: "ready", pool: ^pool}}}
+  end
+
   test "session affinity: a session's calls always reach the same worker" do
     pool = start_pool()
 
