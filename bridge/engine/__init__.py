@@ -15,28 +15,19 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import dspy
 
-from bridge.engine.runtime import Engine, install_history_sink
-from bridge.redaction import redactor
-
-
-class _RedactingFilter(logging.Filter):
-    """Scrub known secrets from stdlib log records (DSPy, litellm, httpx) before they
-    reach stderr; the worker's own structlog lines are redacted by its processor."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = redactor.redact(message, by_key=False)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, None
-        return True
+from bridge.engine.runtime import (
+    LITELLM_LOGGERS,
+    Engine,
+    install_history_sink,
+    install_log_redaction,
+)
 
 
 def _quiet_libraries() -> None:
-    redacting = _RedactingFilter()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redacting)
-    # litellm is imported lazily by DSPy, which then turns its telemetry off.
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore"):
+    # litellm is imported lazily by DSPy, which then turns its telemetry off; its own log
+    # handler gets the same redaction when it loads (see runtime._import_litellm).
+    install_log_redaction("")
+    for name in (*LITELLM_LOGGERS, "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextvars
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from dspy.utils.caching import default_cache_dir
 from dspy.utils.usage_tracker import UsageTracker
 
 from bridge.engine.mock import AsyncMockEngine, MockEngine
+from bridge.redaction import redactor
 from bridge.sessions import BreakerSettings, ModelUsage
 from protocol.errors import BridgeError, ErrorType, field_errors
 
@@ -486,10 +488,36 @@ class Engine:
             dspy.cache = cache
 
 
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub known secrets from stdlib log records (DSPy, litellm, httpx) before they
+    reach stderr; the worker's own structlog lines are redacted by its processor."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = redactor.redact(message, by_key=False)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+def install_log_redaction(*logger_names: str) -> None:
+    for name in logger_names:
+        for handler in logging.getLogger(name or None).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+
+
 def _import_litellm() -> Any:
     from dspy.clients._litellm import get_litellm
 
-    return get_litellm(feature="dspy.LM")
+    litellm = get_litellm(feature="dspy.LM")
+    install_log_redaction(*LITELLM_LOGGERS)
+    for name in LITELLM_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return litellm
 
 
 def install_history_sink() -> None:
