@@ -483,6 +483,9 @@ def test_list_and_end_sessions(worker: RecordingWorker) -> None:
 
 
 def test_get_stats_shows_sessions_and_breakers(worker: RecordingWorker) -> None:
+    worker.ok("configure_lm", mock_lm("stats") | {"session_id": "stats"})
+    worker.ok("create_program", {"session_id": "stats", "program_id": "p", "signature": "q -> a"})
+    worker.ok("execute_program", {"session_id": "stats", "program_id": "p", "inputs": {"q": "x"}})
     stats = worker.ok("get_stats")
     assert stats["sessions"] >= 1 and stats["programs"] >= 1
     breakers = stats["circuit_breakers"]
