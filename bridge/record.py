@@ -3,11 +3,13 @@
 Requests become `send` steps, responses `expect`, events `expect_event`, so that the
 file replays as-is against a fresh worker (`dspy-bridge replay FILE`):
 
-- secrets never reach the file: a sent value under a secret-looking key (`api_key`,
-  `authorization`, `*token*`, `*secret*`, ...) is written `"<redacted>"`; in replies
-  such a value is kept when the worker already wrote `"<redacted>"`, else `"<any>"`;
+- secrets never reach the file: a sent string under a secret-looking key (`api_key`,
+  `authorization`, `*token*`, `*secret*`, ..., directly or in a list) is written
+  `"<redacted>"`, and so is every string the worker knows to be a secret; in replies
+  such a string is kept when the worker already wrote `"<redacted>"`, else `"<any>"`;
 - volatile values are written `"<any>"`: pids, the worker id, uptimes, durations,
-  timestamps, RSS, latencies, tracebacks, `dspy_loaded`, in-flight counts and every
+  timestamps (keys like `*_at`, `since`, `last_used`, and any float that reads as a
+  Unix time), RSS, latencies, tracebacks, `dspy_loaded`, in-flight counts and every
   `get_stats` figure;
 - ids the worker generated (an `*_id` value in a reply that the host never sent) are
   captured as `"<any:NAME>"` and every later use, in sends and replies, is written
@@ -48,8 +50,13 @@ VOLATILE_KEYS = frozenset(
         "elapsed_ms",
         "elapsed_s",
         "dspy_loaded",
+        "since",
     }
 )
+# Unix timestamps as floats (seconds since 1970: 2001 to 2286) are volatile anywhere.
+EPOCH_FLOAT_RANGE = (1.0e9, 1.0e10)
+# Secret-looking names that hold no secret.
+NOT_SECRET = frozenset({"secrets_omitted"})
 VOLATILE_SUFFIXES = ("_at", "_time", "_ts")
 # Keys of a command's `result` whose value depends on timing.
 VOLATILE_RESULT_KEYS: dict[str, frozenset[str] | None] = {
@@ -113,19 +120,16 @@ class TranscriptRecorder:
             for item in value:
                 self._remember_strings(item)
 
-    def _scrub_sent(self, value: Any) -> Any:
+    def _scrub_sent(self, value: Any, secret: bool = False) -> Any:
+        if isinstance(value, str | bytes) and secret:
+            return tx.REDACTED
         if isinstance(value, str):
             name = self._captured.get(value)
             return f"<var:{name}>" if name else value
         if isinstance(value, dict):
-            return {
-                key: tx.REDACTED
-                if is_secret_key(key) and item is not None
-                else self._scrub_sent(item)
-                for key, item in value.items()
-            }
+            return {key: self._scrub_sent(item, _secret(key)) for key, item in value.items()}
         if isinstance(value, list):
-            return [self._scrub_sent(item) for item in value]
+            return [self._scrub_sent(item, secret) for item in value]
         return value
 
     # ----- out -----
@@ -162,7 +166,11 @@ class TranscriptRecorder:
             }
         return [tx.format_step(tx.Expect(self._scrub_reply(reply)))]
 
-    def _scrub_reply(self, value: Any, key: Any = None) -> Any:
+    def _scrub_reply(self, value: Any, key: Any = None, secret: bool = False) -> Any:
+        if secret and isinstance(value, str | bytes) and value != tx.REDACTED:
+            return tx.ANY
+        if isinstance(value, float) and EPOCH_FLOAT_RANGE[0] <= value < EPOCH_FLOAT_RANGE[1]:
+            return tx.ANY
         if isinstance(value, str):
             if value in self._captured:
                 return f"<var:{self._captured[value]}>"
@@ -182,15 +190,10 @@ class TranscriptRecorder:
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for k, item in value.items():
-                if _is_volatile_key(k):
-                    out[k] = tx.ANY
-                elif is_secret_key(k) and item is not None and item != tx.REDACTED:
-                    out[k] = tx.ANY
-                else:
-                    out[k] = self._scrub_reply(item, k)
+                out[k] = tx.ANY if _is_volatile_key(k) else self._scrub_reply(item, k, _secret(k))
             return out
         if isinstance(value, list):
-            return [self._scrub_reply(item, key) for item in value]
+            return [self._scrub_reply(item, key, secret) for item in value]
         return value
 
     def _capture(self, key: str, value: str) -> str:
@@ -199,6 +202,10 @@ class TranscriptRecorder:
         name = f"{key}_{count}"
         self._captured[value] = name
         return f"<any:{name}>"
+
+
+def _secret(key: Any) -> bool:
+    return is_secret_key(key) and key not in NOT_SECRET
 
 
 def _looks_generated(value: str) -> bool:

@@ -31,6 +31,7 @@ from protocol.errors import BridgeError
 from protocol.framing import MAX_LENGTH, FrameDecoder, encode_frame
 
 DEFAULT_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 10.0
 STDERR_TAIL_LINES = 30
 READ_CHUNK = 256 * 1024
 
@@ -343,10 +344,17 @@ class Player:
             [*self.worker_args, *extra_args], command=self.worker_command, cwd=self.cwd
         )
         self.session = _Session(worker)
-        deadline = time.monotonic() + self.timeout
+        # A loaded machine may take a while to start a process, whatever --timeout says.
+        startup = max(self.timeout, STARTUP_TIMEOUT_S)
+        deadline = time.monotonic() + startup
         while not any(event.get("event") == "ready" for event in self.session.events):
             if not self._pump(deadline):
-                raise self._fail(f"the worker sent no ready event within {self.timeout:g} s", line)
+                message = (
+                    self._exit_text("before sending its ready event")
+                    if self.session.exited
+                    else f"the worker sent no ready event within {startup:g} s"
+                )
+                raise self._fail(message, line)
         return self.session
 
     def _current(self, line: int) -> _Session:

@@ -1,22 +1,49 @@
-"""Every transcript in tests/transcripts/ replayed against a fresh worker, one case each."""
+"""Every transcript in tests/transcripts/ replayed against a fresh worker, one case each.
+
+The selected transcripts are replayed concurrently (one per CPU) as soon as the first
+case runs; each case then waits for its own result, so the suite takes the time of the
+slowest lane rather than the sum.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from bridge.replay import replay_file
+from bridge.replay import ReplayResult, replay_file
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 FILES = sorted(TRANSCRIPTS.glob("*.jsonl"))
+REPO = TRANSCRIPTS.parent.parent
 
 
 def test_the_suite_is_big_enough() -> None:
     assert len(FILES) >= 20
 
 
+@pytest.fixture(scope="module")
+def replays(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[ReplayResult]]]:
+    selected = [
+        cast(Path, item.callspec.params["path"])
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_transcript"
+        and hasattr(item, "callspec")
+    ]
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        futures = {path: pool.submit(replay_file, path, cwd=REPO) for path in selected}
+        yield futures
+        for future in futures.values():
+            future.cancel()
+
+
 @pytest.mark.parametrize("path", FILES, ids=[path.stem for path in FILES])
-def test_transcript(path: Path) -> None:
-    result = replay_file(path)
+def test_transcript(path: Path, replays: dict[Path, Future[ReplayResult]]) -> None:
+    future = replays.get(path)
+    result = future.result() if future is not None else replay_file(path, cwd=REPO)
     assert result.passed, result.report()
