@@ -50,7 +50,7 @@ defmodule DSPyBridge.Pool do
       `DSPyBridge.subscribe/1`.
     * Worker options passed through: `:python`, `:args`, `:extra_args`,
       `:env`, `:cd`, `:log_level`, `:max_in_flight`, `:max_queue`,
-      `:overflow`, `:worker_timeout_margin`, `:shutdown_grace`.
+      `:overflow`, `:worker_timeout_margin`, `:shutdown_grace`, `:kill_after`.
   """
 
   use Supervisor
@@ -71,6 +71,7 @@ defmodule DSPyBridge.Pool do
     :overflow,
     :worker_timeout_margin,
     :shutdown_grace,
+    :kill_after,
     :ready_timeout
   ]
 

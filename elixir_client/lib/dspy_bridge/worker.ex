@@ -57,6 +57,8 @@ defmodule DSPyBridge.Worker do
     * `:worker_timeout_margin` — ms added to a request's timeout for the
       worker's own `timeout_ms` (1,000).
     * `:shutdown_grace` — ms the worker may take to drain on stop (2,000).
+    * `:kill_after` — ms to wait beyond the grace for the process to exit
+      before sending SIGKILL (2,000).
     * `:init_commands` — `[{command, args}]` sent after `ready`, before any
       replay (e.g. the pool's default LM).
     * `:replay` — a 0-arity function returning a list of batches of
@@ -97,7 +99,8 @@ defmodule DSPyBridge.Worker do
       start: {__MODULE__, :start_link, [opts]},
       restart: :permanent,
       type: :worker,
-      shutdown: Keyword.get(opts, :shutdown_grace, 2_000) + 5_000
+      shutdown:
+        Keyword.get(opts, :shutdown_grace, 2_000) + Keyword.get(opts, :kill_after, 2_000) + 4_000
     }
   end
 
@@ -258,6 +261,7 @@ defmodule DSPyBridge.Worker do
           overflow: Keyword.get(opts, :overflow, :queue),
           margin: Keyword.get(opts, :worker_timeout_margin, 1_000),
           grace: Keyword.get(opts, :shutdown_grace, 2_000),
+          kill_after: Keyword.get(opts, :kill_after, 2_000),
           ready_timer: Process.send_after(self(), :ready_timeout, ready_timeout),
           ready: nil,
           ready_waiters: [],
@@ -499,7 +503,7 @@ defmodule DSPyBridge.Worker do
         do: state,
         else: send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown)
 
-    deadline = System.monotonic_time(:millisecond) + state.grace + 1_000
+    deadline = System.monotonic_time(:millisecond) + state.grace + state.kill_after
 
     state =
       case drain_until_exit(state, deadline) do
