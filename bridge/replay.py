@@ -32,6 +32,7 @@ from protocol.framing import MAX_LENGTH, FrameDecoder, encode_frame
 
 DEFAULT_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 10.0
+READER_JOIN_S = 2.0
 STDERR_TAIL_LINES = 30
 READ_CHUNK = 256 * 1024
 
@@ -86,8 +87,12 @@ class SpawnedWorker:
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.output_closed = False
         self.backlog: list[dict[str, Any]] = []
-        threading.Thread(target=self._read_frames, name="replay-reader", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name="replay-stderr", daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._read_frames, name="replay-reader", daemon=True),
+            threading.Thread(target=self._read_stderr, name="replay-stderr", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- threads ---
 
@@ -223,8 +228,13 @@ class SpawnedWorker:
         code = self.wait(timeout)
         if code is None:
             self.kill()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
+        # The readers stop at EOF, which comes once the worker (and any child of it still
+        # holding the pipes) is gone; a pipe is closed only after its reader let go of it.
+        for thread in self._threads:
+            thread.join(READER_JOIN_S)
+        for stream, thread in zip((self.process.stdout, self.process.stderr), self._threads,
+                                  strict=True):
+            if stream is not None and not thread.is_alive():
                 stream.close()
         return code
 
