@@ -160,6 +160,25 @@ defmodule DSPyBridge.DSPyTest do
              DSPyBridge.create_program(pool, signature: "question -> answer", program_id: "twice")
   end
 
+  test "a session evicted by the worker's idle TTL is forgotten by the pool too" do
+    pool =
+      start_pool(size: 1, extra_args: ["--enable-test-commands", "--session-idle-ttl-s", "0.3"])
+
+    DSPyBridge.subscribe(pool)
+    {:ok, _} = DSPyBridge.create_program(pool, "question -> answer", session: "idle")
+    assert {:ok, %{sessions: 1, programs: 1}} = DSPyBridge.stats(pool, worker_stats: false)
+
+    assert_receive {:dspy_bridge_event,
+                    %Event{
+                      name: "session_evicted",
+                      source: :worker,
+                      data: %{"session_id" => "idle"}
+                    }},
+                   5_000
+
+    assert {:ok, %{sessions: 0, programs: 0}} = DSPyBridge.stats(pool, worker_stats: false)
+  end
+
   test "typed errors: invalid args, unknown program, no LM" do
     pool = start_pool(size: 1)
 
