@@ -111,7 +111,7 @@ defmodule DSPyBridge do
     args = if is_map_key(args, "lm"), do: Map.update!(args, "lm", &lm_args/1), else: args
 
     args =
-      if opts[:session] == nil and not is_map_key(args, "program_id"),
+      if session(opts) == nil and not is_map_key(args, "program_id"),
         do: Map.put(args, "program_id", generate_id("prog")),
         else: args
 
@@ -188,7 +188,7 @@ defmodule DSPyBridge do
   @spec checkpoint_program(pool(), String.t(), [option()]) :: result(map())
   def checkpoint_program(pool, program_id, opts \\ []) do
     with {:ok, %{"document" => doc}} <- export_program(pool, program_id, opts) do
-      :ok = Store.checkpoint(Store.config(pool).table, opts[:session], program_id, doc)
+      :ok = Store.checkpoint(Store.config(pool).table, session(opts), program_id, doc)
       {:ok, doc}
     end
   end
@@ -212,7 +212,7 @@ defmodule DSPyBridge do
       |> put_opt("program_id", opts[:program_id])
 
     args =
-      if opts[:session] == nil and not is_map_key(args, "program_id"),
+      if session(opts) == nil and not is_map_key(args, "program_id"),
         do: Map.put(args, "program_id", document["program_id"] || generate_id("prog")),
         else: args
 
@@ -228,7 +228,7 @@ defmodule DSPyBridge do
   """
   @spec get_usage(pool(), [option()]) :: result(map())
   def get_usage(pool, opts \\ []) do
-    if opts[:session] != nil do
+    if session(opts) != nil do
       read(pool, "get_usage", %{}, opts)
     else
       with {:ok, results} <- all_workers(pool, "get_usage", %{}, opts) do
@@ -256,8 +256,8 @@ defmodule DSPyBridge do
     %{size: size} = Store.config(pool)
 
     indexes =
-      if opts[:session] != nil,
-        do: [Pool.index_for(opts[:session], size)],
+      if session(opts) != nil,
+        do: [Pool.index_for(session(opts), size)],
         else: Enum.to_list(0..(size - 1))
 
     with {:ok, results} <- on_workers(pool, indexes, "list_sessions", %{}, opts) do
@@ -384,20 +384,20 @@ defmodule DSPyBridge do
   """
   @spec request(pool(), String.t(), map() | keyword(), [option()]) :: result(term())
   def request(pool, command, args \\ %{}, opts \\ []) do
-    Pool.request(pool, opts[:session], command, normalize(args), call_opts(opts))
+    Pool.request(pool, session(opts), command, normalize(args), call_opts(opts))
   end
 
   # -- helpers --------------------------------------------------------------------
 
   defp read(pool, command, args, opts) do
-    session = opts[:session]
+    session = session(opts)
     Pool.request(pool, session, command, put_opt(args, "session_id", session), call_opts(opts))
   end
 
   # A state change: sent to the session's worker, or to every worker for the
   # default session; `record_fun` says what to record once it succeeds.
   defp mutate(pool, command, args, opts, record_fun) do
-    session = opts[:session]
+    session = session(opts)
     args = put_opt(args, "session_id", session)
     record = record_fun.(session, args)
     call_opts = call_opts(opts) ++ if(record, do: [record: record], else: [])
@@ -413,7 +413,7 @@ defmodule DSPyBridge do
   end
 
   defp on_workers(pool, indexes, command, args, opts) do
-    args = put_opt(args, "session_id", opts[:session])
+    args = put_opt(args, "session_id", session(opts))
 
     results =
       indexes
@@ -431,6 +431,17 @@ defmodule DSPyBridge do
   end
 
   defp call_opts(opts), do: Keyword.take(opts, [:timeout, :worker])
+
+  # Session ids are strings on the wire; an atom is taken as its name, so
+  # `:acme` and `"acme"` are the same session (and hash to the same worker).
+  defp session(opts) do
+    case Keyword.get(opts, :session) do
+      nil -> nil
+      s when is_binary(s) -> s
+      s when is_atom(s) -> Atom.to_string(s)
+      other -> raise ArgumentError, "session must be a string, got: #{inspect(other)}"
+    end
+  end
 
   @doc false
   # Turns an LM given as a model string, keyword list or map into the

@@ -364,8 +364,9 @@ defmodule DSPyBridge.Pool do
     if is_function(user_on_event, 1) do
       try do
         user_on_event.(event)
-      rescue
-        e -> Logger.warning("DSPyBridge.Pool :on_event raised: #{Exception.message(e)}")
+      catch
+        kind, reason ->
+          Logger.warning("DSPyBridge.Pool :on_event failed: #{Exception.format(kind, reason)}")
       end
     end
 

@@ -951,7 +951,8 @@ defmodule DSPyBridge.Worker do
 
   defp safe_call(fun, event) do
     fun.(event)
-  rescue
-    e -> Logger.warning("dspy_bridge event handler raised: #{Exception.message(e)}")
+  catch
+    kind, reason ->
+      Logger.warning("dspy_bridge event handler failed: #{Exception.format(kind, reason)}")
   end
 end
