@@ -8,7 +8,9 @@ defmodule DSPyBridge.MixProject do
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
       elixirc_paths: elixirc_paths(Mix.env()),
-      elixirc_options: [warnings_as_errors: true],
+      # Strict where the code is checked (tests, CI); lenient for `mix run`
+      # so a newer Elixir's new warnings cannot break the demo.
+      elixirc_options: [warnings_as_errors: Mix.env() == :test],
       deps: [],
       docs: [main: "DSPyBridge"]
     ]
