@@ -651,11 +651,12 @@ defmodule DSPyBridge.Worker do
         %{"success" => true} ->
           rs
 
-        %{"error" => err} ->
+        other ->
           {command, _} = Map.get(rs.sent, tag, {"?", nil})
 
           Logger.warning(
-            "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: #{inspect(err, limit: 10)}"
+            "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: " <>
+              inspect(Map.get(other, "error", other), limit: 10)
           )
 
           %{rs | failed: rs.failed + 1}
@@ -728,18 +729,23 @@ defmodule DSPyBridge.Worker do
     state = %{state | replay_state: %{rs | batches: rest}}
 
     Enum.reduce(batch, state, fn {command, args}, state ->
-      ref = make_ref()
-      state = send_internal(state, command, args, {:replay, ref})
-      rs = state.replay_state
+      tag = {:replay, make_ref()}
+      sent = send_internal(state, command, args, tag)
+      rs = sent.replay_state
 
-      %{
-        state
-        | replay_state: %{
-            rs
-            | outstanding: rs.outstanding + 1,
-              sent: Map.put(rs.sent, {:replay, ref}, {command, args})
-          }
-      }
+      if Map.has_key?(sent.internal, sent.next_id - 1) and sent.next_id != state.next_id do
+        %{
+          sent
+          | replay_state: %{
+              rs
+              | outstanding: rs.outstanding + 1,
+                sent: Map.put(rs.sent, tag, {command, args})
+            }
+        }
+      else
+        Logger.warning("dspy_bridge worker #{state.os_pid}: could not replay #{command}")
+        %{sent | replay_state: %{rs | failed: rs.failed + 1}}
+      end
     end)
     |> then(fn state ->
       if state.replay_state.outstanding == 0, do: next_replay_batch(state), else: state
