@@ -57,7 +57,9 @@ defmodule DSPyBridge do
 
   @typedoc "Options common to all calls: `:session`, `:timeout`, `:worker`."
   @type option ::
-          {:session, String.t() | nil} | {:timeout, timeout()} | {:worker, non_neg_integer()}
+          {:session, String.t() | atom() | nil}
+          | {:timeout, timeout()}
+          | {:worker, non_neg_integer()}
 
   @typedoc "The result of every call."
   @type result(ok) :: {:ok, ok} | {:error, Error.t()}

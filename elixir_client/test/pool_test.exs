@@ -29,6 +29,19 @@ defmodule DSPyBridge.PoolTest do
     assert Enum.all?(stats.workers, &(&1.status == :ready and is_map(&1.worker_stats)))
   end
 
+  test "with await_ready: false, start_link returns at once and early calls wait for ready" do
+    pool = start_pool(await_ready: false)
+    assert {:ok, %{"status" => "ok"}} = DSPyBridge.ping(pool, timeout: 15_000)
+    assert {:ok, %{"status" => "ok"}} = DSPyBridge.ping(pool, session: "early", timeout: 15_000)
+  end
+
+  test "a pool whose interpreter cannot be started fails to start" do
+    Process.flag(:trap_exit, true)
+
+    assert {:error, _} =
+             Pool.start_link(name: pool_name(), size: 2, python: "/nonexistent/python3")
+  end
+
   test "the :on_event callback sees every worker's ready event" do
     parent = self()
     pool = start_pool(on_event: fn event -> send(parent, {:callback, event}) end)
