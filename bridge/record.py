@@ -9,8 +9,8 @@ file replays as-is against a fresh worker (`dspy-bridge replay FILE`):
   such a string is kept when the worker already wrote `"<redacted>"`, else `"<any>"`;
 - volatile values are written `"<any>"`: pids, the worker id, uptimes, durations,
   timestamps (keys like `*_at`, `since`, `last_used`, and any float that reads as a
-  Unix time), RSS, latencies, tracebacks, `dspy_loaded`, in-flight counts and every
-  `get_stats` figure;
+  Unix time), RSS, latencies, tracebacks, `dspy_loaded`, in-flight counts, every
+  `get_stats` figure and the known commands listed by an `unknown_command` error;
 - ids the worker generated (an `*_id` value in a reply that the host never sent) are
   captured as `"<any:NAME>"` and every later use, in sends and replies, is written
   `"<var:NAME>"`; a reply string that merely contains one becomes `"<any>"`.
@@ -164,6 +164,11 @@ class TranscriptRecorder:
             reply["result"] = {
                 k: tx.ANY if keys is None or k in keys else v for k, v in result.items()
             }
+        error = reply.get("error")
+        if isinstance(error, dict) and isinstance(error.get("details"), dict):
+            # The known commands grow with versions; the recording is about this one.
+            if error.get("type") == "unknown_command" and "known" in error["details"]:
+                reply["error"] = {**error, "details": {**error["details"], "known": tx.ANY}}
         return [tx.format_step(tx.Expect(self._scrub_reply(reply)))]
 
     def _scrub_reply(self, value: Any, key: Any = None, secret: bool = False) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WorkerProcess
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +29,6 @@ from bridge.record import TranscriptRecorder, worker_args_without_record
 from bridge.replay import (
     ReplayResult,
     SpawnedWorker,
-    WorkerExited,
     main,
     replay_file,
     replay_text,
@@ -484,51 +484,71 @@ def test_the_console_script_runs_replay() -> None:
 # ----- record, replay, mutate -----
 
 
-def drive_session(worker: SpawnedWorker) -> None:
-    """A host's session over the control and test commands, concurrency included."""
-    worker.wait_event("ready")
-    assert worker.request({"id": 1, "command": "ping"})["success"]
-    worker.send({"id": 2, "command": "sleep", "args": {"ms": 60000}})
-    assert worker.request({"id": 3, "command": "cancel", "args": {"request_id": 2}})[
-        "result"] == {"cancelled": True}
-    assert worker.request({"id": 4, "command": "echo", "args": {
-        "value": {"bytes": b"\x00\x01", "text": "t", "n": [1, 2.5, None, True],
-                  "api_key": "sk-test-SECRET-0042"}}})["success"]
-    worker.send({"id": "slow", "command": "sleep", "args": {"ms": 5000}, "timeout_ms": 20})
-    assert worker.request({"id": 5, "command": "sleep", "args": {"ms": "x"}})[
-        "error"]["type"] == "invalid_args"
-    assert worker.request({"id": 6, "command": "fail"})["error"]["type"] == "internal"
-    assert worker.request({"id": 7, "command": "nope"})["error"]["type"] == "unknown_command"
-    assert worker.request({"id": 8, "command": "get_stats"})["success"]
+SECRETS = ("sk-test-SECRET-0042", "sk-live-KEY-77777777")
+
+
+def drive_session(worker: WorkerProcess) -> None:
+    """A host's session (the shared test client, not the replay tool): control and test
+    commands with concurrency, then DSPy commands with a key and a generated id."""
+    assert worker.call("ping")["status"] == "ok"
+    slow = worker.start("sleep", {"ms": 60000})
+    assert worker.call("cancel", {"request_id": slow}) == {"cancelled": True}
+    assert worker.response(slow)["error"]["type"] == "cancelled"
+    value = {"bytes": b"\x00\x01", "text": "t", "n": [1, 2.5, None, True], "api_key": SECRETS[0]}
+    assert worker.call("echo", {"value": value}) == value
+    timed = worker.start("sleep", {"ms": 5000}, timeout_ms=20)
+    assert worker.request("sleep", {"ms": "x"})["error"]["type"] == "invalid_args"
+    assert worker.request("fail")["error"]["type"] == "internal"
+    assert worker.request("nope")["error"]["type"] == "unknown_command"
+    assert worker.response(timed)["error"]["type"] == "timeout"
+    worker.call("get_stats")
+    lm = {"model": "mock/rec", "api_key": SECRETS[1],
+          "extra": {"responses": {"What is 2+2?": "4"}, "default": "?"}}
+    assert worker.call("configure_lm", lm)["lm"]["api_key"] == "<redacted>"
+    program = worker.call("create_program", {"signature": "question -> answer"})["program_id"]
+    ran = worker.call("execute_program", {"program_id": program,
+                                          "inputs": {"question": "What is 2+2?"}})
+    assert ran["outputs"] == {"answer": "4"}
+    assert worker.call("get_program", {"program_id": program})["program_id"] == program
+    missing = worker.request("get_program", {"session_id": "other", "program_id": program})
+    assert missing["error"]["type"] == "not_found"
+    document = worker.call("export_program", {"program_id": program})["document"]
+    worker.call("import_program", {"session_id": "copy", "program_id": "copied",
+                                   "document": document})
+    worker.call("list_sessions")
+    worker.call("get_usage")
     worker.send({"id": None, "command": "ping"})
     worker.send([1, 2])
-    assert worker.request({"id": 9, "command": "shutdown", "args": {"grace_ms": 1000}})["success"]
-    assert worker.wait(10) == 0
-    seen = list(worker.backlog)
-    with pytest.raises(WorkerExited):
-        while (message := worker.receive(10)) is not None:
-            seen.append(message)
-    assert {2, "slow", None} <= {message.get("id") for message in seen}
+    for _ in range(2):
+        assert worker.response(None)["error"]["type"] in {"invalid_request", "invalid_frame"}
+    assert worker.call("shutdown", {"grace_ms": 1000})["shutting_down"]
+    assert worker.wait_exit(10) == 0
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("record") / "session.jsonl"
-    with SpawnedWorker(["--enable-test-commands", "--record", str(path)], cwd=REPO) as worker:
+    worker = WorkerProcess("--enable-test-commands", "--record", str(path))
+    try:
         drive_session(worker)
+    finally:
+        worker.close()
     yield path
 
 
 def test_a_recorded_session_replays_as_is(recorded: Path) -> None:
     text = recorded.read_text()
-    assert "sk-test-SECRET-0042" not in text
+    for secret in SECRETS:
+        assert secret not in text
     steps = tx.parse(text)
     assert isinstance(steps[0], tx.WorkerArgs)
     assert steps[0].args == ("--enable-test-commands",)
     # The frame [1, 2] is no map: neither it nor its reply can be replayed (a comment).
-    assert sum(isinstance(step, tx.Send) for step in steps) == 11
-    assert sum(isinstance(step, tx.Expect) for step in steps) == 11
+    sends = sum(isinstance(step, tx.Send) for step in steps)
+    assert sends == sum(isinstance(step, tx.Expect) for step in steps) == 20
     assert "# (a frame that was not a msgpack map cannot be recorded" in text
+    assert '"program_id": "<any:program_id_1>"' in text
+    assert '"program_id": "<var:program_id_1>"' in text
     result = replay_file(recorded, cwd=REPO)
     assert result.passed, result.report()
     assert main([str(recorded)]) == 0
@@ -597,29 +617,38 @@ def test_changing_any_expected_value_breaks_the_match_at_that_value(recorded: Pa
     result = replay_file(recorded, cwd=REPO)
     assert result.passed, result.report()
     actual_at = dict(result.matched)
+    # The captures (<any:NAME>) each line sees, as replay had them.
+    bindings_at: dict[int, tx.Bindings] = {}
+    bindings: tx.Bindings = {}
+    for number, actual in result.matched:
+        bindings_at[number] = bindings
+        step = tx.parse_step(json.loads(lines[number - 1]), number)
+        assert isinstance(step, tx.Expect | tx.ExpectEvent)
+        bindings = tx.match(step.message, actual, bindings).bindings
     count = 0
     for number, path, expected, _text in mutants(lines):
         count += 1
-        found = tx.match(tx.from_json(expected), actual_at[number]).mismatch
+        found = tx.match(tx.from_json(expected), actual_at[number], bindings_at[number]).mismatch
         assert found is not None, f"mutating line {number} at {path} went unnoticed"
         assert found.path == path, (number, path, found.describe())
     assert count > 40
 
 
 def test_changing_an_expected_value_fails_the_replay_with_a_diff_at_it(recorded: Path) -> None:
-    """A real replay per expectation line, with its last leaf changed."""
+    """Real replays of mutants: the last leaf of every third expectation line changed."""
     lines = recorded.read_text().splitlines()
     last: dict[int, tuple[tx.Path, str]] = {}
     for number, path, _expected, text in mutants(lines):
         last[number] = (path, text)
-    assert len(last) >= 12
+    assert len(last) >= 20
+    chosen = sorted(last)[::3]
 
     def run(number: int) -> tuple[int, tx.Path, ReplayResult]:
         path, text = last[number]
         return number, path, replay_text(text, name="mutant.jsonl", cwd=REPO)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        outcomes = list(pool.map(run, sorted(last)))
+        outcomes = list(pool.map(run, chosen))
     for number, path, result in outcomes:
         assert result.failure is not None, f"mutating line {number} at {path} went unnoticed"
         assert result.failure.line == number, result.report()
