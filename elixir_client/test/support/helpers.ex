@@ -55,10 +55,17 @@ defmodule DSPyBridge.Test.Helpers do
   def pool_name(prefix \\ "pool"),
     do: :"DSPyBridge.TestPool.#{prefix}#{System.unique_integer([:positive])}"
 
-  @doc "Options for workers with test commands enabled and quiet logs."
+  @doc "Options for workers with test commands enabled, quiet logs and no network."
   @spec worker_opts(keyword()) :: keyword()
   def worker_opts(extra \\ []) do
-    Keyword.merge([extra_args: ["--enable-test-commands"], log_level: "warning"], extra)
+    # No test may reach the network (the mock LM needs none; this keeps
+    # litellm from trying to fetch metadata or send telemetry).
+    env = [{"LITELLM_LOCAL_MODEL_COST_MAP", "True"}, {"LITELLM_TELEMETRY", "False"}]
+
+    Keyword.merge(
+      [extra_args: ["--enable-test-commands"], log_level: "warning", env: env],
+      extra
+    )
   end
 
   @doc "Session ids that hash to worker `index` of a pool of `size`."
