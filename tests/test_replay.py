@@ -130,6 +130,61 @@ def test_mismatch_describes_path_expected_and_actual() -> None:
     assert tx.format_path((1, "a")) == "[1].a"
 
 
+# (Strings starting with "<" are left out: "<any>" and "<var:x>" mean something.)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=8).filter(lambda text: not text.startswith("<"))
+    | st.binary(max_size=8) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def value_leaves(value: Any, path: tx.Path = ()) -> Iterator[tuple[tx.Path, Any]]:
+    """Every scalar and every empty map or list, with its path."""
+    if isinstance(value, dict | list) and not value:
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from value_leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from value_leaves(item, (*path, index))
+    else:
+        yield path, value
+
+
+def changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1 if abs(value) < 2**52 else value / 2
+    if isinstance(value, str):
+        return value + "~"
+    if isinstance(value, bytes):
+        return value + b"~"
+    return 0
+
+
+@given(json_values)
+def test_a_value_matches_itself(value: Any) -> None:
+    assert tx.match(value, copy.deepcopy(value)).ok
+
+
+@given(json_values, st.data())
+def test_changing_any_leaf_is_a_mismatch_at_its_path(value: Any, data: st.DataObject) -> None:
+    found = list(value_leaves(value))
+    path, leaf = data.draw(st.sampled_from(found))
+    expected = copy.deepcopy(value)
+    if path:
+        set_path(expected, path, changed(leaf))
+    else:
+        expected = changed(leaf)
+    mismatch = tx.match(expected, value).mismatch
+    assert mismatch is not None and mismatch.path == path
+
+
 # ----- format -----
 
 

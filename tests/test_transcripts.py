@@ -11,11 +11,14 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
+from bridge import transcript as tx
+from bridge.registry import command_names
 from bridge.replay import ReplayResult, replay_file
+from protocol.errors import ErrorType
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 FILES = sorted(TRANSCRIPTS.glob("*.jsonl"))
@@ -24,6 +27,25 @@ REPO = TRANSCRIPTS.parent.parent
 
 def test_the_suite_is_big_enough() -> None:
     assert len(FILES) >= 20
+
+
+def test_the_suite_touches_every_command_error_type_and_event() -> None:
+    """Together the transcripts send every command (test-only ones too), expect every
+    error type of the protocol, and expect every event the worker sends."""
+    commands: set[str] = set()
+    errors: set[Any] = set()
+    events: set[Any] = set()
+    for path in FILES:
+        for step in tx.parse(path.read_text(encoding="utf-8")):
+            if isinstance(step, tx.Send) and isinstance(step.message.get("command"), str):
+                commands.add(step.message["command"])
+            elif isinstance(step, tx.Expect) and isinstance(step.message.get("error"), dict):
+                errors.add(step.message["error"].get("type"))
+            elif isinstance(step, tx.ExpectEvent):
+                events.add(step.message.get("event"))
+    assert set(command_names(include_test_only=True)) <= commands
+    assert {error.value for error in ErrorType} <= errors
+    assert {"ready", "session_evicted"} <= events
 
 
 @pytest.fixture(scope="module")
