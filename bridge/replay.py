@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from bridge import transcript as tx
 from protocol import codec
 from protocol.envelope import request_id_of
 from protocol.errors import BridgeError
-from protocol.framing import MAX_LENGTH, FrameDecoder, encode_frame
+from protocol.framing import MAX_LENGTH, Frame, FrameDecoder, encode_frame
 
 DEFAULT_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 10.0
@@ -83,7 +83,7 @@ class SpawnedWorker:
             cwd=cwd,
             env=env,
         )
-        self._inbox: queue.SimpleQueue[dict[str, Any] | Any] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[dict[str, Any] | _Eof | _BadFrame] = queue.SimpleQueue()
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.output_closed = False
         self.backlog: list[dict[str, Any]] = []
@@ -109,7 +109,9 @@ class SpawnedWorker:
                 self._inbox.put(_Eof())
                 return
             for frame in decoder.feed(data):
-                payload = getattr(frame, "payload", b"")
+                if not isinstance(frame, Frame):  # no frame exceeds MAX_LENGTH
+                    continue
+                payload = frame.payload
                 try:
                     value = codec.unpack(payload)
                 except BridgeError as exc:
@@ -324,8 +326,10 @@ class Player:
         worker_command: Sequence[str] | None = None,
         strict: bool = False,
         cwd: str | os.PathLike[str] | None = None,
+        trace: Callable[[str], None] | None = None,
     ) -> None:
         self.timeout = timeout
+        self.trace = trace
         self.worker_args = list(worker_args)
         self.worker_command = list(worker_command) if worker_command else None
         self.strict = strict
@@ -353,6 +357,8 @@ class Player:
         worker = SpawnedWorker(
             [*self.worker_args, *extra_args], command=self.worker_command, cwd=self.cwd
         )
+        if self.trace:
+            self.trace(f"  (line {line}) start: {shlex.join(worker.argv)}")
         self.session = _Session(worker)
         # A loaded machine may take a while to start a process, whatever --timeout says.
         startup = max(self.timeout, STARTUP_TIMEOUT_S)
@@ -449,6 +455,12 @@ class Player:
 
     def _write(self, payload: bytes, line: int) -> None:
         assert self.session is not None
+        if self.trace:
+            try:
+                shown = tx.show(codec.unpack(payload), 500)
+            except BridgeError:
+                shown = tx.show(payload, 500)
+            self.trace(f"  (line {line}) > {shown}")
         try:
             self.session.worker.send_payload(payload)
         except WorkerExited:
@@ -587,6 +599,8 @@ class Player:
             raise self._fail(str(exc), 0) from None
         if message is None:
             return False
+        if self.trace:
+            self.trace(f"  < {tx.show(message, 500)}")
         if "event" in message and "id" not in message:
             session.events.append(message)
         else:
@@ -656,7 +670,9 @@ def replay_steps(
     worker_command: Sequence[str] | None = None,
     strict: bool = False,
     cwd: str | os.PathLike[str] | None = None,
+    trace: Callable[[str], None] | None = None,
 ) -> ReplayResult:
+    """Play parsed steps; `trace`, if given, is called with a line per frame in and out."""
     started = time.monotonic()
     result = ReplayResult(name)
     player = Player(
@@ -665,6 +681,7 @@ def replay_steps(
         worker_command=worker_command,
         strict=strict,
         cwd=cwd,
+        trace=trace,
     )
     steps = list(steps)
     try:
@@ -733,6 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true",
         help="also fail when a response arrives that no expect consumed",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="print every frame sent (>) and received (<) as it happens",
+    )
     return parser
 
 
@@ -750,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_args=options.worker_arg,
             worker_command=command,
             strict=options.strict,
+            trace=(lambda text: print(text, flush=True)) if options.verbose else None,
         )
         print(result.report() if not result.passed else result.summary(), flush=True)
         failed += not result.passed

@@ -526,6 +526,17 @@ def test_cli_worker_args_may_start_with_dashes(
     capsys.readouterr()
 
 
+def test_trace_shows_every_frame_in_and_out() -> None:
+    lines: list[str] = []
+    result = replay('{"send": {"id": 1, "command": "ping"}}\n{"expect": {"id": 1}}\n',
+                    trace=lines.append)
+    assert result.passed, result.report()
+    assert lines[0].startswith("  (line 1) start: ") and lines[0].endswith("-m bridge")
+    assert lines[1].startswith('  < {"event": "ready"')
+    assert lines[2] == '  (line 1) > {"id": 1, "command": "ping"}'
+    assert lines[3].startswith('  < {"id": 1, "success": true')
+
+
 def test_the_console_script_runs_replay() -> None:
     transcript = REPO / "tests" / "transcripts" / "ping.jsonl"
     done = subprocess.run(
