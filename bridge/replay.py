@@ -706,7 +706,7 @@ def replay_file(path: str | os.PathLike[str], **options: Any) -> ReplayResult:
     """Replay one transcript file against a fresh worker (see `replay_steps` for options)."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM is tolerated
     except (OSError, UnicodeDecodeError) as exc:
         return ReplayResult(name, Failure(f"cannot read the transcript: {exc}"))
     return replay_text(text, name=name, **options)
