@@ -118,11 +118,11 @@ class Worker:
         """The host cannot hear us any more: stop at once, abandoning all work."""
         if self._exit.done():
             return
+        self._exit.set_result(0)
         self._log.info("host_gone", reason=reason, in_flight=len(self.in_flight))
         for entry in self.in_flight.values():
             if entry.task is not None:
                 entry.task.cancel()
-        self._exit.set_result(0)
 
     def begin_shutdown(self, grace_ms: int) -> None:
         if self.shutting_down:

@@ -425,3 +425,25 @@ def test_registry_names_every_command_its_tables_define() -> None:
     production = build_table(include_test_only=False)
     assert sorted(production.names()) == sorted(command_names(include_test_only=False))
     assert "sleep" not in production.names()
+
+
+def test_worker_serves_and_exits_when_its_stderr_is_gone() -> None:
+    """Logging to a stderr nobody reads any more must never block replies or the exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin and process.stdout and process.stderr
+    process.stderr.close()
+    ready_length = struct.unpack(">I", process.stdout.read(4))[0]
+    process.stdout.read(ready_length)
+    ping = msgpack.packb({"id": 1, "command": "ping"})
+    process.stdin.write(struct.pack(">I", len(ping)) + ping)
+    process.stdin.flush()
+    length = struct.unpack(">I", process.stdout.read(4))[0]
+    assert msgpack.unpackb(process.stdout.read(length))["success"] is True
+    process.stdin.close()
+    assert process.wait(timeout=2) == 0
