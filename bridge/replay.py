@@ -513,8 +513,9 @@ class Player:
                     del session.responses[index]
                     return
                 first = first or result
-            # A mismatch is final once every outstanding request with this id has answered.
-            exhausted = wanted is not None and len(candidates) >= outstanding
+            # A mismatch is final once every outstanding request with this id has answered
+            # (for nil: every frame sent whose id the worker could not know).
+            exhausted = len(candidates) >= max(outstanding, 1)
             if first is not None and (exhausted or not self._pump(deadline)):
                 assert first.mismatch is not None
                 actual = session.responses[candidates[0]]
