@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class Args(BaseModel):
     """Base for command arguments: unknown keys, NaN and type coercion are all rejected."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, defer_build=True
+    )
 
 
 ArgsT = TypeVar("ArgsT", bound=Args)

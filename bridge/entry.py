@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
 
     options = parse_options(args)
     ready = announce(options, channel.protocol_out)
+    # pydantic would scan every installed distribution for plugins at its first model;
+    # the worker uses none, and the scan delays serving the first request.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from bridge.cli import run_worker
 
     run_worker(options, args, channel, ready)

@@ -2,79 +2,55 @@
 
 from __future__ import annotations
 
-import itertools
 import os
-import select
-import signal
-import struct
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
+
+from bridge.client import WorkerClient
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 30.0
 
 
 class WorkerProcess:
-    """A spawned `python -m bridge` speaking the real protocol over its stdin/stdout.
+    """A spawned `python -m bridge` (a `WorkerClient`), with conveniences for tests.
 
-    Responses are matched by id; events are collected in arrival order. Stderr is
-    captured in full so tests can inspect the log lines.
+    Responses are kept by id and events in arrival order as they are read; the worker's
+    stderr is kept in full so tests can inspect the log lines.
     """
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", *flags],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
+        self.client = WorkerClient(
+            flags, cwd=REPO, env={**os.environ, **(env or {})}, stderr_lines=None
         )
-        assert self.process.stdin and self.process.stdout and self.process.stderr
-        self._stdout = self.process.stdout
-        self._buffer = bytearray()
-        self._ids = itertools.count(1)
+        self.process = self.client.process
         self.responses: dict[Any, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
-        self._stderr_chunks: list[bytes] = []
-        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._stderr_thread.start()
         self.ready = self.next_event("ready")
 
     @property
     def pid(self) -> int:
-        return self.process.pid
-
-    def _drain_stderr(self) -> None:
-        assert self.process.stderr
-        for chunk in iter(lambda: self.process.stderr.read1(65536), b""):  # type: ignore[union-attr]
-            self._stderr_chunks.append(chunk)
+        return self.client.pid
 
     def stderr_text(self) -> str:
-        return b"".join(self._stderr_chunks).decode("utf-8", "replace")
+        return self.client.stderr_text()
 
     # ----- writing -----
 
     def send_raw(self, data: bytes) -> None:
-        assert self.process.stdin
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
+        self.client.send_bytes(data)
 
     def send_frame(self, payload: bytes) -> None:
-        self.send_raw(struct.pack(">I", len(payload)) + payload)
+        self.client.send_payload(payload)
 
     def send(self, message: Any) -> None:
-        self.send_frame(msgpack.packb(message, use_bin_type=True))
+        self.client.send(message)
 
     def new_id(self) -> int:
-        return next(self._ids)
+        return self.client.new_id()
 
     def start(self, command: str, args: dict[str, Any] | None = None, **envelope: Any) -> Any:
         """Send a request without waiting; returns its id."""
@@ -106,25 +82,14 @@ class WorkerProcess:
 
     def read_message(self, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         """The next frame the worker sends, decoded; fails the test after `timeout`."""
-        while True:
-            if len(self._buffer) >= 4:
-                (length,) = struct.unpack_from(">I", self._buffer)
-                if len(self._buffer) >= 4 + length:
-                    payload = bytes(self._buffer[4 : 4 + length])
-                    del self._buffer[: 4 + length]
-                    message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-                    if "event" in message and "id" not in message:
-                        self.events.append(message)
-                    else:
-                        self.responses[message["id"]] = message
-                    return message  # type: ignore[no-any-return]
-            ready, _, _ = select.select([self._stdout], [], [], timeout)
-            if not ready:
-                raise TimeoutError(f"no frame from the worker within {timeout} s")
-            chunk = os.read(self._stdout.fileno(), 65536)
-            if not chunk:
-                raise EOFError("the worker closed its stdout")
-            self._buffer += chunk
+        message = self.client.receive(timeout)
+        if message is None:
+            raise TimeoutError(f"no frame from the worker within {timeout} s")
+        if "event" in message and "id" not in message:
+            self.events.append(message)
+        else:
+            self.responses[message["id"]] = message
+        return message
 
     def response(self, request_id: Any, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         while request_id not in self.responses:
@@ -144,15 +109,7 @@ class WorkerProcess:
         return self.process.wait(timeout)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin
-            try:
-                self.process.stdin.close()
-                self.process.wait(5)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.process.send_signal(signal.SIGKILL)
-                self.process.wait(5)
-        self._stderr_thread.join(5)
+        self.client.close()
 
 
 @pytest.fixture

@@ -1,0 +1,306 @@
+"""A Python host for the worker: spawn it, send frames, receive decoded messages.
+
+Used by `dspy-bridge replay`, the benchmarks and the tests, and usable by any Python
+program that wants to drive a worker the way the Elixir client does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import codec
+from protocol.errors import BridgeError
+from protocol.framing import MAX_LENGTH, Frame, FrameDecoder, encode_frame
+
+DEFAULT_TIMEOUT_S = 10.0
+READER_JOIN_S = 2.0
+STDERR_TAIL_LINES = 30
+READ_CHUNK = 256 * 1024
+
+
+def default_worker_command() -> list[str]:
+    return [sys.executable, "-m", "bridge"]
+
+
+class WorkerExited(Exception):
+    """The worker closed its output: it exited (or is exiting)."""
+
+    def __init__(self, returncode: int | None) -> None:
+        super().__init__(f"the worker exited (exit code {returncode})")
+        self.returncode = returncode
+
+
+@dataclass(frozen=True, slots=True)
+class _Eof:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _BadFrame:
+    error: str
+    payload: bytes
+
+
+class RequestFailed(Exception):
+    """A request answered with `success: false`; `error` is the wire error map."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"{error.get('type')}: {error.get('message')}")
+        self.error = error
+
+
+class WorkerClient:
+    """A worker subprocess over pipes: frames out, decoded messages in (a reader thread).
+
+    `stderr_lines` bounds how many of the worker's log lines are kept (None: all).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        command: Sequence[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        stderr_lines: int | None = STDERR_TAIL_LINES,
+    ) -> None:
+        self.argv = [*(command or default_worker_command()), *args]
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+        )
+        self._inbox: queue.SimpleQueue[dict[str, Any] | _Eof | _BadFrame] = queue.SimpleQueue()
+        self._stderr: deque[str] = deque(maxlen=stderr_lines)
+        self._ids = itertools.count(1)
+        self.output_closed = False
+        self.backlog: list[dict[str, Any]] = []
+        self._threads = [
+            threading.Thread(target=self._read_frames, name="worker-frames", daemon=True),
+            threading.Thread(target=self._read_stderr, name="worker-stderr", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # --- threads ---
+
+    def _read_frames(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        decoder = FrameDecoder(MAX_LENGTH)
+        while True:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                self._inbox.put(_Eof())
+                return
+            for frame in decoder.feed(data):
+                if not isinstance(frame, Frame):  # no frame exceeds MAX_LENGTH
+                    continue
+                payload = frame.payload
+                try:
+                    value = codec.unpack(payload)
+                except BridgeError as exc:
+                    self._inbox.put(_BadFrame(exc.message, payload))
+                    continue
+                if isinstance(value, dict):
+                    self._inbox.put(value)
+                else:
+                    self._inbox.put(_BadFrame(f"not a map: {value!r}", payload))
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    # --- sending ---
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write raw bytes (not necessarily whole frames); raises WorkerExited if the
+        worker no longer reads."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            raise WorkerExited(self.process.poll()) from None
+
+    def send_payload(self, payload: bytes) -> None:
+        """Write one frame holding `payload`."""
+        self.send_bytes(encode_frame(payload))
+
+    def send(self, value: Any) -> None:
+        self.send_payload(codec.pack(value))
+
+    # --- receiving ---
+
+    def receive(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message, or None if none came within `timeout` seconds.
+
+        Raises WorkerExited once the worker's output is closed and drained, and
+        ValueError for a frame that is not a msgpack map.
+        """
+        if self.output_closed:
+            raise WorkerExited(self._reap())
+        try:
+            item = self._inbox.get(timeout=timeout) if timeout is None or timeout > 0 else (
+                self._inbox.get_nowait()
+            )
+        except queue.Empty:
+            return None
+        if isinstance(item, _Eof):
+            self.output_closed = True
+            raise WorkerExited(self._reap())
+        if isinstance(item, _BadFrame):
+            raise ValueError(f"the worker sent a bad frame ({item.error}): {item.payload[:80]!r}")
+        return item
+
+    def request(
+        self, message: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Send a request and wait for its response; other messages go to `backlog`.
+
+        """
+        self.send(message)
+        for index, held in enumerate(self.backlog):
+            if "event" not in held and held.get("id") == message.get("id"):
+                return self.backlog.pop(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.receive(deadline - time.monotonic())
+            if got is None:
+                raise TimeoutError(f"no response to {message.get('id')!r} within {timeout} s")
+            if "event" not in got and got.get("id") == message.get("id"):
+                return got
+            self.backlog.append(got)
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def call(
+        self, command: str, args: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> Any:
+        """Run one command and return its result; raises RequestFailed on an error reply."""
+        return self.call_many([(command, args)], timeout)[0]
+
+    def call_many(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> list[Any]:
+        """Send every request at once (they run concurrently), then gather the results in
+        the order given; raises RequestFailed for the first error reply."""
+        ids = []
+        for command, args in calls:
+            ids.append(self.new_id())
+            self.send({"id": ids[-1], "command": command, "args": args or {}})
+        pending = set(ids)
+        responses: dict[int, dict[str, Any]] = {}
+        for held in [m for m in self.backlog if "event" not in m and m.get("id") in pending]:
+            self.backlog.remove(held)
+            responses[held["id"]] = held
+            pending.discard(held["id"])
+        deadline = time.monotonic() + timeout
+        while pending:
+            got = self.receive(deadline - time.monotonic())
+            if got is None:
+                raise TimeoutError(f"{len(pending)} responses missing after {timeout} s")
+            if "event" not in got and got.get("id") in pending:
+                responses[got["id"]] = got
+                pending.discard(got["id"])
+            else:
+                self.backlog.append(got)
+        results = []
+        for request_id in ids:
+            response = responses[request_id]
+            if not response["success"]:
+                raise RequestFailed(response["error"])
+            results.append(response["result"])
+        return results
+
+    def wait_event(self, name: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        for index, held in enumerate(self.backlog):
+            if held.get("event") == name:
+                return self.backlog.pop(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.receive(deadline - time.monotonic())
+            if got is None:
+                raise TimeoutError(f"no {name!r} event within {timeout} s")
+            if got.get("event") == name:
+                return got
+            self.backlog.append(got)
+
+    # --- ending ---
+
+    def _reap(self) -> int | None:
+        try:
+            return self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close_input(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if the worker is still running after `timeout`."""
+        try:
+            return self.process.wait(timeout=max(timeout, 0))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self, timeout: float = 5.0) -> int | None:
+        """Close stdin (EOF: the host is gone), wait for the exit, kill if it hangs."""
+        self.close_input()
+        code = self.wait(timeout)
+        if code is None:
+            self.kill()
+        # The readers stop at EOF, which comes once the worker (and any child of it still
+        # holding the pipes) is gone; a pipe is closed only after its reader let go of it.
+        for thread in self._threads:
+            thread.join(READER_JOIN_S)
+        for stream, thread in zip((self.process.stdout, self.process.stderr), self._threads,
+                                  strict=True):
+            if stream is not None and not thread.is_alive():
+                stream.close()
+        return code
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)
+
+    def stderr_text(self) -> str:
+        return "\n".join(self._stderr)
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
