@@ -23,7 +23,7 @@ from bridge.commands import Args, CommandTable, RequestContext
 from bridge.redaction import REDACTED, is_secret_key, redactor
 from bridge.sessions import BreakerSettings, ModelUsage, Session, merge_usage
 from protocol.envelope import validation_errors
-from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.errors import BridgeError, ErrorType, invalid_field, invalid_fields
 
 if TYPE_CHECKING:
     from bridge.engine.runtime import Engine, LmHandle, ProgramHandle
@@ -36,20 +36,9 @@ DOCUMENT_FORMAT = "dspy-bridge/program"
 DOCUMENT_VERSION = 1
 
 
-def invalid(field: str, message: str) -> BridgeError:
-    return BridgeError(
-        ErrorType.INVALID_ARGS, f"{field}: {message}", details=field_errors([(field, message)])
-    )
-
-
 def invalid_from(exc: ValidationError, prefix: str) -> BridgeError:
-    errors = [(f"{prefix}.{name}" if name != "(root)" else prefix, message)
-              for name, message in validation_errors(exc)]
-    return BridgeError(
-        ErrorType.INVALID_ARGS,
-        "; ".join(f"{name}: {message}" for name, message in errors),
-        details=field_errors(errors),
-    )
+    return invalid_fields([(f"{prefix}.{name}" if name != "(root)" else prefix, message)
+                           for name, message in validation_errors(exc)])
 
 
 # ===== LM configuration =====
@@ -212,32 +201,35 @@ def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
         register_secret_values(config.extra)
     if config.is_mock:
         if not MOCK_PATTERN.match(config.model):
-            raise invalid(at("model"), "a mock model is `mock` or `mock/<name>` "
-                          "(letters, digits, `_.-:`)")
+            raise invalid_field(at("model"), "a mock model is `mock` or `mock/<name>` "
+                                "(letters, digits, `_.-:`)")
     elif not MODEL_PATTERN.match(config.model):
-        raise invalid(at("model"), "must be DSPy's `provider/model` string (e.g. "
-                      "`openai/gpt-4o-mini`) or `mock`/`mock/<name>`")
+        raise invalid_field(at("model"), "must be DSPy's `provider/model` string (e.g. "
+                            "`openai/gpt-4o-mini`) or `mock`/`mock/<name>`")
     if config.api_key is not None and config.api_key_env is not None:
-        raise invalid(at("api_key_env"), "give either api_key or api_key_env, not both")
+        raise invalid_field(at("api_key_env"), "give either api_key or api_key_env, not both")
     api_key = config.api_key
     if config.api_key_env is not None:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
-            raise invalid(at("api_key_env"),
-                          f"the environment variable {config.api_key_env} is not set in the worker")
+            raise invalid_field(
+                at("api_key_env"),
+                f"the environment variable {config.api_key_env} is not set in the worker",
+            )
         redactor.register(api_key)
     mock: MockOptions | None = None
     extra: dict[str, Any] = {}
     top_level = {name: getattr(config, name) for name in MOCK_OPTION_NAMES
                  if getattr(config, name) is not None}
     if top_level and not config.is_mock:
-        raise invalid(at(next(iter(top_level))), "an option of the mock provider only")
+        raise invalid_field(at(next(iter(top_level))), "an option of the mock provider only")
     if config.is_mock:
         if config.api_base is not None:
-            raise invalid(at("api_base"), "the mock provider takes no api_base")
+            raise invalid_field(at("api_base"), "the mock provider takes no api_base")
         clash = set(top_level) & set(config.extra or {})
         if clash:
-            raise invalid(at(f"extra.{sorted(clash)[0]}"), "given both here and at the top level")
+            raise invalid_field(at(f"extra.{sorted(clash)[0]}"),
+                                "given both here and at the top level")
         if top_level:
             config = config.model_copy(update={"extra": {**(config.extra or {}), **top_level},
                                                **dict.fromkeys(top_level)})
@@ -249,13 +241,16 @@ def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
         extra = dict(config.extra or {})
         for key, value in extra.items():
             if key in EXTRA_RESERVED:
-                raise invalid(at(f"extra.{key}"),
-                              "not allowed in extra (use the first-class setting if there is one)")
+                raise invalid_field(
+                    at(f"extra.{key}"),
+                    "not allowed in extra (use the first-class setting if there is one)",
+                )
             if key == "engine" and value not in EXTRA_ENGINES:
-                raise invalid(at("extra.engine"), f"must be one of {', '.join(EXTRA_ENGINES)}")
+                raise invalid_field(at("extra.engine"),
+                                    f"must be one of {', '.join(EXTRA_ENGINES)}")
             if key == "model_type" and value not in EXTRA_MODEL_TYPES:
-                raise invalid(at("extra.model_type"),
-                              f"must be one of {', '.join(EXTRA_MODEL_TYPES)}")
+                raise invalid_field(at("extra.model_type"),
+                                    f"must be one of {', '.join(EXTRA_MODEL_TYPES)}")
     breaker = BreakerSettings()
     if config.circuit_breaker is not None:
         breaker = BreakerSettings(config.circuit_breaker.failure_threshold,
@@ -409,7 +404,7 @@ def parse_signature(value: str | dict[str, Any], field: str = "signature") -> Si
         except ValidationError as exc:
             raise invalid_from(exc, field) from None
         except ValueError as exc:
-            raise invalid(field, str(exc)) from None
+            raise invalid_field(field, str(exc)) from None
     try:
         return SignatureSpec.model_validate(value)
     except ValidationError as exc:
@@ -449,11 +444,7 @@ def check_inputs(spec: SignatureSpec, inputs: dict[str, Any], field: str = "inpu
         if name in declared and (problem := check_value(value, declared[name])):
             errors.append((f"{field}.{name}", problem))
     if errors:
-        raise BridgeError(
-            ErrorType.INVALID_ARGS,
-            "; ".join(f"{name}: {message}" for name, message in errors),
-            details=field_errors(errors),
-        )
+        raise invalid_fields(errors)
 
 
 def check_demos(spec: SignatureSpec, demos: list[dict[str, Any]], extra_fields: tuple[str, ...],
@@ -468,11 +459,7 @@ def check_demos(spec: SignatureSpec, demos: list[dict[str, Any]], extra_fields: 
             elif name in types and (problem := check_value(value, types[name])):
                 errors.append((f"{field}.{index}.{name}", problem))
     if errors:
-        raise BridgeError(
-            ErrorType.INVALID_ARGS,
-            "; ".join(f"{name}: {message}" for name, message in errors),
-            details=field_errors(errors),
-        )
+        raise invalid_fields(errors)
 
 
 # ===== helpers =====

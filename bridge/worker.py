@@ -38,7 +38,7 @@ from protocol.envelope import (
     ok_response,
     validation_errors,
 )
-from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.errors import BridgeError, ErrorType, field_errors, invalid_fields
 
 ENGINE_MODULE = "bridge.engine"
 READ_CHUNK = 256 * 1024
@@ -316,15 +316,11 @@ class Worker:
         try:
             args = spec.args_model.model_validate(request.args)
         except ValidationError as exc:
-            errors = validation_errors(exc)
             self._reply_error(
                 request.id,
                 request.command,
-                BridgeError(
-                    ErrorType.INVALID_ARGS,
-                    f"invalid arguments for {request.command}: "
-                    + "; ".join(f"{name}: {message}" for name, message in errors),
-                    details=field_errors(errors),
+                invalid_fields(
+                    validation_errors(exc), context=f"invalid arguments for {request.command}: "
                 ),
             )
             return

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.errors import BridgeError, ErrorType, invalid_fields
 
 RequestId = Annotated[int, Field(ge=0)] | str
 
@@ -30,10 +30,10 @@ def parse_request(value: Any) -> Request:
     try:
         return Request.model_validate(value)
     except ValidationError as exc:
-        raise BridgeError(
-            ErrorType.INVALID_REQUEST,
-            "malformed request: " + "; ".join(f"{f}: {m}" for f, m in validation_errors(exc)),
-            details=field_errors(validation_errors(exc)),
+        raise invalid_fields(
+            validation_errors(exc),
+            error_type=ErrorType.INVALID_REQUEST,
+            context="malformed request: ",
         ) from None
 
 

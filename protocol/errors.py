@@ -69,3 +69,21 @@ class BridgeError(Exception):
 def field_errors(errors: list[tuple[str, str]]) -> dict[str, Any]:
     """The `details` shape for per-field failures: `{"errors": [{field, message}, ...]}`."""
     return {"errors": [{"field": field, "message": message} for field, message in errors]}
+
+
+def invalid_fields(
+    errors: list[tuple[str, str]],
+    *,
+    error_type: ErrorType = ErrorType.INVALID_ARGS,
+    context: str = "",
+) -> BridgeError:
+    """One error naming every failing (field, message): in its sentence and its details."""
+    return BridgeError(
+        error_type,
+        context + "; ".join(f"{field}: {message}" for field, message in errors),
+        details=field_errors(errors),
+    )
+
+
+def invalid_field(field: str, message: str) -> BridgeError:
+    return invalid_fields([(field, message)])

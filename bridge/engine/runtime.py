@@ -29,7 +29,7 @@ from dspy.utils.usage_tracker import UsageTracker
 from bridge.engine.mock import AsyncMockEngine, MockEngine
 from bridge.redaction import redactor
 from bridge.sessions import BreakerSettings, ModelUsage
-from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.errors import BridgeError, ErrorType, invalid_field
 
 if TYPE_CHECKING:
     from bridge.programs import CheckedLm, SignatureSpec
@@ -38,11 +38,6 @@ RAW_EXCERPT_CHARS = 500
 MESSAGE_CHARS = 1000
 DEFAULT_MEMORY_ENTRIES = 10_000
 DEFAULT_DISK_LIMIT = 1024 * 1024 * 1024
-
-
-def invalid(field_name: str, message: str) -> BridgeError:
-    return BridgeError(ErrorType.INVALID_ARGS, f"{field_name}: {message}",
-                       details=field_errors([(field_name, message)]))
 
 
 # ----- per-call scope: cache partition, history capture -----
@@ -307,7 +302,9 @@ class Engine:
                 lm = dspy.LM(config.model, model_type=model_type, engine=selection,
                              **common, **client, **extra)
         except (ValueError, TypeError, dspy.LMError) as exc:
-            raise invalid(field_name, f"DSPy refused this LM: {truncate(str(exc), 500)}") from None
+            raise invalid_field(
+                field_name, f"DSPy refused this LM: {truncate(str(exc), 500)}"
+            ) from None
         return LmHandle(checked, lm, fingerprint(checked))
 
     # ----- programs -----
@@ -315,8 +312,8 @@ class Engine:
     def program_type(self, name: str, field_name: str = "program_type") -> ProgramType:
         found = PROGRAM_TYPES.get(name)
         if found is None:
-            raise invalid(field_name, f"unknown program type {name[:100]!r}; known: "
-                          + ", ".join(PROGRAM_TYPES))
+            raise invalid_field(field_name, f"unknown program type {name[:100]!r}; known: "
+                                + ", ".join(PROGRAM_TYPES))
         return found
 
     def signature(self, spec: SignatureSpec, program_type: ProgramType) -> Any:
@@ -327,10 +324,10 @@ class Engine:
             fields[spec_field.name] = self._field(spec_field, dspy.OutputField)
         for name in fields:
             if name in program_type.extra_outputs:
-                raise invalid("signature", f"field name {name!r} is used by the "
-                              f"{program_type.name} program type itself")
+                raise invalid_field("signature", f"field name {name!r} is used by the "
+                                    f"{program_type.name} program type itself")
             if hasattr(dspy.Signature, name):
-                raise invalid("signature", f"field name {name!r} is reserved by DSPy")
+                raise invalid_field("signature", f"field name {name!r} is reserved by DSPy")
         return dspy.Signature(fields, spec.instructions or None, signature_name=spec.name
                               or "BridgeSignature")
 
@@ -366,8 +363,9 @@ class Engine:
             return self._check_predictor(state, predictors["self"], "document.state")
         unknown = set(state) - set(predictors)
         if unknown:
-            raise invalid("document.state", f"unexpected keys {sorted(unknown)!r}; this program "
-                          f"type's state holds {sorted(predictors)!r}")
+            raise invalid_field("document.state",
+                                f"unexpected keys {sorted(unknown)!r}; this program "
+                                f"type's state holds {sorted(predictors)!r}")
         return {name: self._check_predictor(state.get(name), predictor,
                                             f"document.state.{name}")
                 for name, predictor in predictors.items()}
@@ -375,35 +373,37 @@ class Engine:
     @staticmethod
     def _check_predictor(raw: Any, predictor: Any, where: str) -> dict[str, Any]:
         if not isinstance(raw, dict):
-            raise invalid(where, "must be a map (a predictor's state)")
+            raise invalid_field(where, "must be a map (a predictor's state)")
         unknown = set(raw) - {"traces", "train", "demos", "signature", "lm", "fields"}
         if unknown:
-            raise invalid(where, f"unexpected keys {sorted(unknown)!r}")
+            raise invalid_field(where, f"unexpected keys {sorted(unknown)!r}")
         if raw.get("lm") is not None:
-            raise invalid(f"{where}.lm", "must be nil; a program's LM travels in document.lm")
+            raise invalid_field(f"{where}.lm", "must be nil; a program's LM travels in document.lm")
         if raw.get("fields"):
-            raise invalid(f"{where}.fields", "must be empty")
+            raise invalid_field(f"{where}.fields", "must be empty")
         names = set(predictor.signature.fields) | {"augmented"}
         demos = raw.get("demos", [])
         if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
-            raise invalid(f"{where}.demos", "must be a list of maps")
+            raise invalid_field(f"{where}.demos", "must be a list of maps")
         for index, demo in enumerate(demos):
             bad = [key for key in demo if not isinstance(key, str) or key not in names]
             if bad:
-                raise invalid(f"{where}.demos.{index}", f"unknown fields {bad!r}")
+                raise invalid_field(f"{where}.demos.{index}", f"unknown fields {bad!r}")
         template = predictor.signature.dump_state()
         signature = raw.get("signature", template)
         if not isinstance(signature, dict) or set(signature) - {"instructions", "fields"}:
-            raise invalid(f"{where}.signature", "must be {instructions, fields}")
+            raise invalid_field(f"{where}.signature", "must be {instructions, fields}")
         instructions = signature.get("instructions", template["instructions"])
         if not isinstance(instructions, str):
-            raise invalid(f"{where}.signature.instructions", "must be a string")
+            raise invalid_field(f"{where}.signature.instructions", "must be a string")
         fields = signature.get("fields", template["fields"])
         if (not isinstance(fields, list) or len(fields) != len(template["fields"])
                 or not all(isinstance(f, dict) and set(f) == {"prefix", "description"}
                            and all(isinstance(v, str) for v in f.values()) for f in fields)):
-            raise invalid(f"{where}.signature.fields",
-                          f"must be {len(template['fields'])} maps of {{prefix, description}}")
+            raise invalid_field(
+                f"{where}.signature.fields",
+                f"must be {len(template['fields'])} maps of {{prefix, description}}",
+            )
         return {"traces": [], "train": [], "demos": demos, "lm": None,
                 "signature": {"instructions": instructions, "fields": fields}}
 
@@ -468,7 +468,7 @@ class Engine:
         try:
             self._install_cache(settings)
         except (OSError, ValueError) as exc:
-            raise invalid("disk_dir", f"the disk cache could not be opened: {exc}") from None
+            raise invalid_field("disk_dir", f"the disk cache could not be opened: {exc}") from None
         self.cache_settings = settings
         return dict(settings)
 
