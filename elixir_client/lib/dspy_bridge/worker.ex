@@ -821,10 +821,9 @@ defmodule DSPyBridge.Worker do
     |> bump(:cancels_sent)
   end
 
-  # A request map built around the caller's pre-encoded args.
-  defp frame(id, command, args_bin, nil) do
-    [
-      <<0x83>>,
+  # A request map built around the caller's pre-encoded args (a fixmap of 3 or 4 pairs).
+  defp frame(id, command, args_bin, timeout_ms) do
+    pairs = [
       MsgPack.encode!("id"),
       MsgPack.encode!(id),
       MsgPack.encode!("command"),
@@ -832,20 +831,11 @@ defmodule DSPyBridge.Worker do
       MsgPack.encode!("args"),
       args_bin
     ]
-  end
 
-  defp frame(id, command, args_bin, timeout_ms) do
-    [
-      <<0x84>>,
-      MsgPack.encode!("id"),
-      MsgPack.encode!(id),
-      MsgPack.encode!("command"),
-      MsgPack.encode!(command),
-      MsgPack.encode!("args"),
-      args_bin,
-      MsgPack.encode!("timeout_ms"),
-      MsgPack.encode!(timeout_ms)
-    ]
+    case timeout_ms do
+      nil -> [<<0x83>> | pairs]
+      ms -> [<<0x84>>, pairs, MsgPack.encode!("timeout_ms"), MsgPack.encode!(ms)]
+    end
   end
 
   defp request_telemetry(state, req, reply) do
