@@ -533,6 +533,18 @@ async def configure_lm(ctx: RequestContext, args: ConfigureLmArgs) -> dict[str, 
 # ===== programs =====
 
 
+def created_reply(
+    program_id: str, session_id: str, program_type: str, spec: SignatureSpec
+) -> dict[str, Any]:
+    """What create_program and import_program answer."""
+    return {
+        "program_id": program_id,
+        "session_id": session_id,
+        "program_type": program_type,
+        "signature": spec.to_wire(),
+    }
+
+
 class CreateProgramArgs(Args):
     session_id: SessionId | None = None
     program_id: ProgramId | None = None
@@ -569,12 +581,7 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
         program_id, session.session_id, spec, program_type.name, lm, args.demos or [], None
     )
     session.programs[program_id] = program
-    return {
-        "program_id": program_id,
-        "session_id": session.session_id,
-        "program_type": program.program_type,
-        "signature": spec.to_wire(),
-    }
+    return created_reply(program_id, session.session_id, program.program_type, spec)
 
 
 class ProgramRef(Args):
@@ -787,12 +794,7 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     program = engine.build_program(program_id, session.session_id, spec, program_type.name, lm,
                                    [], state)
     session.programs[program_id] = program
-    return {
-        "program_id": program_id,
-        "session_id": session.session_id,
-        "program_type": program.program_type,
-        "signature": spec.to_wire(),
-    }
+    return created_reply(program_id, session.session_id, program.program_type, spec)
 
 
 # ===== usage =====
