@@ -3,6 +3,7 @@ sessions, usage, export/import, limits — all on the mock provider (no network)
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -287,6 +288,26 @@ def test_chain_of_thought_returns_reasoning(worker: RecordingWorker) -> None:
     outputs = worker.ok("execute_program", {"session_id": sid, "program_id": "c",
                                             "inputs": {"q": "2+2?"}})["outputs"]
     assert outputs == {"reasoning": "Two plus two.", "answer": 4}
+
+
+def test_one_mock_answer_serves_predict_and_chain_of_thought(worker: RecordingWorker) -> None:
+    """`reasoning` in a field map is dropped by programs that do not ask for it; any other
+    key that is not an output field makes the map a plain value (for dict outputs)."""
+    sid = "shared-answers"
+    answers = {"q1": {"answer": "A1", "reasoning": "because"}, "q2": {"answer": "A2", "x": 1}}
+    worker.ok("configure_lm", mock_lm("shared", responses=answers) | {"session_id": sid})
+    for program_id, program_type in (("p", "predict"), ("c", "chain_of_thought")):
+        worker.ok("create_program", {"session_id": sid, "program_id": program_id,
+                                     "signature": "question -> answer",
+                                     "program_type": program_type})
+
+    def run(program_id: str, question: str) -> dict[str, Any]:
+        return worker.ok("execute_program", {"session_id": sid, "program_id": program_id,
+                                             "inputs": {"question": question}})["outputs"]
+
+    assert run("p", "q1") == {"answer": "A1"}
+    assert run("c", "q1") == {"reasoning": "because", "answer": "A1"}
+    assert json.loads(run("p", "q2")["answer"]) == {"answer": "A2", "x": 1}
 
 
 def test_mock_sequence_default_and_placeholders(worker: RecordingWorker) -> None:

@@ -200,8 +200,8 @@ def assign(value: Any, outputs: list[tuple[str, str]]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if value is MISSING:
         pass
-    elif isinstance(value, dict) and value and set(value) <= set(names):
-        fields = dict(value)
+    elif is_field_map(value, names):
+        fields = {name: item for name, item in value.items() if name in names}
     elif names:
         primary = next((name for name in names if name != "reasoning"), names[0])
         fields[primary] = value
@@ -209,6 +209,17 @@ def assign(value: Any, outputs: list[tuple[str, str]]) -> dict[str, Any]:
         if name not in fields:
             fields[name] = placeholder(name, type_text)
     return fields
+
+
+def is_field_map(value: Any, names: list[str]) -> bool:
+    """A map naming output fields (and perhaps `reasoning`, which a program without it
+    ignores, so one answer serves predict and chain_of_thought alike); any other key makes
+    the map a value, as for a dict-typed output."""
+    return (
+        isinstance(value, dict)
+        and bool(set(value) & set(names))
+        and set(value) <= {*names, "reasoning"}
+    )
 
 
 def placeholder(name: str, type_text: str) -> Any:
