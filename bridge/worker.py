@@ -106,8 +106,7 @@ class Worker:
         threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
-        if self._host_pid != 1:
-            self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
+        self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit
         self._outbox.put(None)
