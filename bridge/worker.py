@@ -12,6 +12,7 @@ import concurrent.futures
 import importlib
 import os
 import queue
+import select
 import signal
 import threading
 import time
@@ -88,6 +89,8 @@ class Worker:
         self._observers = observers or []
         self._log = structlog.get_logger("bridge")
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        # Written once to make the reader stop before its next read (see _stop_reading).
+        self._stop_reader, self._stop_writer = os.pipe()
         self._engine: concurrent.futures.Future[ModuleType] = concurrent.futures.Future()
         self._loop: asyncio.AbstractEventLoop
         self._exit: asyncio.Future[int]
@@ -102,13 +105,22 @@ class Worker:
         writer.start()
         for observer in self._observers:
             observer.outgoing(self._ready)  # `ready` itself went out in bridge.startup
-        threading.Thread(target=self._read_frames, name="frame-reader", daemon=True).start()
+        reader = threading.Thread(target=self._read_frames, name="frame-reader", daemon=True)
+        reader.start()
         threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit
+        # Every frame read gets its one reply: read no more, answer what was read (it gets
+        # `shutting_down` now), let replies still in flight out, then flush and stop.
+        os.write(self._stop_writer, b"x")
+        await asyncio.to_thread(reader.join)
+        await asyncio.sleep(0)  # run the reader's last scheduled _on_data callbacks
+        replying = [entry.task for entry in self.in_flight.values() if entry.task is not None]
+        if replying:
+            await asyncio.wait(replying, timeout=ABANDON_REPLY_S)
         self._outbox.put(None)
         await asyncio.to_thread(writer.join, 2.0)
         return code
@@ -189,6 +201,9 @@ class Worker:
 
     def _read_frames(self) -> None:
         while True:
+            readable, _, _ = select.select([self._in_fd, self._stop_reader], [], [])
+            if self._stop_reader in readable:
+                return
             try:
                 data = os.read(self._in_fd, READ_CHUNK)
             except OSError as exc:
@@ -281,7 +296,7 @@ class Worker:
                 ),
             )
             return
-        if self.shutting_down and not spec.control:
+        if self._exit.done() or (self.shutting_down and not spec.control):
             self._reply_error(
                 request.id,
                 request.command,

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from bridge.client import WorkerExited
 from tests.conftest import REPO, WorkerProcess
 
 
@@ -447,3 +448,28 @@ def test_worker_serves_and_exits_when_its_stderr_is_gone() -> None:
     assert msgpack.unpackb(process.stdout.read(length))["success"] is True
     process.stdin.close()
     assert process.wait(timeout=2) == 0
+
+
+def test_every_request_the_worker_reads_is_answered_even_after_shutdown() -> None:
+    """A request that races the exit is either never read (the host sees EOF) or answered;
+    never read, logged and dropped."""
+    for _ in range(5):
+        worker = WorkerProcess()
+        worker.call("shutdown", {"grace_ms": 0})
+        late = worker.start("ping")
+        try:
+            reply: dict[str, Any] | None = worker.response(late, timeout=10)
+        except WorkerExited:
+            reply = None
+        worker.close()
+        logged = [
+            json.loads(line)
+            for line in worker.stderr_text().splitlines()
+            if line.startswith("{") and '"event": "request"' in line
+        ]
+        if any(line["id"] == late for line in logged):
+            assert reply is not None, "the worker read the request but never answered it"
+            assert reply["success"] is False
+            assert reply["error"]["type"] == "shutting_down"
+        else:
+            assert reply is None
