@@ -137,11 +137,11 @@ class CheckedLm:
     breaker: BreakerSettings
 
     def public(self) -> dict[str, Any]:
-        """The config as replies and exports show it: no secret values."""
+        """The config as replies show it: no secret values (the mock's options hold none)."""
         data = self.config.model_dump(exclude_none=True)
         if self.api_key is not None and self.config.api_key_env is None:
             data["api_key"] = REDACTED
-        if self.config.extra is not None:
+        if self.config.extra is not None and self.mock is None:
             data["extra"] = redact_extra(self.config.extra)
         return data
 
@@ -151,7 +151,7 @@ class CheckedLm:
         omitted = []
         if self.api_key is not None and self.config.api_key_env is None:
             omitted.append("lm.api_key")
-        if self.config.extra is not None:
+        if self.config.extra is not None and self.mock is None:
             data["extra"] = drop_secret_keys(self.config.extra, "lm.extra", omitted)
         return data, omitted
 
@@ -197,7 +197,9 @@ def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
 
     if config.api_key is not None:
         redactor.register(config.api_key)
-    if config.extra is not None:
+    # A provider's extra settings may carry credentials (headers, tokens); the mock's are
+    # canned answers, which must come back as given.
+    if config.extra is not None and not config.is_mock:
         register_secret_values(config.extra)
     if config.is_mock:
         if not MOCK_PATTERN.match(config.model):

@@ -310,6 +310,26 @@ def test_one_mock_answer_serves_predict_and_chain_of_thought(worker: RecordingWo
     assert json.loads(run("p", "q2")["answer"]) == {"answer": "A2", "x": 1}
 
 
+def test_mock_answers_are_never_taken_for_secrets(worker: RecordingWorker) -> None:
+    """Mock options hold canned answers, not credentials: output fields named like secrets
+    (token_count, passage, author) come back, echo and export as given."""
+    sid = "secret-looking-outputs"
+    text = "the quick brown fox jumps"
+    answer = {"token_count": text, "passage": text, "author": text}
+    configured = worker.ok("configure_lm", mock_lm("fields", responses={"q": answer})
+                           | {"session_id": sid})
+    assert configured["lm"]["extra"]["responses"] == {"q": answer}
+    worker.ok("create_program", {"session_id": sid, "program_id": "p",
+                                 "signature": "question -> token_count, passage, author",
+                                 "lm": mock_lm("own", responses={"q": answer})})
+    outputs = worker.ok("execute_program", {"session_id": sid, "program_id": "p",
+                                            "inputs": {"question": "q"}})["outputs"]
+    assert outputs == answer
+    document = worker.ok("export_program", {"session_id": sid, "program_id": "p"})["document"]
+    assert document["lm"]["extra"]["responses"] == {"q": answer}
+    assert document.get("secrets_omitted", []) == []
+
+
 def test_mock_sequence_default_and_placeholders(worker: RecordingWorker) -> None:
     sid = "seq"
     worker.ok("configure_lm", mock_lm("seq", sequence=["one", "two"], default="later")
