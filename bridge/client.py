@@ -294,10 +294,18 @@ class WorkerClient:
         return code
 
     def stderr_tail(self) -> list[str]:
+        self._settle_stderr()
         return list(self._stderr)
 
     def stderr_text(self) -> str:
+        self._settle_stderr()
         return "\n".join(self._stderr)
+
+    def _settle_stderr(self) -> None:
+        # Once the worker has exited its stderr is finite: let the reader take the last
+        # lines (they explain the exit) before anyone reads them.
+        if self.process.poll() is not None:
+            self._threads[1].join(READER_JOIN_S)
 
     def __enter__(self) -> WorkerClient:
         return self

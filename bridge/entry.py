@@ -16,9 +16,10 @@ def main(argv: list[str] | None = None) -> None:
 
     channel = claim_protocol_fds()
     from bridge.options import parse_options
-    from bridge.startup import announce
+    from bridge.startup import announce, hold_signals
 
     options = parse_options(args)
+    hold_signals()
     ready = announce(options, channel.protocol_out)
     # pydantic would scan every installed distribution for plugins at its first model;
     # the worker uses none, and the scan delays serving the first request.

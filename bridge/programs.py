@@ -75,6 +75,21 @@ class MockOptions(Args):
     latency_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 0
     fail: MockFail | None = None
 
+    @field_validator("fail", mode="before")
+    @classmethod
+    def _expand_fail(cls, fail: Any) -> Any:
+        """`fail: N` is short for `{times: N}`, `fail: true` for `{}` (every call fails)."""
+        if isinstance(fail, bool):
+            return {} if fail else None
+        if isinstance(fail, int):
+            return {"times": fail}
+        return fail
+
+    @property
+    def stateful(self) -> bool:
+        """Answers that depend on the call's order, which a response cache would defeat."""
+        return bool(self.sequence) or self.fail is not None
+
 
 class BreakerConfig(Args):
     failure_threshold: Annotated[int, Field(ge=1, le=1_000_000)] = 5

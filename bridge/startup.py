@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import signal
 import socket
 from importlib import metadata
 from typing import Any
@@ -19,6 +20,20 @@ from bridge.options import WorkerOptions
 from bridge.registry import command_names
 from protocol import PROTOCOL_VERSION, codec
 from protocol.framing import encode_frame
+
+_held_signals: list[int] = []
+
+
+def hold_signals() -> None:
+    """Until the loop installs its own handlers, keep SIGTERM/SIGINT rather than die of
+    them: after `ready`, a SIGTERM must always mean a graceful shutdown."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: _held_signals.append(received))
+
+
+def held_signals() -> list[int]:
+    """The signals that arrived before the loop could handle them, in order."""
+    return list(_held_signals)
 
 
 def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.options import WorkerOptions
 from bridge.redaction import redactor
 from bridge.sessions import SessionStore
+from bridge.startup import held_signals
 from bridge.stats import Stats
 from bridge.stdio import HostChannel
 from protocol.codec import EncodeError
@@ -110,6 +111,8 @@ class Worker:
         threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
+        for held in held_signals():
+            self._on_signal(held)
         self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit

@@ -330,6 +330,33 @@ def test_mock_answers_are_never_taken_for_secrets(worker: RecordingWorker) -> No
     assert document.get("secrets_omitted", []) == []
 
 
+def test_mock_sequence_and_fail_are_not_answered_from_the_cache(
+    worker: RecordingWorker,
+) -> None:
+    """Their answers depend on the call's order, not only its prompt, so by default they
+    are uncached: the same input thrice walks the sequence."""
+    sid = "stateful"
+    worker.ok("configure_lm", mock_lm("steps", sequence=["one", "two"], default="later")
+              | {"session_id": sid})
+    worker.ok("create_program", {"session_id": sid, "program_id": "s", "signature": "q -> a"})
+
+    def run() -> dict[str, Any]:
+        return worker.request("execute_program", {"session_id": sid, "program_id": "s",
+                                                  "inputs": {"q": "same"}}, timeout=60)
+
+    assert [run()["result"]["outputs"]["a"] for _ in range(3)] == ["one", "two", "later"]
+    # DSPy would retry a transient failure itself; with no retries the host sees it.
+    worker.ok("configure_lm", mock_lm("flaky", fail=1, default="fine")
+              | {"session_id": sid, "num_retries": 0})
+    first = run()
+    assert first["success"] is False and first["error"]["type"] == "lm_error"
+    assert first["error"]["retryable"] is True
+    assert run()["result"]["outputs"]["a"] == "fine"
+    worker.ok("configure_lm", mock_lm("down", fail=True) | {"session_id": sid, "num_retries": 0})
+    assert [run()["error"]["type"] for _ in range(2)] == ["lm_error", "lm_error"]
+    assert "fail" in worker.invalid_fields("configure_lm", mock_lm("bad", fail=-1))[0]
+
+
 def test_mock_sequence_default_and_placeholders(worker: RecordingWorker) -> None:
     sid = "seq"
     worker.ok("configure_lm", mock_lm("seq", sequence=["one", "two"], default="later")
@@ -438,7 +465,9 @@ def test_retryable_failures_are_retried_by_dspy(worker: RecordingWorker) -> None
 
 def test_per_call_config_and_cache_bypass(worker: RecordingWorker) -> None:
     sid = "config"
-    worker.ok("configure_lm", mock_lm("cfg", sequence=["a1", "a2", "a3"]) | {"session_id": sid})
+    # A sequence mock is uncached unless asked: here it is, to observe the cache.
+    worker.ok("configure_lm", mock_lm("cfg", sequence=["a1", "a2", "a3"])
+              | {"session_id": sid, "cache": True})
     worker.ok("create_program", {"session_id": sid, "program_id": "p", "signature": "q -> a"})
     run = {"session_id": sid, "program_id": "p", "inputs": {"q": "x"}}
     first = worker.ok("execute_program", run)

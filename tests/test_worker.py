@@ -473,3 +473,14 @@ def test_every_request_the_worker_reads_is_answered_even_after_shutdown() -> Non
             assert reply["error"]["type"] == "shutting_down"
         else:
             assert reply is None
+
+
+def test_sigterm_right_after_ready_is_still_graceful(spawn: Any) -> None:
+    """The worker's modules are still loading when `ready` goes out; a SIGTERM then must
+    not kill it outright."""
+    codes = []
+    for _ in range(3):
+        worker = spawn()
+        worker.process.send_signal(signal.SIGTERM)
+        codes.append(worker.wait_exit(timeout=10))
+    assert codes == [0, 0, 0]

@@ -275,10 +275,11 @@ class Engine:
 
     def build_lm(self, checked: CheckedLm, field_name: str = "model") -> LmHandle:
         config = checked.config
+        stateful_mock = checked.mock is not None and checked.mock.stateful
         common: dict[str, Any] = {
             "temperature": config.temperature,
             "max_tokens": config.max_tokens,
-            "cache": True if config.cache is None else config.cache,
+            "cache": (not stateful_mock) if config.cache is None else config.cache,
             "num_retries": 3 if config.num_retries is None else config.num_retries,
         }
         if config.top_p is not None:
