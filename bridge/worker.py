@@ -280,7 +280,10 @@ class Worker:
                 if isinstance(item.value, dict):
                     for observer in self._observers:
                         observer.incoming(item.value)
-                self._reply_error(item.request_id, "", item.error)
+                command = item.value.get("command") if isinstance(item.value, dict) else None
+                self._reply_error(
+                    item.request_id, command if isinstance(command, str) else "", item.error
+                )
             else:
                 for observer in self._observers:
                     observer.incoming(item.model_dump(exclude_none=True))

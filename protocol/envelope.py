@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from protocol.errors import BridgeError, ErrorType, invalid_fields
 
@@ -18,6 +18,12 @@ class Request(BaseModel):
     command: Annotated[str, Field(min_length=1)]
     args: dict[Any, Any] = Field(default_factory=dict)
     timeout_ms: Annotated[int, Field(gt=0)] | None = None
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _nil_args_mean_none(cls, args: Any) -> Any:
+        # Optional fields may be sent as nil: `args: nil` is `args` absent, as for timeout_ms.
+        return {} if args is None else args
 
 
 def parse_request(value: Any) -> Request:

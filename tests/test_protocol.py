@@ -145,6 +145,9 @@ def test_envelope_accepts_both_id_kinds() -> None:
     assert parse_request({"id": 0, "command": "ping"}) == Request(id=0, command="ping")
     assert parse_request({"id": "a", "command": "x", "args": {"k": 1}}).args == {"k": 1}
     assert parse_request({"id": 2**64 - 1, "command": "ping"}).id == 2**64 - 1
+    assert parse_request({"id": 1, "command": "ping", "args": None, "timeout_ms": None}) == (
+        Request(id=1, command="ping")
+    )
 
 
 def test_connection_answers_bad_frames_with_known_id() -> None:
