@@ -494,11 +494,14 @@ def replay_file(path: str | os.PathLike[str], **options: Any) -> ReplayResult:
 
 
 def _join_worker_args(argv: Sequence[str]) -> list[str]:
-    """`--worker-arg X` takes X literally, even when X starts with dashes."""
+    """`--worker-arg X` takes X literally, even when X starts with dashes; so does every
+    token after a `--` (`replay a.jsonl -- --log-level debug`)."""
     out: list[str] = []
     items = iter(argv)
     for item in items:
-        if item == "--worker-arg":
+        if item == "--":
+            out += [f"--worker-arg={rest}" for rest in items]
+        elif item == "--worker-arg":
             value = next(items, None)
             out.append(item if value is None else f"--worker-arg={value}")
         else:
@@ -520,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--worker-arg", action="append", default=[], metavar="ARG",
         help="a flag for every worker, one token per use "
-        "(e.g. --worker-arg --enable-test-commands); repeatable",
+        "(e.g. --worker-arg --enable-test-commands); repeatable. Every token after a "
+        "lone `--` is a worker flag too",
     )
     parser.add_argument(
         "--worker-command", default=None, metavar="CMD",

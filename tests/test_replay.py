@@ -524,6 +524,7 @@ def test_cli_worker_args_may_start_with_dashes(
                     '{"expect": {"id": 1, "success": true, "result": 5}}\n')
     assert main([str(path), "--worker-arg", "--enable-test-commands",
                  "--worker-arg", "--max-in-flight", "--worker-arg", "3"]) == 0
+    assert main([str(path), "--", "--enable-test-commands", "--max-in-flight", "3"]) == 0
     assert main([str(path)]) == 1
     capsys.readouterr()
 
