@@ -417,7 +417,11 @@ class Player:
 
     def _fail(self, message: str, line: int, detail: str = "") -> _Failed:
         stderr: list[str] = []
-        if self.session is not None and (self.session.exited or "exit" in message):
+        # An exit explains itself in the worker's last log lines; so does a timeout (was
+        # DSPy still loading? did the request run?).
+        if self.session is not None and (
+            self.session.exited or "exit" in message or "timed out" in message
+        ):
             stderr = self.session.worker.stderr_tail()
         return _Failed(Failure(message, line, detail, stderr))
 

@@ -422,6 +422,8 @@ def test_a_response_that_never_comes_times_out() -> None:
     )
     assert result.failure is not None and result.failure.line == 3
     assert "timed out after 0.3 s waiting for a response to id 1" in result.failure.message
+    assert "worker stderr (last lines):" in result.report()
+    assert "worker_started" in result.report()
 
 
 FAKE_WORKER = """
