@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -60,10 +60,10 @@ class FrameObserver(Protocol):
 class InFlight:
     command: str
     control: bool
+    started: float
     task: asyncio.Task[None] | None = None
     # Set when the worker stops the task on purpose; it then answers with this error.
     abandon_error: BridgeError | None = None
-    started: float = field(default_factory=time.perf_counter)
 
 
 class Worker:
@@ -261,12 +261,16 @@ class Worker:
             observer.outgoing(message)
         self._outbox.put(frame)
 
-    def _reply_error(self, request_id: int | str | None, command: str, error: BridgeError) -> None:
+    def _reply_error(
+        self, request_id: int | str | None, command: str, error: BridgeError, received: float
+    ) -> None:
+        """Refuse a frame or request before any command ran for it."""
         self.stats.record_rejected(error.type.value)
         self._log.info(
             "request",
             id=request_id,
             command=command,
+            duration_ms=round((time.perf_counter() - received) * 1000, 3),
             outcome=error.type.value,
             message=error.message,
         )
@@ -275,6 +279,7 @@ class Worker:
     # ----- incoming -----
 
     def _on_data(self, data: bytes) -> None:
+        received = time.perf_counter()  # every request's duration counts from here
         for item in self._connection.receive_data(data):
             if isinstance(item, Rejected):
                 if isinstance(item.value, dict):
@@ -282,14 +287,17 @@ class Worker:
                         observer.incoming(item.value)
                 command = item.value.get("command") if isinstance(item.value, dict) else None
                 self._reply_error(
-                    item.request_id, command if isinstance(command, str) else "", item.error
+                    item.request_id,
+                    command if isinstance(command, str) else "",
+                    item.error,
+                    received,
                 )
             else:
                 for observer in self._observers:
                     observer.incoming(item.model_dump(exclude_none=True))
-                self._dispatch(item)
+                self._dispatch(item, received)
 
-    def _dispatch(self, request: Request) -> None:
+    def _dispatch(self, request: Request, received: float) -> None:
         spec = self.table.get(request.command)
         if spec is None:
             self._reply_error(
@@ -300,6 +308,7 @@ class Worker:
                     f"unknown command {request.command!r}",
                     details={"command": request.command, "known": self.table.names()},
                 ),
+                received,
             )
             return
         if self._exit.done() or (self.shutting_down and not spec.control):
@@ -309,6 +318,7 @@ class Worker:
                 BridgeError(
                     ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
                 ),
+                received,
             )
             return
         if request.id in self.in_flight:
@@ -320,6 +330,7 @@ class Worker:
                     f"request id {request.id!r} is already in flight",
                     details=field_errors([("id", "already in flight")]),
                 ),
+                received,
             )
             return
         if not spec.control and self.work_in_flight >= self.options.max_in_flight:
@@ -331,6 +342,7 @@ class Worker:
                     f"{self.options.max_in_flight} requests already in flight",
                     details={"limit": "max_in_flight", "max_in_flight": self.options.max_in_flight},
                 ),
+                received,
             )
             return
         try:
@@ -342,9 +354,10 @@ class Worker:
                 invalid_fields(
                     validation_errors(exc), context=f"invalid arguments for {request.command}: "
                 ),
+                received,
             )
             return
-        entry = InFlight(request.command, spec.control)
+        entry = InFlight(request.command, spec.control, started=received)
         self.in_flight[request.id] = entry
         self.stats.observe_in_flight(self.work_in_flight)
         entry.task = self._loop.create_task(self._serve(request, spec, args, entry))

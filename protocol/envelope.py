@@ -19,11 +19,13 @@ class Request(BaseModel):
     args: dict[Any, Any] = Field(default_factory=dict)
     timeout_ms: Annotated[int, Field(gt=0)] | None = None
 
-    @field_validator("args", mode="before")
+    @field_validator("args", "timeout_ms", mode="before")
     @classmethod
-    def _nil_args_mean_none(cls, args: Any) -> Any:
-        # Optional fields may be sent as nil: `args: nil` is `args` absent, as for timeout_ms.
-        return {} if args is None else args
+    def _present_means_typed(cls, value: Any) -> Any:
+        # Optional means absent, never nil: a field that is present must have its type.
+        if value is None:
+            raise ValueError("must not be nil (leave the field out instead)")
+        return value
 
 
 def parse_request(value: Any) -> Request:

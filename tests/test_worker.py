@@ -395,6 +395,8 @@ def test_one_json_log_line_per_request_on_stderr(worker: WorkerProcess) -> None:
     assert requests["log-me"]["outcome"] == "ok"
     assert isinstance(requests["log-me"]["duration_ms"], float)
     assert requests["log-me-too"]["outcome"] == "invalid_args"
+    assert requests["log-me-too"]["command"] == "sleep"
+    assert isinstance(requests["log-me-too"]["duration_ms"], float)
     assert all(line["level"] in {"info", "warning", "error", "debug"} for line in lines)
 
 
