@@ -15,22 +15,24 @@ with `#` are comments. Each other line is one object with exactly one of these k
   (garbage bytes, truncated msgpack, frames over the size limit).
 - `worker_args` (extension): a list of worker flags; starts a fresh worker with them.
 
-Values: `{"$bin": "<base64>"}` is a msgpack bin (bytes) both ways; `{"$map": [[k, v],
-...]}` is a map whose keys are not all strings. In expectations, `"<any>"` matches any
-value including nil; `"<any:NAME>"` matches any value and binds NAME to it (later uses
-must equal it); `"<var:NAME>"` stands for the bound value, in expectations and sends.
+Values are in the JSON form of `protocol.jsonvalue` (shared with the golden vectors):
+`{"$bin": "<base64>"}` is a msgpack bin (bytes) both ways, `{"$ext": {"type", "data"}}` an
+ext, and `{"$map": [[k, v], ...]}` a map whose keys are not all strings. In
+expectations, `"<any>"` matches any value including nil; `"<any:NAME>"` matches any
+value and binds NAME to it (later uses must equal it); `"<var:NAME>"` stands for the
+bound value, in expectations and sends.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+
+from protocol.jsonvalue import from_json, to_json
 
 ANY = "<any>"
 REDACTED = "<redacted>"
@@ -93,49 +95,6 @@ class WorkerArgs:
 Step: TypeAlias = Send | SendValue | SendRaw | Expect | ExpectEvent | WorkerArgs
 
 STEP_KEYS = ("send", "send_value", "send_raw", "expect", "expect_event", "worker_args")
-
-
-# ----- JSON <-> msgpack values -----
-
-
-def from_json(value: Any) -> Any:
-    """A value as read from JSON, with `$bin` and `$map` turned into bytes and maps."""
-    if isinstance(value, dict):
-        if len(value) == 1 and "$bin" in value and isinstance(value["$bin"], str):
-            try:
-                return base64.b64decode(value["$bin"], validate=True)
-            except binascii.Error as exc:
-                raise ValueError(f"invalid base64 in $bin: {exc}") from None
-        if len(value) == 1 and "$map" in value and isinstance(value["$map"], list):
-            pairs = value["$map"]
-            if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
-                raise ValueError("$map must be a list of [key, value] pairs")
-            return {_hashable(from_json(k)): from_json(v) for k, v in pairs}
-        return {key: from_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [from_json(item) for item in value]
-    return value
-
-
-def _hashable(key: Any) -> Any:
-    if isinstance(key, list):
-        return tuple(_hashable(item) for item in key)
-    if isinstance(key, dict):
-        raise ValueError("a map cannot be a map key")
-    return key
-
-
-def to_json(value: Any) -> Any:
-    """A msgpack value in its JSON form: bytes as `$bin`, maps with non-str keys as `$map`."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bin": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, Mapping):
-        if all(isinstance(key, str) for key in value):
-            return {key: to_json(item) for key, item in value.items()}
-        return {"$map": [[to_json(key), to_json(item)] for key, item in value.items()]}
-    if isinstance(value, list | tuple):
-        return [to_json(item) for item in value]
-    return value
 
 
 def dumps(value: Any) -> str:

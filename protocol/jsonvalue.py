@@ -1,24 +1,29 @@
-"""msgpack values <-> JSON-safe values, for vectors and transcripts.
+"""msgpack values <-> their JSON form, for the golden vectors and the transcript format.
 
-bin becomes `{"$bin": "<base64>"}` and ext becomes `{"$ext": {"type": n, "data": "<base64>"}}`;
-everything else is the same value. Shared by the golden vectors and the transcript format.
+bin is `{"$bin": "<base64>"}`, ext is `{"$ext": {"type": n, "data": "<base64>"}}`, and a map
+whose keys are not all strings is `{"$map": [[key, value], ...]}`; everything else is the
+same value. Malformed `$` forms raise ValueError.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
 
 def to_json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$bin": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, msgpack.ExtType):
-        return {"$ext": {"type": value.code, "data": base64.b64encode(value.data).decode("ascii")}}
-    if isinstance(value, dict):
-        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bin": _b64(bytes(value))}
+    if isinstance(value, msgpack.ExtType):  # before tuple: ExtType is a namedtuple
+        return {"$ext": {"type": value.code, "data": _b64(value.data)}}
+    if isinstance(value, Mapping):
+        if all(isinstance(key, str) for key in value):
+            return {key: to_json(item) for key, item in value.items()}
+        return {"$map": [[to_json(key), to_json(item)] for key, item in value.items()]}
     if isinstance(value, list | tuple):
         return [to_json(item) for item in value]
     return value
@@ -26,12 +31,40 @@ def to_json(value: Any) -> Any:
 
 def from_json(value: Any) -> Any:
     if isinstance(value, dict):
-        if value.keys() == {"$bin"}:
-            return base64.b64decode(value["$bin"], validate=True)
-        if value.keys() == {"$ext"}:
+        if len(value) == 1 and isinstance(value.get("$bin"), str):
+            return _unb64(value["$bin"], "$bin")
+        if len(value) == 1 and isinstance(value.get("$ext"), dict):
             ext = value["$ext"]
-            return msgpack.ExtType(ext["type"], base64.b64decode(ext["data"], validate=True))
+            if ext.keys() != {"type", "data"} or not isinstance(ext["type"], int):
+                raise ValueError('$ext must be {"type": <int>, "data": "<base64>"}')
+            return msgpack.ExtType(ext["type"], _unb64(ext["data"], "$ext data"))
+        if len(value) == 1 and isinstance(value.get("$map"), list):
+            pairs = value["$map"]
+            if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+                raise ValueError("$map must be a list of [key, value] pairs")
+            return {_hashable(from_json(key)): from_json(item) for key, item in pairs}
         return {key: from_json(item) for key, item in value.items()}
     if isinstance(value, list):
         return [from_json(item) for item in value]
     return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"invalid base64 in {what}: {exc}") from None
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):
+        return tuple(_hashable(item) for item in key)
+    if isinstance(key, dict):
+        raise ValueError("a map cannot be a map key")
+    return key

@@ -166,3 +166,19 @@ def test_connection_answers_bad_frames_with_known_id() -> None:
     assert isinstance(second, Rejected) and second.request_id == 9
     assert second.error.type is ErrorType.INVALID_REQUEST
     assert isinstance(third, Request) and third.id == 3
+
+
+@given(msgpack_values)
+def test_json_form_round_trips_every_value(value: Any) -> None:
+    assert jsonvalue.from_json(json.loads(json.dumps(jsonvalue.to_json(value)))) == value
+
+
+def test_json_form_of_ext_and_non_string_keys() -> None:
+    value = {1: msgpack.ExtType(5, b"\x01"), "s": [b"\xff"]}
+    encoded = jsonvalue.to_json(value)
+    assert encoded == {
+        "$map": [[1, {"$ext": {"type": 5, "data": "AQ=="}}], ["s", [{"$bin": "/w=="}]]]
+    }
+    assert jsonvalue.from_json(encoded) == value
+    with pytest.raises(ValueError, match="base64"):
+        jsonvalue.from_json({"$bin": "not base64!"})
