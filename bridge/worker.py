@@ -156,9 +156,7 @@ class Worker:
                     ErrorType.SHUTTING_DOWN,
                     f"abandoned: the worker shut down after a grace of {grace_ms} ms",
                 )
-                entry.task.cancel()
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=ABANDON_REPLY_S)
+                entry.task.cancel()  # its reply goes out before the exit: see run()
         if not self._exit.done():
             self._log.info("shutdown_complete")
             self._exit.set_result(0)
