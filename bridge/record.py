@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from bridge import __version__
 from bridge import transcript as tx
-from bridge.redaction import is_secret_key, redactor
+from bridge.redaction import REDACTED, is_secret_key, redactor
 
 # Keys whose value differs from run to run, wherever they appear in a reply.
 VOLATILE_KEYS = frozenset(
@@ -55,8 +55,6 @@ VOLATILE_KEYS = frozenset(
 )
 # Unix timestamps as floats (seconds since 1970: 2001 to 2286) are volatile anywhere.
 EPOCH_FLOAT_RANGE = (1.0e9, 1.0e10)
-# Secret-looking names that hold no secret.
-NOT_SECRET = frozenset({"secrets_omitted"})
 VOLATILE_SUFFIXES = ("_at", "_time", "_ts")
 # Keys of a command's `result` whose value depends on timing.
 VOLATILE_RESULT_KEYS: dict[str, frozenset[str] | None] = {
@@ -122,12 +120,12 @@ class TranscriptRecorder:
 
     def _scrub_sent(self, value: Any, secret: bool = False) -> Any:
         if isinstance(value, str | bytes) and secret:
-            return tx.REDACTED
+            return REDACTED
         if isinstance(value, str):
             name = self._captured.get(value)
             return f"<var:{name}>" if name else value
         if isinstance(value, dict):
-            return {key: self._scrub_sent(item, _secret(key)) for key, item in value.items()}
+            return {key: self._scrub_sent(item, is_secret_key(key)) for key, item in value.items()}
         if isinstance(value, list):
             return [self._scrub_sent(item, secret) for item in value]
         return value
@@ -172,7 +170,7 @@ class TranscriptRecorder:
         return [tx.format_step(tx.Expect(self._scrub_reply(reply)))]
 
     def _scrub_reply(self, value: Any, key: Any = None, secret: bool = False) -> Any:
-        if secret and isinstance(value, str | bytes) and value != tx.REDACTED:
+        if secret and isinstance(value, str | bytes) and value != REDACTED:
             return tx.ANY
         if isinstance(value, float) and EPOCH_FLOAT_RANGE[0] <= value < EPOCH_FLOAT_RANGE[1]:
             return tx.ANY
@@ -195,7 +193,8 @@ class TranscriptRecorder:
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for k, item in value.items():
-                out[k] = tx.ANY if _is_volatile_key(k) else self._scrub_reply(item, k, _secret(k))
+                volatile = _is_volatile_key(k)
+                out[k] = tx.ANY if volatile else self._scrub_reply(item, k, is_secret_key(k))
             return out
         if isinstance(value, list):
             return [self._scrub_reply(item, key, secret) for item in value]
@@ -207,10 +206,6 @@ class TranscriptRecorder:
         name = f"{key}_{count}"
         self._captured[value] = name
         return f"<any:{name}>"
-
-
-def _secret(key: Any) -> bool:
-    return is_secret_key(key) and key not in NOT_SECRET
 
 
 def _looks_generated(value: str) -> bool:

@@ -8,9 +8,17 @@ from typing import Any
 
 REDACTED = "<redacted>"
 SECRET_KEY = re.compile(r"api[_-]?key|authorization|token|secret|password|credential", re.I)
-# Keys that name a secret but hold none (counts, variable names).
+# Keys that name a secret but hold none (counts, variable names, lists of what was left out).
 NOT_SECRET_KEYS = frozenset(
-    {"api_key_env", "prompt_tokens", "completion_tokens", "total_tokens", "max_tokens", "tokens"}
+    {
+        "api_key_env",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "max_tokens",
+        "tokens",
+        "secrets_omitted",
+    }
 )
 
 

@@ -35,7 +35,6 @@ from typing import Any, TypeAlias
 from protocol.jsonvalue import from_json, to_json
 
 ANY = "<any>"
-REDACTED = "<redacted>"
 _CAPTURE = re.compile(r"<any:([A-Za-z_][A-Za-z0-9_.-]*)>")
 _VARIABLE = re.compile(r"<var:([A-Za-z_][A-Za-z0-9_.-]*)>")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
