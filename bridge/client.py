@@ -177,21 +177,9 @@ class WorkerClient:
     def request(
         self, message: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S
     ) -> dict[str, Any]:
-        """Send a request and wait for its response; other messages go to `backlog`.
-
-        """
+        """Send a request and wait for its response; other messages go to `backlog`."""
         self.send(message)
-        for index, held in enumerate(self.backlog):
-            if "event" not in held and held.get("id") == message.get("id"):
-                return self.backlog.pop(index)
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.receive(deadline - time.monotonic())
-            if got is None:
-                raise TimeoutError(f"no response to {message.get('id')!r} within {timeout} s")
-            if "event" not in got and got.get("id") == message.get("id"):
-                return got
-            self.backlog.append(got)
+        return self._gather([message.get("id")], timeout)[message.get("id")]
 
     def new_id(self) -> int:
         return next(self._ids)
@@ -213,8 +201,20 @@ class WorkerClient:
         for command, args in calls:
             ids.append(self.new_id())
             self.send({"id": ids[-1], "command": command, "args": args or {}})
+        responses = self._gather(ids, timeout)
+        results = []
+        for request_id in ids:
+            response = responses[request_id]
+            if not response["success"]:
+                raise RequestFailed(response["error"])
+            results.append(response["result"])
+        return results
+
+    def _gather(self, ids: Sequence[Any], timeout: float) -> dict[Any, dict[str, Any]]:
+        """The responses to these request ids, by id: from the backlog first, then as they
+        arrive; every other message goes to the backlog."""
         pending = set(ids)
-        responses: dict[int, dict[str, Any]] = {}
+        responses: dict[Any, dict[str, Any]] = {}
         for held in [m for m in self.backlog if "event" not in m and m.get("id") in pending]:
             self.backlog.remove(held)
             responses[held["id"]] = held
@@ -223,19 +223,14 @@ class WorkerClient:
         while pending:
             got = self.receive(deadline - time.monotonic())
             if got is None:
-                raise TimeoutError(f"{len(pending)} responses missing after {timeout} s")
+                missing = ", ".join(repr(request_id) for request_id in sorted(pending, key=str))
+                raise TimeoutError(f"no response to {missing} within {timeout} s")
             if "event" not in got and got.get("id") in pending:
                 responses[got["id"]] = got
                 pending.discard(got["id"])
             else:
                 self.backlog.append(got)
-        results = []
-        for request_id in ids:
-            response = responses[request_id]
-            if not response["success"]:
-                raise RequestFailed(response["error"])
-            results.append(response["result"])
-        return results
+        return responses
 
     def wait_event(self, name: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         for index, held in enumerate(self.backlog):
