@@ -1,8 +1,8 @@
 """The command table: one async function per command, its arguments a pydantic model.
 
-Adding a command is adding an entry: declare an `Args` model and decorate the handler
-with `@table.command("name", ArgsModel)` in the module's table; `bridge.registry` merges
-the tables.
+Adding a command is adding an entry: declare an `Args` model, decorate the handler with
+`@table.command("name", ArgsModel)` in the module's table, and name the command in
+`bridge.registry`, which merges the tables and decides which commands are enabled.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ class CommandSpec(Generic[ArgsT]):
     handler: Callable[[RequestContext, ArgsT], Awaitable[Any]]
     # Control commands are answered even at the in-flight limit and during shutdown.
     control: bool = False
-    test_only: bool = False
 
 
 class CommandTable:
@@ -60,7 +59,7 @@ class CommandTable:
         self._specs: dict[str, CommandSpec[Any]] = {}
 
     def command(
-        self, name: str, args_model: type[ArgsT], *, control: bool = False, test_only: bool = False
+        self, name: str, args_model: type[ArgsT], *, control: bool = False
     ) -> Callable[
         [Callable[[RequestContext, ArgsT], Awaitable[Any]]],
         Callable[[RequestContext, ArgsT], Awaitable[Any]],
@@ -70,7 +69,7 @@ class CommandTable:
         ) -> Callable[[RequestContext, ArgsT], Awaitable[Any]]:
             if name in self._specs:
                 raise ValueError(f"command {name!r} registered twice")
-            self._specs[name] = CommandSpec(name, args_model, handler, control, test_only)
+            self._specs[name] = CommandSpec(name, args_model, handler, control)
             return handler
 
         return register
@@ -81,13 +80,17 @@ class CommandTable:
     def names(self) -> list[str]:
         return list(self._specs)
 
+    def restricted_to(self, names: Iterable[str]) -> CommandTable:
+        """A table of just these commands, in this order."""
+        restricted = CommandTable()
+        restricted._specs = {name: self._specs[name] for name in names}
+        return restricted
+
     @classmethod
-    def merged(cls, tables: Iterable[CommandTable], *, include_test_only: bool) -> CommandTable:
+    def merged(cls, tables: Iterable[CommandTable]) -> CommandTable:
         merged = cls()
         for table in tables:
             for spec in table._specs.values():
-                if spec.test_only and not include_test_only:
-                    continue
                 if spec.name in merged._specs:
                     raise ValueError(f"command {spec.name!r} registered twice")
                 merged._specs[spec.name] = spec

@@ -74,7 +74,7 @@ async def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
     return {"shutting_down": True, "grace_ms": grace_ms, "in_flight": in_flight}
 
 
-# ----- test-only commands, enabled by --enable-test-commands -----
+# ----- test-only commands: registry.TEST_COMMANDS enables them with --enable-test-commands -----
 
 
 class SleepArgs(Args):
@@ -89,23 +89,23 @@ class StdoutNoiseArgs(Args):
     text: str = "stray output\n"
 
 
-@table.command("sleep", SleepArgs, test_only=True)
+@table.command("sleep", SleepArgs)
 async def sleep(ctx: RequestContext, args: SleepArgs) -> dict[str, Any]:
     await asyncio.sleep(args.ms / 1000)
     return {"slept_ms": args.ms}
 
 
-@table.command("echo", EchoArgs, test_only=True)
+@table.command("echo", EchoArgs)
 async def echo(ctx: RequestContext, args: EchoArgs) -> Any:
     return args.value
 
 
-@table.command("fail", NoArgs, test_only=True)
+@table.command("fail", NoArgs)
 async def fail(ctx: RequestContext, args: NoArgs) -> Any:
     raise RuntimeError("deliberate failure from the fail test command")
 
 
-@table.command("stdout_noise", StdoutNoiseArgs, test_only=True)
+@table.command("stdout_noise", StdoutNoiseArgs)
 async def stdout_noise(ctx: RequestContext, args: StdoutNoiseArgs) -> dict[str, Any]:
     """Writes to fd 1 three ways (print, os.write, a child process) to prove frames survive."""
     print(args.text, end="")

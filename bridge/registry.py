@@ -34,7 +34,7 @@ COMMANDS: dict[str, str] = {
     "configure_cache": "bridge.programs",
 }
 
-# Enabled only by --enable-test-commands.
+# Enabled only by --enable-test-commands (this list alone decides which those are).
 TEST_COMMANDS: dict[str, str] = {
     "sleep": "bridge.control",
     "echo": "bridge.control",
@@ -53,13 +53,11 @@ def build_table(*, include_test_only: bool) -> CommandTable:
     declared = {**COMMANDS, **TEST_COMMANDS}
     modules = dict.fromkeys(declared.values())
     tables = [importlib.import_module(name).table for name in modules]
-    table = CommandTable.merged(tables, include_test_only=True)
+    table = CommandTable.merged(tables)
     if set(table.names()) != set(declared):
         raise RuntimeError(
             "bridge.registry disagrees with the command tables: "
             f"missing here {sorted(set(table.names()) - set(declared))}, "
             f"missing in tables {sorted(set(declared) - set(table.names()))}"
         )
-    if not include_test_only:
-        table = CommandTable.merged(tables, include_test_only=False)
-    return table
+    return table.restricted_to(command_names(include_test_only=include_test_only))
