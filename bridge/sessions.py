@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from bridge.options import WorkerOptions
@@ -59,15 +59,10 @@ class ModelUsage:
             self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "cached_requests": self.cached_requests,
-            "errors": self.errors,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 10),
-        }
+        wire = asdict(self)
+        if self.cost_usd is not None:
+            wire["cost_usd"] = round(self.cost_usd, 10)
+        return wire
 
 
 def merge_usage(per_model: dict[str, ModelUsage]) -> ModelUsage:
