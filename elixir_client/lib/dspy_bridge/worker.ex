@@ -124,36 +124,30 @@ defmodule DSPyBridge.Worker do
           {:ok, term()} | {:error, Error.t()}
   def request(server, command, args \\ %{}, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
+    load = Keyword.get(opts, :load)
 
-    case MsgPack.encode(args || %{}) do
-      {:ok, args_bin} ->
-        call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
-        load = Keyword.get(opts, :load)
-        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), load}
-        # The pool's load counter counts the call from now; the worker releases
-        # it when it answers, whatever the outcome.
-        acquire(load)
+    with {:ok, msg} <- request_message(command, args, opts, load) do
+      call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
+      # The pool's load counter counts the call from now; the worker releases
+      # it when it answers, whatever the outcome.
+      acquire(load)
 
-        try do
-          GenServer.call(server, msg, call_timeout)
-        catch
-          :exit, {:timeout, _} ->
-            {:error, Error.new(:timeout, "worker did not answer in #{timeout} ms")}
+      try do
+        GenServer.call(server, msg, call_timeout)
+      catch
+        :exit, {:timeout, _} ->
+          {:error, Error.new(:timeout, "worker did not answer in #{timeout} ms")}
 
-          :exit, {:noproc, _} ->
-            # never delivered: safe for the pool to retry on a restarted worker
-            release(load)
+        :exit, {:noproc, _} ->
+          # never delivered: safe for the pool to retry on a restarted worker
+          release(load)
 
-            {:error,
-             Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
+          {:error,
+           Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
 
-          :exit, {reason, _} ->
-            {:error, Error.new(:worker_exited, "worker not available: #{inspect(reason)}")}
-        end
-
-      {:error, reason} ->
-        {:error,
-         Error.new(:invalid_args, "arguments cannot be encoded as msgpack: #{inspect(reason)}")}
+        :exit, {reason, _} ->
+          {:error, Error.new(:worker_exited, "worker not available: #{inspect(reason)}")}
+      end
     end
   end
 
@@ -167,12 +161,17 @@ defmodule DSPyBridge.Worker do
   @spec send_request(server(), String.t(), map(), [request_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
   def send_request(server, command, args \\ %{}, opts \\ []) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    with {:ok, msg} <- request_message(command, args, opts, nil) do
+      {:ok, :gen_server.send_request(server, msg)}
+    end
+  end
 
+  # The message request/4 and send_request/4 hand to the worker process.
+  defp request_message(command, args, opts, load) do
     case MsgPack.encode(args || %{}) do
       {:ok, args_bin} ->
-        msg = {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), nil}
-        {:ok, :gen_server.send_request(server, msg)}
+        timeout = Keyword.get(opts, :timeout, @default_timeout)
+        {:ok, {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), load}}
 
       {:error, reason} ->
         {:error,
