@@ -30,13 +30,20 @@ class ShutdownArgs(Args):
 async def ping(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
     worker = ctx.worker
     return {
-        "status": "shutting_down" if worker.shutting_down else "ok",
+        "status": ping_status(worker.shutting_down, worker.engine_loader.state),
         "worker_id": worker.worker_id,
         "pid": os.getpid(),
         "uptime_s": worker.uptime_s,
         "in_flight": worker.work_in_flight,
         "dspy_loaded": worker.dspy_loaded,
+        "engine": worker.engine_loader.state,
     }
+
+
+def ping_status(shutting_down: bool, engine: str) -> str:
+    if shutting_down:
+        return "shutting_down"
+    return "engine_failed" if engine == "failed" else "ok"
 
 
 @table.command("get_stats", NoArgs, control=True)
@@ -55,6 +62,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         "rss_bytes": rss_bytes(),
         "latency_ms": stats.latency_summary(),
         "dspy_loaded": worker.dspy_loaded,
+        "engine": worker.engine_loader.state,
     }
     result.update(worker.sessions.stats())
     return result

@@ -23,6 +23,14 @@ class WorkerOptions:
     session_idle_ttl_s: float | None = None
     record: Path | None = None
 
+    def limits(self) -> dict[str, int]:
+        """The byte and count bounds a host should know before sending (in `ready`)."""
+        return {
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_in_flight": self.max_in_flight,
+            "max_input_bytes": self.max_input_bytes,
+        }
+
 
 def _positive_int(text: str) -> int:
     value = int(text)

@@ -46,6 +46,7 @@ def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:
         "pid": os.getpid(),
         "commands": command_names(include_test_only=options.enable_test_commands),
         "versions": _versions(),
+        "limits": options.limits(),
     }
     frame = memoryview(encode_frame(codec.pack(ready)))
     while frame:

@@ -8,8 +8,6 @@ the host. Every request gets exactly one response, whatever happens to it.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import importlib
 import os
 import queue
 import select
@@ -25,6 +23,7 @@ import structlog
 from pydantic import ValidationError
 
 from bridge.commands import CommandSpec, CommandTable, RequestContext
+from bridge.engine_loader import EngineLoader
 from bridge.options import WorkerOptions
 from bridge.redaction import redactor
 from bridge.sessions import SessionStore
@@ -92,7 +91,7 @@ class Worker:
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         # Written once to make the reader stop before its next read (see _stop_reading).
         self._stop_reader, self._stop_writer = os.pipe()
-        self._engine: concurrent.futures.Future[ModuleType] = concurrent.futures.Future()
+        self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_failed)
         self._loop: asyncio.AbstractEventLoop
         self._exit: asyncio.Future[int]
 
@@ -108,7 +107,7 @@ class Worker:
             observer.outgoing(self._ready)  # `ready` itself went out in bridge.startup
         reader = threading.Thread(target=self._read_frames, name="frame-reader", daemon=True)
         reader.start()
-        threading.Thread(target=self._load_engine, name="engine-loader", daemon=True).start()
+        self.engine_loader.start(self._loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         for held in held_signals():
@@ -180,23 +179,17 @@ class Worker:
 
     # ----- DSPy, loaded in the background so `ready` comes at once -----
 
-    def _load_engine(self) -> None:
-        try:
-            self._engine.set_result(importlib.import_module(ENGINE_MODULE))
-        except BaseException as exc:  # noqa: BLE001 - reported to every request that needs it
-            self._engine.set_exception(exc)
-            self._log.error("engine_load_failed", error=repr(exc))
+    def _engine_failed(self, error: BridgeError) -> None:
+        self._log.error("engine_load_failed", error=error.message)
+        self.emit_event("engine_failed", error=error.to_wire())
 
     @property
     def dspy_loaded(self) -> bool:
-        return self._engine.done() and self._engine.exception() is None
+        return self.engine_loader.state == "ready"
 
     async def engine(self) -> ModuleType:
         """The DSPy integration module, once its import has finished."""
-        try:
-            return await asyncio.wrap_future(self._engine)
-        except Exception as exc:
-            raise BridgeError(ErrorType.INTERNAL, f"DSPy failed to load: {exc!r}") from exc
+        return await self.engine_loader.get()
 
     # ----- I/O threads -----
 

@@ -19,6 +19,7 @@ class ErrorType(StrEnum):
     CANCELLED = "cancelled"
     LIMIT_EXCEEDED = "limit_exceeded"
     SHUTTING_DOWN = "shutting_down"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
     INTERNAL = "internal"
 
 
@@ -27,6 +28,8 @@ DEFAULT_RETRYABLE: dict[ErrorType, bool] = {
     ErrorType.TIMEOUT: True,
     ErrorType.LIMIT_EXCEEDED: True,
     ErrorType.SHUTTING_DOWN: True,
+    # On this worker it never will; the host's pool replaces such a worker.
+    ErrorType.ENGINE_UNAVAILABLE: True,
 }
 
 TRACEBACK_LIMIT = 4000

@@ -44,7 +44,9 @@ def test_the_suite_touches_every_command_error_type_and_event() -> None:
             elif isinstance(step, tx.ExpectEvent):
                 events.add(step.message.get("event"))
     assert set(command_names(include_test_only=True)) <= commands
-    assert {error.value for error in ErrorType} <= errors
+    # engine_unavailable needs a broken DSPy installation (an environment a transcript
+    # cannot set): tests/test_hardening.py covers it against a real worker.
+    assert {error.value for error in ErrorType} - {"engine_unavailable"} <= errors
     assert {"ready", "session_evicted"} <= events
 
 

@@ -1,0 +1,72 @@
+"""Loads the DSPy engine once, in the background, as a state every request can ask about.
+
+The import runs in its own thread so `ready` and control commands never wait for it.
+Its outcome is settled on the event loop: `loading`, then `ready` or `failed` for good.
+A request waiting for it waits through `asyncio.shield`, so a request that times out or
+is cancelled while DSPy loads stops waiting without cancelling the load itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Literal
+
+from protocol.errors import BridgeError, ErrorType
+
+EngineState = Literal["loading", "ready", "failed"]
+
+
+class EngineLoader:
+    def __init__(self, module_name: str, on_failed: Callable[[BridgeError], None]) -> None:
+        self._module_name = module_name
+        self._on_failed = on_failed
+        self._module: ModuleType | None = None
+        self._error: BridgeError | None = None
+        self._settled: asyncio.Future[None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._settled = loop.create_future()
+        threading.Thread(
+            target=self._load, args=(loop,), name="engine-loader", daemon=True
+        ).start()
+
+    def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            module = importlib.import_module(self._module_name)
+        except BaseException as exc:  # noqa: BLE001 - a failed load is a state, reported
+            loop.call_soon_threadsafe(self._settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(self._settle, module, None)
+
+    def _settle(self, module: ModuleType | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            self._error = BridgeError(
+                ErrorType.ENGINE_UNAVAILABLE,
+                f"DSPy failed to load in this worker: {type(exc).__name__}: {exc}"[:2000],
+                details={"error_class": type(exc).__name__},
+            )
+            self._on_failed(self._error)
+        else:
+            self._module = module
+        assert self._settled is not None
+        self._settled.set_result(None)
+
+    @property
+    def state(self) -> EngineState:
+        if self._module is not None:
+            return "ready"
+        return "failed" if self._error is not None else "loading"
+
+    async def get(self) -> ModuleType:
+        """The engine module once loaded; `engine_unavailable` if its load failed."""
+        if self._module is None and self._error is None:
+            assert self._settled is not None, "EngineLoader.start() was not called"
+            await asyncio.shield(self._settled)
+        if self._error is not None:
+            raise BridgeError(self._error.type, self._error.message, details=self._error.details)
+        assert self._module is not None
+        return self._module
