@@ -296,4 +296,70 @@ defmodule DSPyBridge.PoolTest do
     assert {:error, %Error{type: :overloaded}} = DSPyBridge.request(pool, "sleep", %{ms: 1})
     assert [{:ok, _}, {:ok, _}] = Enum.map(requests, &Worker.await_response/1)
   end
+
+  test "a request over the frame limit fails at once through the pool and releases its load" do
+    pool =
+      start_pool(size: 1, extra_args: ["--enable-test-commands", "--max-frame-bytes", "4096"])
+
+    big = String.duplicate("x", 5_000)
+
+    assert {:error, %Error{type: :limit_exceeded, details: %{"max_frame_bytes" => 4096}}} =
+             DSPyBridge.request(pool, "echo", %{value: big}, timeout: 600_000)
+
+    # the least-loaded routing does not count the refused call as in flight
+    %{load: load} = DSPyBridge.Pool.Store.config(pool)
+    assert :atomics.get(load, 1) == 0
+    assert {:ok, "small"} = DSPyBridge.request(pool, "echo", %{value: "small"})
+  end
+
+  describe "a worker whose DSPy engine fails to load" do
+    setup do
+      base =
+        Path.join(System.tmp_dir!(), "dspy_bridge_test_#{System.unique_integer([:positive])}")
+
+      File.mkdir_p!(base)
+      on_exit(fn -> File.rm_rf!(base) end)
+      {:ok, base: base}
+    end
+
+    test "is replaced by the pool's supervisor; calls get answers, not hangs", %{base: base} do
+      parent = self()
+      name = pool_name("engine")
+
+      # Every replacement fails too, so the pool restarts its worker again and
+      # again: it is a pool of its own, with room for restarts, stopped at the
+      # end, and not restarted should it give up anyway.
+      opts =
+        broken_engine_opts(base,
+          name: name,
+          size: 1,
+          max_restarts: 1_000,
+          max_seconds: 1,
+          on_event: fn event -> send(parent, {:pool_event, event}) end
+        )
+
+      start_supervised!({Pool, opts}, restart: :temporary)
+
+      assert_receive {:pool_event,
+                      %Event{name: "engine_failed", worker: 0, os_pid: first, data: data}},
+                     30_000
+
+      assert data["error"]["type"] == "engine_unavailable"
+      assert data["error"]["message"] =~ "broken dspy for the test"
+
+      assert_receive {:pool_event, %Event{name: "ready", worker: 0, os_pid: second}}
+                     when second != first,
+                     30_000
+
+      # a call that needs DSPy is answered by whichever worker it reaches
+      assert {:error, %Error{type: type, retryable: true}} =
+               DSPyBridge.request(name, "configure_lm", %{model: "mock"}, timeout: 600_000)
+
+      assert type in [:engine_unavailable, :worker_exited]
+
+      :ok = stop_supervised(Pool.child_spec(name: name).id)
+      refute os_alive?(first)
+      refute os_alive?(second)
+    end
+  end
 end

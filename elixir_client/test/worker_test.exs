@@ -229,6 +229,254 @@ defmodule DSPyBridge.WorkerTest do
              Worker.start_link(python: "/nonexistent/python", args: [])
   end
 
+  describe "limits" do
+    # A call over a limit would wait its whole timeout if it were sent: the
+    # worker cannot read the frame, so its `invalid_frame` answer has no id.
+    # Each such call below has a 10-minute timeout, so an answer within the
+    # test's own timeout is an answer "at once".
+    @long 600_000
+
+    test "a request over the worker's max_frame_bytes fails at once, unsent; the boundary is exact" do
+      pid = start_worker(extra_args: ["--enable-test-commands", "--max-frame-bytes", "4096"])
+
+      assert %{max_frame_bytes: 4096, ready: %{"limits" => %{"max_frame_bytes" => 4096}}} =
+               Worker.info(pid)
+
+      # another call in flight meanwhile is not affected
+      slow = send_sleep(pid, 300)
+      big = String.duplicate("x", 5_000)
+
+      assert {:error,
+              %Error{
+                type: :limit_exceeded,
+                retryable: false,
+                details: %{
+                  "limit" => "max_frame_bytes",
+                  "max_frame_bytes" => 4096,
+                  "size" => size
+                }
+              }} = Worker.request(pid, "echo", %{value: big}, timeout: @long)
+
+      assert size > 4096
+
+      # the size is the worker's own measure: a frame of exactly 4096 bytes is
+      # sent and served, one byte more is not
+      fits = binary_part(big, 0, 5_000 - (size - 4096))
+      assert {:ok, ^fits} = Worker.request(pid, "echo", %{value: fits}, timeout: @long)
+
+      assert {:error, %Error{type: :limit_exceeded, details: %{"size" => 4097}}} =
+               Worker.request(pid, "echo", %{value: fits <> "x"}, timeout: @long)
+
+      assert Worker.await_response(slow) == {:ok, %{"slept_ms" => 300}}
+
+      # nothing over the limit reached the worker
+      {:ok, stats} = Worker.request(pid, "get_stats")
+      assert stats["requests"]["echo"] == 1
+      refute Map.has_key?(stats["errors"], "invalid_frame")
+      assert %{limit_exceeded: 2, in_flight: 0, unexpected_frames: 0} = Worker.info(pid)
+    end
+
+    test "a request nested deeper than the protocol's 128 levels fails at once, unsent" do
+      pid = start_worker()
+      nest = fn n -> Enum.reduce(1..n, "leaf", fn _, acc -> [acc] end) end
+
+      # the envelope and the args map are 2 levels: 126 more make 128
+      assert {:ok, [_]} = Worker.request(pid, "echo", %{value: nest.(126)}, timeout: @long)
+
+      assert {:error,
+              %Error{
+                type: :limit_exceeded,
+                retryable: false,
+                details: %{"limit" => "max_depth", "max_depth" => 128, "depth" => 129}
+              }} = Worker.request(pid, "echo", %{value: nest.(127)}, timeout: @long)
+
+      # map keys count too, as the worker counts them
+      assert {:error, %Error{type: :limit_exceeded, details: %{"depth" => 129}}} =
+               Worker.request(pid, "echo", %{value: %{nest.(126) => 1}}, timeout: @long)
+
+      {:ok, stats} = Worker.request(pid, "get_stats")
+      refute Map.has_key?(stats["errors"], "invalid_frame")
+      assert {:ok, %{"status" => "ok"}} = Worker.request(pid, "ping")
+    end
+  end
+
+  describe "engine failure" do
+    setup do
+      base =
+        Path.join(System.tmp_dir!(), "dspy_bridge_test_#{System.unique_integer([:positive])}")
+
+      File.mkdir_p!(base)
+      on_exit(fn -> File.rm_rf!(base) end)
+      {:ok, base: base}
+    end
+
+    test "engine_failed stops the worker; a call waiting for the engine gets its answer", %{
+      base: base
+    } do
+      Process.flag(:trap_exit, true)
+      release = Path.join(base, "release")
+      {:ok, pid} = Worker.start_link(broken_engine_opts(base, release: release, on_event: self()))
+      :ok = Worker.await_ready(pid)
+      os_pid = Worker.os_pid(pid)
+      assert {:ok, %{"engine" => "loading"}} = Worker.request(pid, "ping")
+
+      # a DSPy command waits for the engine: it is in flight when the load fails
+      {:ok, call} = Worker.send_request(pid, "configure_lm", %{model: "mock"}, timeout: 600_000)
+
+      assert %{in_flight: 1} = Worker.info(pid)
+      File.write!(release, "")
+
+      assert_receive {:dspy_bridge_event,
+                      %Event{
+                        name: "engine_failed",
+                        source: :worker,
+                        os_pid: ^os_pid,
+                        data: %{
+                          "error" => %{"type" => "engine_unavailable", "message" => message}
+                        }
+                      }},
+                     30_000
+
+      assert message =~ "broken dspy for the test"
+
+      assert {:error, %Error{type: :engine_unavailable, retryable: true, message: ^message}} =
+               Worker.await_response(call)
+
+      assert_receive {:EXIT, ^pid, {:shutdown, {:engine_failed, ^message}}}, 30_000
+      # terminate/2 waited for the OS process
+      refute os_alive?(os_pid)
+    end
+  end
+
+  describe "a misbehaving worker (a fake one: the real worker never does this)" do
+    alias DSPyBridge.MsgPack
+    alias DSPyBridge.MsgPack.Bin
+
+    defp start_fake do
+      pid = start_supervised!({Worker, fake_worker_opts(on_event: self())}, restart: :temporary)
+      :ok = Worker.await_ready(pid)
+      assert_received {:dspy_bridge_event, %Event{name: "ready"}}
+      pid
+    end
+
+    defp emit(pid, frames) do
+      Worker.request(pid, "emit", %{frames: Enum.map(frames, &%Bin{data: &1})})
+    end
+
+    test "frames that cannot be read, are not messages, or answer no request are counted and dropped" do
+      pid = start_fake()
+
+      dropped = [
+        # undecodable: reserved byte, truncated, bad UTF-8, trailing bytes, empty
+        <<0xC1>>,
+        <<0x92, 0x01>>,
+        <<0xA2, 0xFF, 0xFE>>,
+        <<0x01, 0x02>>,
+        <<>>,
+        # decodable, but not a message
+        MsgPack.encode!(42),
+        MsgPack.encode!(["a", "list"]),
+        MsgPack.encode!(%{"neither" => "event nor id"}),
+        MsgPack.encode!(%{"event" => %{"not" => "a name"}}),
+        # answers to nobody: an unknown id, the nil id of an invalid_frame
+        # answer, ids of the wrong type
+        MsgPack.encode!(%{"id" => 999_999, "success" => true, "result" => 1}),
+        MsgPack.encode!(%{
+          "id" => nil,
+          "success" => false,
+          "error" => %{"type" => "invalid_frame", "message" => "?", "retryable" => false}
+        }),
+        MsgPack.encode!(%{"id" => "0", "success" => true, "result" => 1}),
+        MsgPack.encode!(%{"id" => 0.0, "success" => true, "result" => 1}),
+        # events that break the protocol's promises
+        MsgPack.encode!(%{"event" => "ready", "protocol_version" => 1, "worker_id" => %{}}),
+        MsgPack.encode!(%{"event" => "session_evicted", "reason" => "idle"})
+      ]
+
+      assert {:ok, "emitted"} = emit(pid, dropped)
+      assert %{status: :ready, unexpected_frames: unexpected} = Worker.info(pid)
+      assert unexpected == length(dropped)
+      assert {:ok, %{"status" => "ok"}} = Worker.request(pid, "ping")
+      refute_received {:dspy_bridge_event, %Event{name: "ready"}}
+      refute_received {:dspy_bridge_event, %Event{name: "session_evicted"}}
+    end
+
+    test "an unknown event is passed on to subscribers like any other" do
+      pid = start_fake()
+      event = %{"event" => "from_the_future", "detail" => [1, 2]}
+      assert {:ok, "emitted"} = emit(pid, [MsgPack.encode!(event)])
+
+      assert_received {:dspy_bridge_event,
+                       %Event{name: "from_the_future", source: :worker, data: ^event}}
+
+      assert %{unexpected_frames: 0} = Worker.info(pid)
+    end
+
+    test "a malformed answer to a pending call is an :internal error for that call alone" do
+      pid = start_fake()
+      slow = Worker.send_request(pid, "ping", %{}) |> elem(1)
+
+      for response <- [
+            %{"success" => false},
+            %{"success" => "yes", "result" => 1},
+            %{"success" => false, "error" => "not a map"},
+            %{"error" => nil},
+            %{}
+          ] do
+        assert {:error, %Error{type: :internal, message: "malformed response" <> _}} =
+                 Worker.request(pid, "answer", %{response: response})
+      end
+
+      # an error map whose fields have the wrong types still becomes an error
+      assert {:error, %Error{} = error} =
+               Worker.request(pid, "answer", %{
+                 response: %{
+                   "success" => false,
+                   "error" => %{
+                     "type" => ["not", "a", "type"],
+                     "message" => %{"not" => "text"},
+                     "details" => "not a map",
+                     "retryable" => "yes",
+                     "traceback" => 42
+                   }
+                 }
+               })
+
+      assert %Error{type: :internal, retryable: false, traceback: "42"} = error
+      assert error.message == ~s(%{"not" => "text"})
+      assert error.details == %{"value" => "not a map", "type" => ["not", "a", "type"]}
+
+      # `success: true` with no result is a nil result
+      assert {:ok, nil} = Worker.request(pid, "answer", %{response: %{"success" => true}})
+
+      assert {:ok, %{"status" => "ok"}} = Worker.await_response(slow)
+      assert %{status: :ready, in_flight: 0, unexpected_frames: 0} = Worker.info(pid)
+    end
+
+    test "an engine_failed event stops the worker even when its error is malformed" do
+      Process.flag(:trap_exit, true)
+      {:ok, pid} = Worker.start_link(fake_worker_opts(on_event: self()))
+      :ok = Worker.await_ready(pid)
+      os_pid = Worker.os_pid(pid)
+
+      {:ok, call} =
+        Worker.send_request(pid, "emit", %{
+          frames: [
+            %Bin{data: MsgPack.encode!(%{"event" => "engine_failed", "error" => "garbage"})}
+          ]
+        })
+
+      # the worker answers the emit after the event: that answer still arrives
+      assert {:ok, "emitted"} = Worker.await_response(call)
+      assert_receive {:dspy_bridge_event, %Event{name: "engine_failed"}}
+
+      assert_receive {:EXIT, ^pid, {:shutdown, {:engine_failed, "malformed error: " <> _}}},
+                     10_000
+
+      refute os_alive?(os_pid)
+    end
+  end
+
   defp send_sleep(pid, ms, opts \\ []) do
     {:ok, request} = Worker.send_request(pid, "sleep", %{ms: ms}, opts)
     request

@@ -7,11 +7,16 @@ defmodule DSPyBridge.Error do
     * from the worker: `:invalid_frame`, `:invalid_request`, `:unknown_command`,
       `:invalid_args`, `:not_found`, `:already_exists`, `:lm_not_configured`,
       `:lm_error`, `:timeout`, `:cancelled`, `:limit_exceeded`,
-      `:shutting_down`, `:internal`;
+      `:shutting_down`, `:engine_unavailable` (DSPy failed to load in that
+      worker; retryable — the worker is replaced), `:internal`;
     * from the client itself: `:timeout` (the call's timeout ran out; the
       worker was sent `cancel`), `:worker_exited` (the worker process died
       or was stopped while the call was in flight or queued), `:overloaded`
-      (the worker's in-flight bound and queue are full).
+      (the worker's in-flight bound and queue are full), `:limit_exceeded`
+      (the request was not sent: its frame is larger than the worker's
+      `max_frame_bytes`, or it nests deeper than the protocol's 128 levels;
+      see `DSPyBridge.Worker`), `:internal` (the worker sent a malformed
+      response).
 
   `details` is the worker's `details` map (string keys, as decoded) or `nil`;
   `retryable` says whether retrying the same call may succeed. `traceback` is
@@ -21,7 +26,7 @@ defmodule DSPyBridge.Error do
 
   @worker_types ~w(invalid_frame invalid_request unknown_command invalid_args not_found
                    already_exists lm_not_configured lm_error timeout cancelled
-                   limit_exceeded shutting_down internal)a
+                   limit_exceeded shutting_down engine_unavailable internal)a
   @client_types [:worker_exited, :overloaded]
 
   @typedoc "An error type from the protocol, or one the client adds."
@@ -38,6 +43,7 @@ defmodule DSPyBridge.Error do
           | :cancelled
           | :limit_exceeded
           | :shutting_down
+          | :engine_unavailable
           | :internal
           | :worker_exited
           | :overloaded
@@ -60,33 +66,45 @@ defmodule DSPyBridge.Error do
   Builds an error from the worker's decoded `error` map.
 
   An unknown type string (from a newer worker) becomes `:internal` with the
-  original string kept in `details["type"]`.
+  original string kept in `details["type"]`. A malformed error never raises:
+  a `message` or `traceback` that is not a string is shown with `inspect/1`,
+  `details` that are not a map are kept as `%{"value" => details}`, and
+  anything but a map becomes an `:internal` error.
 
       iex> DSPyBridge.Error.from_wire(%{"type" => "not_found", "message" => "no such program", "retryable" => false})
       %DSPyBridge.Error{type: :not_found, message: "no such program", retryable: false}
   """
-  @spec from_wire(map()) :: t()
+  @spec from_wire(term()) :: t()
   def from_wire(%{} = err) do
     raw = Map.get(err, "type")
     type = Enum.find(@worker_types, :internal, &(Atom.to_string(&1) == raw))
 
     details =
-      case {type, Map.get(err, "details")} do
-        {:internal, d} when raw != "internal" -> Map.put(d || %{}, "type", raw)
-        {_, d} -> d
+      case Map.get(err, "details") do
+        d when is_map(d) or is_nil(d) -> d
+        d -> %{"value" => d}
       end
+
+    details =
+      if type == :internal and raw != "internal",
+        do: Map.put(details || %{}, "type", raw),
+        else: details
 
     %__MODULE__{
       type: type,
-      message: to_string(Map.get(err, "message", "")),
+      message: text(Map.get(err, "message", "")),
       details: details,
       retryable: Map.get(err, "retryable", false) == true,
-      traceback: Map.get(err, "traceback")
+      traceback: if(Map.get(err, "traceback") != nil, do: text(err["traceback"]))
     }
   end
 
   def from_wire(other),
-    do: %__MODULE__{type: :internal, message: "malformed error: #{inspect(other)}"}
+    do: %__MODULE__{type: :internal, message: "malformed error: #{inspect(other, limit: 20)}"}
+
+  defp text(s) when is_binary(s), do: s
+  defp text(nil), do: ""
+  defp text(other), do: inspect(other, limit: 20)
 
   @doc "Builds a client-side error."
   @spec new(type(), String.t(), keyword()) :: t()

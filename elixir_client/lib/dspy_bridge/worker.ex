@@ -74,6 +74,9 @@ defmodule DSPyBridge.Worker do
   alias DSPyBridge.{Command, Error, Event, MsgPack}
 
   @default_timeout 30_000
+  # the protocol's defaults, used until (or unless) `ready` announces `limits`
+  @default_max_frame_bytes 67_108_864
+  @default_max_depth 128
   @replay_window 64
   # answered at once by the worker, so never held back by the in-flight bound
   @unbounded ["ping", "get_stats", "cancel", "shutdown"]
@@ -166,18 +169,40 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  # The message request/4 and send_request/4 hand to the worker process.
+  # The message request/4 and send_request/4 hand to the worker process. The
+  # args are encoded, and their nesting measured, here in the caller so the
+  # worker process only compares numbers.
   defp request_message(command, args, opts, load) do
-    case MsgPack.encode(args || %{}) do
+    args = args || %{}
+
+    case MsgPack.encode(args) do
       {:ok, args_bin} ->
         timeout = Keyword.get(opts, :timeout, @default_timeout)
-        {:ok, {:request, to_string(command), args_bin, timeout, Keyword.get(opts, :record), load}}
+        # the request envelope is the outermost level, the args map the next
+        depth = 1 + nesting(args)
+
+        {:ok,
+         {:request, to_string(command), {args_bin, depth}, timeout, Keyword.get(opts, :record),
+          load}}
 
       {:error, reason} ->
         {:error,
          Error.new(:invalid_args, "arguments cannot be encoded as msgpack: #{inspect(reason)}")}
     end
   end
+
+  # How many levels of arrays and maps a term nests (a scalar: 0), counted as
+  # the worker counts them (map keys included).
+  defp nesting(%MsgPack.Bin{}), do: 0
+  defp nesting(%MsgPack.Ext{}), do: 0
+
+  defp nesting(map) when is_map(map),
+    do: 1 + Enum.reduce(map, 0, fn {k, v}, acc -> max(acc, max(nesting(k), nesting(v))) end)
+
+  defp nesting(list) when is_list(list),
+    do: 1 + Enum.reduce(list, 0, &max(nesting(&1), &2))
+
+  defp nesting(_scalar), do: 0
 
   @doc """
   Waits for the answer to a `send_request/4`. The worker always answers
@@ -210,9 +235,13 @@ defmodule DSPyBridge.Worker do
 
   @doc """
   Client-side information about the worker (atom keys): `:status`,
-  `:os_pid`, `:worker_id`, `:in_flight`, `:queued`, `:requests`,
-  `:timeouts`, `:cancels_sent`, `:late_replies_dropped`, `:overloaded`,
-  `:started_at` and the `ready` event as `:ready`.
+  `:os_pid`, `:worker_id`, `:in_flight`, `:queued`, `:max_in_flight`,
+  `:max_frame_bytes` (the worker's announced frame limit), `:uptime_ms`,
+  the counters `:requests`, `:timeouts`, `:cancels_sent`,
+  `:late_replies_dropped`, `:overloaded`, `:limit_exceeded` (requests
+  refused before sending) and `:unexpected_frames` (frames from the worker
+  that were undecodable, malformed, or answered no pending request), and the
+  `ready` event as `:ready`.
   """
   @spec info(server()) :: map()
   def info(server), do: GenServer.call(server, :info)
@@ -264,6 +293,8 @@ defmodule DSPyBridge.Worker do
           ready_timer: Process.send_after(self(), :ready_timeout, ready_timeout),
           ready: nil,
           ready_waiters: [],
+          max_frame_bytes: @default_max_frame_bytes,
+          max_depth: @default_max_depth,
           next_id: 0,
           # ref => request; ids maps a wire id to its ref while in flight
           reqs: %{},
@@ -281,7 +312,9 @@ defmodule DSPyBridge.Worker do
             timeouts: 0,
             cancels_sent: 0,
             late_replies_dropped: 0,
-            overloaded: 0
+            overloaded: 0,
+            limit_exceeded: 0,
+            unexpected_frames: 0
           }
         }
 
@@ -304,7 +337,7 @@ defmodule DSPyBridge.Worker do
      state}
   end
 
-  def handle_call({:request, command, args_bin, timeout, record, load}, from, state) do
+  def handle_call({:request, command, {args_bin, depth}, timeout, record, load}, from, state) do
     ref = make_ref()
 
     timer =
@@ -319,6 +352,7 @@ defmodule DSPyBridge.Worker do
       from: from,
       command: command,
       args: args_bin,
+      depth: depth,
       timer: timer,
       deadline: deadline,
       record: record,
@@ -372,6 +406,7 @@ defmodule DSPyBridge.Worker do
         in_flight: map_size(state.ids),
         queued: state.queued,
         max_in_flight: state.max_in_flight,
+        max_frame_bytes: state.max_frame_bytes,
         uptime_ms: System.monotonic_time(:millisecond) - state.started_at,
         ready: state.ready
       })
@@ -391,27 +426,17 @@ defmodule DSPyBridge.Worker do
   @impl true
   def handle_info({port, {:data, frame}}, %{port: port} = state) do
     case MsgPack.decode(frame) do
-      {:ok, %{"event" => name} = event} when not is_map_key(event, "id") ->
-        {:noreply, handle_event(name, event, state)}
+      {:ok, %{"event" => name} = event} when is_binary(name) and not is_map_key(event, "id") ->
+        handle_event(name, event, state)
 
       {:ok, %{"id" => id} = response} ->
         {:noreply, handle_response(id, response, state)}
 
       {:ok, other} ->
-        Logger.warning(
-          "dspy_bridge worker #{state.os_pid} sent an unexpected message: " <>
-            inspect(other, limit: 20)
-        )
-
-        {:noreply, state}
+        {:noreply, unexpected(state, "an unexpected message: #{inspect(other, limit: 20)}")}
 
       {:error, reason} ->
-        Logger.warning(
-          "dspy_bridge worker #{state.os_pid} sent an undecodable frame: " <>
-            inspect(reason)
-        )
-
-        {:noreply, state}
+        {:noreply, unexpected(state, "an undecodable frame (#{inspect(reason)})")}
     end
   end
 
@@ -557,6 +582,7 @@ defmodule DSPyBridge.Worker do
     _ -> :ok
   end
 
+  # Returns a GenServer answer: {:noreply, state} or {:stop, reason, state}.
   defp handle_event("ready", event, %{status: :starting} = state) do
     if event["protocol_version"] != 1 do
       Logger.warning(
@@ -565,36 +591,100 @@ defmodule DSPyBridge.Worker do
     end
 
     Logger.info(
-      "dspy_bridge worker #{state.os_pid} ready (worker_id=#{event["worker_id"]}" <>
+      "dspy_bridge worker #{state.os_pid} ready (worker_id=#{text(event["worker_id"])}" <>
         if(state.pool, do: ", pool=#{inspect(state.pool.name)}[#{state.pool.index}])", else: ")")
     )
 
+    limits = if is_map(event["limits"]), do: event["limits"], else: %{}
+
+    state = %{
+      state
+      | ready: event,
+        status: :replaying,
+        max_frame_bytes: limit(limits, "max_frame_bytes", @default_max_frame_bytes),
+        max_depth: limit(limits, "max_depth", @default_max_depth)
+    }
+
     emit(state, :worker, "ready", event)
-    start_replay(%{state | ready: event, status: :replaying})
+    {:noreply, start_replay(state)}
+  end
+
+  defp handle_event("ready", _event, state) do
+    # `ready` is sent once; a second one changes nothing
+    {:noreply, unexpected(state, "a second ready event")}
+  end
+
+  defp handle_event("engine_failed", event, state) do
+    error = Error.from_wire(event["error"])
+
+    Logger.error(
+      "dspy_bridge worker #{state.os_pid}: the DSPy engine failed to load: #{error.message}" <>
+        if(state.status == :stopping, do: "", else: "; stopping the worker so it is replaced")
+    )
+
+    emit(state, :worker, "engine_failed", event)
+
+    if state.status == :stopping do
+      {:noreply, state}
+    else
+      # Out of the pool's routing table at once: calls that arrive while this
+      # process drains wait for its replacement instead. terminate/2 lets the
+      # worker answer what is in flight, then fails the rest with :worker_exited.
+      unregister(state)
+      {:stop, {:shutdown, {:engine_failed, error.message}}, state}
+    end
+  end
+
+  defp handle_event("session_evicted", event, state) do
+    session = event["session_id"]
+
+    cond do
+      not is_binary(session) ->
+        {:noreply, unexpected(state, "session_evicted without a session_id: #{inspect(event)}")}
+
+      state.pool != nil and
+          DSPyBridge.Pool.index_for(session, state.pool.size) != state.pool.index ->
+        # not a session of this worker: its records belong to another one
+        {:noreply,
+         unexpected(state, "session_evicted for #{inspect(session)}, a session it does not serve")}
+
+      true ->
+        Logger.info("dspy_bridge worker #{state.os_pid}: session #{inspect(session)} evicted")
+        if state.pool, do: DSPyBridge.Pool.Store.forget_session(state.pool.table, session)
+        emit(state, :worker, "session_evicted", event)
+        {:noreply, state}
+    end
   end
 
   defp handle_event(name, event, state) do
     case name do
-      "session_evicted" ->
-        Logger.info(
-          "dspy_bridge worker #{state.os_pid}: session #{inspect(event["session_id"])} evicted"
-        )
-
-        if state.pool,
-          do: DSPyBridge.Pool.Store.forget_session(state.pool.table, event["session_id"])
-
       "progress" ->
         Logger.debug("dspy_bridge worker #{state.os_pid} progress: #{inspect(event)}")
 
       _ ->
         Logger.info(
-          "dspy_bridge worker #{state.os_pid} event #{name}: #{inspect(event, limit: 20)}"
+          "dspy_bridge worker #{state.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
         )
     end
 
     emit(state, :worker, name, event)
-    state
+    {:noreply, state}
   end
+
+  defp limit(limits, key, default) do
+    case limits[key] do
+      n when is_integer(n) and n > 0 -> n
+      _ -> default
+    end
+  end
+
+  defp unexpected(state, what) do
+    Logger.warning("dspy_bridge worker #{state.os_pid} sent #{what}")
+    bump(state, :unexpected_frames)
+  end
+
+  defp text(s) when is_binary(s), do: s
+  defp text(other), do: inspect(other, limit: 20)
 
   defp handle_response(id, response, state) do
     cond do
@@ -633,12 +723,11 @@ defmodule DSPyBridge.Worker do
         bump(%{state | abandoned: abandoned}, :late_replies_dropped)
 
       true ->
-        Logger.warning(
-          "dspy_bridge worker #{state.os_pid} answered unknown request id #{inspect(id)}: " <>
-            inspect(response, limit: 10)
+        # e.g. an `invalid_frame` answer with `id: nil`: it names no request
+        unexpected(
+          state,
+          "an answer to no pending request (id #{inspect(id)}): #{inspect(response, limit: 10)}"
         )
-
-        state
     end
   end
 
@@ -788,22 +877,80 @@ defmodule DSPyBridge.Worker do
         deadline -> max(deadline - System.monotonic_time(:millisecond), 1) + state.margin
       end
 
-    # If the OS process just died the port may be closed already; the request
-    # then stays pending and fails with :worker_exited on the exit status.
-    port_command(state.port, frame(id, req.command, req.args, timeout_ms))
+    frame = frame(id, req.command, req.args, timeout_ms)
 
-    %{
-      state
-      | next_id: id + 1,
-        reqs: Map.put(state.reqs, ref, %{req | id: id}),
-        ids: Map.put(state.ids, id, ref)
-    }
+    case check_limits(state, frame, req.depth) do
+      :ok ->
+        # If the OS process just died the port may be closed already; the
+        # request then stays pending and fails with :worker_exited on the
+        # exit status.
+        port_command(state.port, frame)
+
+        %{
+          state
+          | next_id: id + 1,
+            reqs: Map.put(state.reqs, ref, %{req | id: id}),
+            ids: Map.put(state.ids, id, ref)
+        }
+
+      {:error, error} ->
+        # The worker would answer `invalid_frame` with no id (it cannot read
+        # the frame), which no caller could be matched with: refuse it here.
+        cancel_timer(req.timer)
+        reply = {:error, error}
+        reply(req, reply)
+        request_telemetry(state, req, reply)
+        bump(%{state | reqs: Map.delete(state.reqs, ref)}, :limit_exceeded)
+    end
   end
 
+  defp check_limits(state, frame, depth) do
+    size = IO.iodata_length(frame)
+
+    cond do
+      size > state.max_frame_bytes ->
+        {:error,
+         Error.new(
+           :limit_exceeded,
+           "request frame of #{size} bytes is over the worker's limit of #{state.max_frame_bytes} bytes; not sent",
+           retryable: false,
+           details: %{
+             "limit" => "max_frame_bytes",
+             "max_frame_bytes" => state.max_frame_bytes,
+             "size" => size
+           }
+         )}
+
+      depth > state.max_depth ->
+        {:error,
+         Error.new(
+           :limit_exceeded,
+           "request nests #{depth} levels of arrays and maps, over the worker's limit of #{state.max_depth}; not sent",
+           retryable: false,
+           details: %{"limit" => "max_depth", "max_depth" => state.max_depth, "depth" => depth}
+         )}
+
+      true ->
+        :ok
+    end
+  end
+
+  # Commands of the client's own (init commands, replay, cancel, shutdown).
+  # One that cannot be sent leaves the state as it was (the replay counts it
+  # as failed).
   defp send_internal(state, command, args, tag) do
     id = state.next_id
-    port_command(state.port, frame(id, command, MsgPack.encode!(args), nil))
-    %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
+    frame = frame(id, command, MsgPack.encode!(args), nil)
+
+    case check_limits(state, frame, 1 + nesting(args)) do
+      :ok ->
+        port_command(state.port, frame)
+        %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
+
+      {:error, error} ->
+        Logger.error("dspy_bridge worker #{state.os_pid}: #{command} not sent: #{error.message}")
+        state
+    end
   rescue
     ArgumentError -> state
   end
@@ -856,15 +1003,27 @@ defmodule DSPyBridge.Worker do
     )
   end
 
+  # A response that is neither a success nor an error map is the worker's
+  # fault: its caller gets an :internal error and the worker keeps serving.
   defp to_reply(%{"success" => true} = response), do: {:ok, Map.get(response, "result")}
-  defp to_reply(%{"error" => err}), do: {:error, Error.from_wire(err)}
 
-  defp to_reply(other),
-    do: {:error, Error.new(:internal, "malformed response: #{inspect(other)}")}
+  defp to_reply(%{"error" => err} = response)
+       when is_map(err) and not is_map_key(response, "success"),
+       do: {:error, Error.from_wire(err)}
+
+  defp to_reply(%{"success" => false, "error" => err}) when is_map(err),
+    do: {:error, Error.from_wire(err)}
+
+  defp to_reply(other) do
+    {:error,
+     Error.new(:internal, "malformed response from the worker: #{inspect(other, limit: 20)}",
+       details: %{"response" => other}
+     )}
+  end
 
   defp outcome(%{"success" => true}), do: "ok"
-  defp outcome(%{"error" => %{"type" => type}}), do: to_string(type)
-  defp outcome(_), do: "unknown"
+  defp outcome(%{"error" => %{"type" => type}}) when is_binary(type), do: type
+  defp outcome(_), do: "malformed"
 
   defp fail_all(state, message) do
     error = Error.new(:worker_exited, message)
