@@ -43,7 +43,7 @@ defmodule DSPyBridge do
 
   `subscribe/1` makes the calling process receive
   `{:dspy_bridge_event, %DSPyBridge.Event{}}` messages: the workers' `ready`,
-  `session_evicted` and `progress` events, and the client's own
+  `session_evicted`, `progress` and `engine_failed` events, and the client's own
   `worker_exited`, `replayed` and `late_reply_dropped`. Events are also
   logged with `Logger`, and sent as `:telemetry` events when `:telemetry`
   is loaded (see `DSPyBridge.Telemetry`).

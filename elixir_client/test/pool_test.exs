@@ -362,4 +362,36 @@ defmodule DSPyBridge.PoolTest do
       refute os_alive?(second)
     end
   end
+
+  test "a session_evicted event forgets only that worker's own sessions (a fake worker)" do
+    alias DSPyBridge.MsgPack
+    alias DSPyBridge.Pool.Store
+
+    name = pool_name("evict")
+    start_supervised!({Pool, fake_worker_opts(name: name, size: 2)})
+    %{table: table} = Store.config(name)
+    [mine] = sessions_on(0, 2, 1)
+    [theirs] = sessions_on(1, 2, 1)
+
+    for session <- [mine, theirs],
+        do: Store.apply_record(table, {:put_lm, session, %{"model" => "mock"}}, {:ok, %{}})
+
+    assert %{sessions: 2} = Store.counts(table)
+
+    evicted =
+      for session <- [theirs, mine] do
+        %MsgPack.Bin{
+          data: MsgPack.encode!(%{"event" => "session_evicted", "session_id" => session})
+        }
+      end
+
+    # worker 0 cannot evict worker 1's session, only its own
+    assert {:ok, "emitted"} = DSPyBridge.request(name, "emit", %{frames: evicted}, worker: 0)
+
+    assert [{{:rec, ^theirs, :lm, nil}, _, _, _}] =
+             :ets.match_object(table, {{:rec, :_, :_, :_}, :_, :_, :_})
+
+    [{0, worker, _, _}, _] = Pool.workers(name)
+    assert %{unexpected_frames: 1} = Worker.info(worker)
+  end
 end

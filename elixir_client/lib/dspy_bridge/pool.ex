@@ -30,7 +30,9 @@ defmodule DSPyBridge.Pool do
       `end_session` remove records. When a worker restarts (the supervisor
       restarts it after its OS process dies), the records of the sessions
       that hash to it are replayed into the new process before it takes any
-      traffic; callers that arrive meanwhile wait.
+      traffic; callers that arrive meanwhile wait. A worker whose DSPy
+      engine fails to load (`engine_failed`) is stopped and restarted the
+      same way.
     * **Stopping.** All workers are asked to shut down at once, then each is
       waited for; none outlives the pool (see `DSPyBridge.Worker`).
 

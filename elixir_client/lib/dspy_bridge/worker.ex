@@ -38,6 +38,53 @@ defmodule DSPyBridge.Worker do
   GenServer stops with `{:shutdown, {:worker_exited, status}}`, so its
   supervisor restarts it.
 
+  ## Limits
+
+  A request the worker could not read is never sent: the worker would
+  answer `invalid_frame` with `id: nil`, which no caller can be matched
+  with, so the call would wait out its whole timeout. Instead the call
+  fails at once with `{:error, %DSPyBridge.Error{type: :limit_exceeded,
+  retryable: false}}`, and nothing else is affected, when
+
+    * its encoded frame is larger than the worker's `max_frame_bytes`
+      (from `ready`'s `limits`; 67,108,864 — 64 MiB — when absent):
+      `details` are `%{"limit" => "max_frame_bytes", "max_frame_bytes" =>
+      limit, "size" => size}`, sizes in bytes of msgpack, without the
+      4-byte length;
+    * it nests arrays and maps deeper than the protocol's 128 levels (or
+      `limits["max_depth"]`, should a worker announce one); the request
+      envelope is the first level, the args map the second, and map keys
+      count: `details` are `%{"limit" => "max_depth", "max_depth" => 128,
+      "depth" => depth}`.
+
+  The client's own commands (replay, init commands) are checked the same
+  way; one over a limit is logged and counted as a failed replay.
+
+  ## Engine failure
+
+  When DSPy fails to load in the worker, it sends `engine_failed` and
+  answers every DSPy command with `:engine_unavailable` (retryable). The
+  GenServer then logs the error, emits the event, leaves the pool's routing
+  table and stops with `{:shutdown, {:engine_failed, message}}`, so its
+  supervisor replaces the process: `terminate/2` lets the worker answer what
+  is in flight (e.g. with `:engine_unavailable`) and fails whatever is left
+  with `:worker_exited`. A worker whose engine can never load (a broken
+  installation) is thus restarted until the supervisor's restart intensity
+  gives up.
+
+  ## A misbehaving worker
+
+  Nothing a worker writes crashes the GenServer or leaves a caller waiting
+  beyond its timeout. A frame that is not msgpack, a value that is neither
+  an event nor a response, a response with an id no call waits for (such as
+  `invalid_frame`'s `id: nil`), a second `ready`, or a `session_evicted`
+  naming no session (or one another worker serves) is logged, counted in
+  `info/1`'s `:unexpected_frames` and dropped. A response to a pending call
+  that is neither a success nor an error map gives that call an `:internal`
+  error; an error map with fields of the wrong types is still an error (see
+  `DSPyBridge.Error.from_wire/1`). Events the client does not know are
+  passed on to subscribers.
+
   ## Stopping
 
   `terminate/2` (the GenServer traps exits) sends `shutdown` with
