@@ -63,6 +63,13 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         "latency_ms": stats.latency_summary(),
         "dspy_loaded": worker.dspy_loaded,
         "engine": worker.engine_loader.state,
+        "outbox": {
+            "pending_bytes": worker.outbox_budget.pending,
+            "peak_bytes": worker.outbox_budget.peak,
+            "limit_bytes": worker.outbox_budget.limit,
+            "read_pauses": worker.outbox_budget.pauses,
+        },
+        "observer_failures": stats.observer_failures,
     }
     result.update(worker.sessions.stats())
     return result

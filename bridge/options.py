@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from protocol.codec import DEFAULT_MAX_ITEMS
 from protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
 
@@ -13,6 +14,8 @@ from protocol.framing import DEFAULT_MAX_FRAME_BYTES
 class WorkerOptions:
     max_in_flight: int = 256
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_frame_items: int = DEFAULT_MAX_ITEMS
+    max_outbox_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
     enable_test_commands: bool = False
     worker_id: str | None = None
@@ -27,6 +30,7 @@ class WorkerOptions:
         """The byte and count bounds a host should know before sending (in `ready`)."""
         return {
             "max_frame_bytes": self.max_frame_bytes,
+            "max_frame_items": self.max_frame_items,
             "max_in_flight": self.max_in_flight,
             "max_input_bytes": self.max_input_bytes,
         }
@@ -65,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=defaults.max_frame_bytes,
         help="largest accepted frame; larger frames are skipped with invalid_frame",
+    )
+    add(
+        "--max-frame-items",
+        type=_positive_int,
+        default=defaults.max_frame_items,
+        help="largest number of msgpack items (entries, elements, containers) in one frame",
+    )
+    add(
+        "--max-outbox-bytes",
+        type=_positive_int,
+        default=defaults.max_outbox_bytes,
+        help="reply bytes the host has not read yet beyond which no new request is read",
     )
     add(
         "--log-level",

@@ -14,6 +14,7 @@ class Stats:
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.max_in_flight = 0
+        self.observer_failures = 0
         self._latencies: defaultdict[str, deque[float]] = defaultdict(
             lambda: deque(maxlen=LATENCY_WINDOW)
         )
@@ -35,7 +36,12 @@ class Stats:
         summary = {}
         for command, window in self._latencies.items():
             ordered = sorted(window)
-            quantiles = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else ordered * 99
+            # Inclusive: percentiles stay within the samples (never above max_ms).
+            quantiles = (
+                statistics.quantiles(ordered, n=100, method="inclusive")
+                if len(ordered) > 1
+                else ordered * 99
+            )
             summary[command] = {
                 "count": len(ordered),
                 "mean_ms": round(statistics.fmean(ordered), 3),

@@ -20,11 +20,11 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import structlog
-from pydantic import ValidationError
 
 from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.engine_loader import EngineLoader
 from bridge.options import WorkerOptions
+from bridge.outbox import OutboxBudget
 from bridge.redaction import redactor
 from bridge.sessions import SessionStore
 from bridge.startup import held_signals
@@ -37,9 +37,9 @@ from protocol.envelope import (
     error_response,
     event,
     ok_response,
-    validation_errors,
+    validate,
 )
-from protocol.errors import BridgeError, ErrorType, field_errors, invalid_fields
+from protocol.errors import BridgeError, ErrorType, field_errors
 
 ENGINE_MODULE = "bridge.engine"
 READ_CHUNK = 256 * 1024
@@ -85,7 +85,9 @@ class Worker:
         self.in_flight: dict[int | str, InFlight] = {}
         self.shutting_down = False
         self._in_fd, self._out_fd = channel.protocol_in, channel.protocol_out
-        self._connection = Connection(options.max_frame_bytes)
+        self._connection = Connection(options.max_frame_bytes, options.max_frame_items)
+        self.outbox_budget = OutboxBudget(options.max_outbox_bytes)
+        self._dispatched = threading.Event()
         self._observers = observers or []
         self._log = structlog.get_logger("bridge")
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -103,8 +105,7 @@ class Worker:
         self._exit = self._loop.create_future()
         writer = threading.Thread(target=self._write_frames, name="frame-writer", daemon=True)
         writer.start()
-        for observer in self._observers:
-            observer.outgoing(self._ready)  # `ready` itself went out in bridge.startup
+        self._observe("outgoing", self._ready)  # `ready` itself went out in bridge.startup
         reader = threading.Thread(target=self._read_frames, name="frame-reader", daemon=True)
         reader.start()
         self.engine_loader.start(self._loop)
@@ -118,8 +119,9 @@ class Worker:
         # Every frame read gets its one reply: read no more, answer what was read (it gets
         # `shutting_down` now), let replies still in flight out, then flush and stop.
         os.write(self._stop_writer, b"x")
+        self.outbox_budget.close()
         await asyncio.to_thread(reader.join)
-        await asyncio.sleep(0)  # run the reader's last scheduled _on_data callbacks
+        await asyncio.sleep(0)  # run the reader's last scheduled _on_items callbacks
         replying = [entry.task for entry in self.in_flight.values() if entry.task is not None]
         if replying:
             await asyncio.wait(replying, timeout=ABANDON_REPLY_S)
@@ -194,7 +196,9 @@ class Worker:
     # ----- I/O threads -----
 
     def _read_frames(self) -> None:
-        while True:
+        """Reads and decodes frames (off the loop: a large frame never stalls replies),
+        pausing while the replies the host has not yet read exceed the outbox budget."""
+        while self.outbox_budget.wait_for_room():
             readable, _, _ = select.select([self._in_fd, self._stop_reader], [], [])
             if self._stop_reader in readable:
                 return
@@ -204,9 +208,17 @@ class Worker:
                 self._loop.call_soon_threadsafe(self.host_gone, f"stdin error: {exc}")
                 return
             if not data:
-                self._loop.call_soon_threadsafe(self._on_eof)
+                partial = self._connection.has_partial_frame
+                self._loop.call_soon_threadsafe(self._on_eof, partial)
                 return
-            self._loop.call_soon_threadsafe(self._on_data, data)
+            received = time.perf_counter()  # every request's duration counts from here
+            items = self._connection.receive_data(data)
+            if items:
+                # Read on only once the loop has admitted these: the reader never runs
+                # ahead of the loop, so the outbox check above sees their replies.
+                self._dispatched.clear()
+                self._loop.call_soon_threadsafe(self._on_items, items, received)
+                self._dispatched.wait()
 
     def _write_frames(self) -> None:
         while True:
@@ -220,15 +232,18 @@ class Worker:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._out_fd, view) :]
+                    written = os.write(self._out_fd, view)
+                    view = view[written:]
+                    self.outbox_budget.release(written)
             except OSError as exc:
+                self.outbox_budget.close()
                 self._loop.call_soon_threadsafe(self.host_gone, f"stdout error: {exc}")
                 return
             if batch[-1] is None:
                 return
 
-    def _on_eof(self) -> None:
-        if self._connection.has_partial_frame:
+    def _on_eof(self, partial_frame: bool) -> None:
+        if partial_frame:
             self._log.warning("eof_inside_frame")
         self.host_gone("stdin closed")
 
@@ -248,9 +263,20 @@ class Worker:
             error = BridgeError(ErrorType.INTERNAL, f"the result could not be encoded: {exc}")
             message = error_response(message["id"], error)
             frame = self._connection.encode(message)
-        for observer in self._observers:
-            observer.outgoing(message)
+        self._observe("outgoing", message)
+        self.outbox_budget.take(len(frame))
         self._outbox.put(frame)
+
+    def _observe(self, direction: str, message: dict[str, Any]) -> None:
+        """Show a message to the observers; one that raises never costs a reply."""
+        for observer in self._observers:
+            try:
+                getattr(observer, direction)(message)
+            except Exception as exc:  # noqa: BLE001 - an observer's bug is logged, not fatal
+                self.stats.observer_failures += 1
+                self._log.error(
+                    "observer_failed", observer=type(observer).__name__, error=repr(exc)[:500]
+                )
 
     def _reply_error(
         self, request_id: int | str | None, command: str, error: BridgeError, received: float
@@ -269,24 +295,42 @@ class Worker:
 
     # ----- incoming -----
 
-    def _on_data(self, data: bytes) -> None:
-        received = time.perf_counter()  # every request's duration counts from here
-        for item in self._connection.receive_data(data):
-            if isinstance(item, Rejected):
-                if isinstance(item.value, dict):
-                    for observer in self._observers:
-                        observer.incoming(item.value)
-                command = item.value.get("command") if isinstance(item.value, dict) else None
-                self._reply_error(
-                    item.request_id,
-                    command if isinstance(command, str) else "",
-                    item.error,
-                    received,
+    def _on_items(self, items: list[Request | Rejected], received: float) -> None:
+        try:
+            self._handle_items(items, received)
+        finally:
+            self._dispatched.set()
+
+    def _handle_items(self, items: list[Request | Rejected], received: float) -> None:
+        for item in items:
+            try:
+                self._on_item(item, received)
+            except Exception:  # noqa: BLE001 - a bug here must still answer the frame
+                request_id = item.request_id if isinstance(item, Rejected) else item.id
+                if request_id is not None and request_id in self.in_flight:
+                    continue  # it was admitted: its task answers it
+                self._log.exception("frame_handling_failed", id=request_id)
+                self._send(
+                    error_response(
+                        request_id,
+                        BridgeError(ErrorType.INTERNAL, "the worker failed to handle this frame"),
+                    )
                 )
-            else:
-                for observer in self._observers:
-                    observer.incoming(item.model_dump(exclude_none=True))
-                self._dispatch(item, received)
+
+    def _on_item(self, item: Request | Rejected, received: float) -> None:
+        if isinstance(item, Rejected):
+            if isinstance(item.value, dict):
+                self._observe("incoming", item.value)
+            command = item.value.get("command") if isinstance(item.value, dict) else None
+            self._reply_error(
+                item.request_id,
+                command if isinstance(command, str) else "",
+                item.error,
+                received,
+            )
+        else:
+            self._observe("incoming", item.model_dump(exclude_none=True))
+            self._dispatch(item, received)
 
     def _dispatch(self, request: Request, received: float) -> None:
         spec = self.table.get(request.command)
@@ -337,16 +381,11 @@ class Worker:
             )
             return
         try:
-            args = spec.args_model.model_validate(request.args)
-        except ValidationError as exc:
-            self._reply_error(
-                request.id,
-                request.command,
-                invalid_fields(
-                    validation_errors(exc), context=f"invalid arguments for {request.command}: "
-                ),
-                received,
+            args = validate(
+                spec.args_model, request.args, context=f"invalid arguments for {request.command}: "
             )
+        except BridgeError as error:
+            self._reply_error(request.id, request.command, error, received)
             return
         entry = InFlight(request.command, spec.control, started=received)
         self.in_flight[request.id] = entry

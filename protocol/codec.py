@@ -12,6 +12,38 @@ import msgpack
 from protocol.errors import BridgeError, ErrorType
 
 MAX_DEPTH = 128
+# Every map key, map value and array element counts one item, and so does each container:
+# this bounds the memory a frame can expand to (an empty map is 1 byte on the wire and
+# ~100 bytes decoded), whatever its size in bytes.
+DEFAULT_MAX_ITEMS = 1_000_000
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _ItemBudget:
+    """msgpack decode hooks that count items and stop the decode once over the budget.
+
+    The hooks also run Python code between containers, which lets other threads (the
+    event loop) take the GIL while a large frame decodes in the reader thread."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 1 + 2 * len(value)
+        if self.left < 0:
+            raise _OverBudget
+        return value
+
+    def list(self, value: list[Any]) -> list[Any]:
+        self.left -= 1 + len(value)
+        if self.left < 0:
+            raise _OverBudget
+        return value
 
 
 class EncodeError(Exception):
@@ -26,10 +58,25 @@ def pack(value: Any) -> bytes:
         raise EncodeError(str(exc)) from exc
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
     """Decode exactly one msgpack value, or raise a BridgeError of type invalid_frame."""
+    budget = _ItemBudget(max_items)
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            object_hook=budget.map,
+            list_hook=budget.list,
+        )
+    except _OverBudget:
+        raise BridgeError(
+            ErrorType.INVALID_FRAME,
+            f"frame holds more than {max_items} msgpack items (map entries, array elements "
+            "and containers)",
+            details={"limit": "max_frame_items", "max_frame_items": max_items},
+        ) from None
     except msgpack.ExtraData:
         raise _invalid("frame holds more than one msgpack value") from None
     except UnicodeDecodeError:

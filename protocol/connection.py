@@ -28,8 +28,13 @@ class Rejected:
 class Connection:
     """Worker side: bytes from the host become `Request`s or `Rejected` frames."""
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_frame_items: int = codec.DEFAULT_MAX_ITEMS,
+    ) -> None:
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._max_items = max_frame_items
 
     @property
     def has_partial_frame(self) -> bool:
@@ -46,11 +51,15 @@ class Connection:
                     ErrorType.INVALID_FRAME,
                     f"frame of {item.length} bytes exceeds the limit of "
                     f"{self._decoder.max_frame_bytes} bytes; its bytes were skipped",
-                    details={"length": item.length, "limit": self._decoder.max_frame_bytes},
+                    details={
+                        "length": item.length,
+                        "limit": "max_frame_bytes",
+                        "max_frame_bytes": self._decoder.max_frame_bytes,
+                    },
                 ),
             )
         try:
-            value = codec.unpack(item.payload)
+            value = codec.unpack(item.payload, self._max_items)
         except BridgeError as error:
             return Rejected(None, error)
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from protocol.errors import BridgeError, ErrorType, invalid_fields
+from protocol.errors import MAX_FIELD_ERRORS, BridgeError, ErrorType, invalid_fields
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 RequestId = Annotated[int, Field(ge=0)] | str
 
@@ -35,14 +37,35 @@ def parse_request(value: Any) -> Request:
             ErrorType.INVALID_FRAME,
             f"a frame must hold a msgpack map, got {type(value).__name__}",
         )
+    return validate(
+        Request, value, error_type=ErrorType.INVALID_REQUEST, context="malformed request: "
+    )
+
+
+def validate(
+    model: type[ModelT],
+    value: Any,
+    *,
+    error_type: ErrorType = ErrorType.INVALID_ARGS,
+    context: str = "",
+) -> ModelT:
+    """`model.model_validate(value)`, its failures as one error naming the fields.
+
+    A map with many unknown keys is refused by counting them, before pydantic would
+    build one error object per key (500,000 keys would take seconds and megabytes)."""
+    if isinstance(value, dict) and len(value) > len(model.model_fields) + MAX_FIELD_ERRORS:
+        unknown = [key for key in value if key not in model.model_fields]
+        if len(unknown) > MAX_FIELD_ERRORS:
+            raise invalid_fields(
+                [(str(key)[:100], "Extra inputs are not permitted") for key in unknown],
+                error_type=error_type,
+                context=context,
+            )
     try:
-        return Request.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as exc:
-        raise invalid_fields(
-            validation_errors(exc),
-            error_type=ErrorType.INVALID_REQUEST,
-            context="malformed request: ",
-        ) from None
+        errors = validation_errors(exc)
+        raise invalid_fields(errors, error_type=error_type, context=context) from None
 
 
 def request_id_of(value: Any) -> int | str | None:

@@ -33,6 +33,9 @@ DEFAULT_RETRYABLE: dict[ErrorType, bool] = {
 }
 
 TRACEBACK_LIMIT = 4000
+# A reply names at most this many failing fields (and how many more there were), so a
+# request with 500,000 bad keys gets a small answer and a short log line.
+MAX_FIELD_ERRORS = 20
 
 
 class BridgeError(Exception):
@@ -69,9 +72,17 @@ class BridgeError(Exception):
         return error
 
 
-def field_errors(errors: list[tuple[str, str]]) -> dict[str, Any]:
-    """The `details` shape for per-field failures: `{"errors": [{field, message}, ...]}`."""
-    return {"errors": [{"field": field, "message": message} for field, message in errors]}
+def field_errors(errors: list[tuple[str, str]], omitted: int = 0) -> dict[str, Any]:
+    """The `details` shape for per-field failures: `{"errors": [{field, message}, ...]}`,
+    with `omitted` counting the failures past MAX_FIELD_ERRORS that are not listed."""
+    shown = errors[:MAX_FIELD_ERRORS]
+    details: dict[str, Any] = {
+        "errors": [{"field": field, "message": message} for field, message in shown]
+    }
+    omitted += len(errors) - len(shown)
+    if omitted:
+        details["omitted"] = omitted
+    return details
 
 
 def invalid_fields(
@@ -79,13 +90,15 @@ def invalid_fields(
     *,
     error_type: ErrorType = ErrorType.INVALID_ARGS,
     context: str = "",
+    omitted: int = 0,
 ) -> BridgeError:
-    """One error naming every failing (field, message): in its sentence and its details."""
-    return BridgeError(
-        error_type,
-        context + "; ".join(f"{field}: {message}" for field, message in errors),
-        details=field_errors(errors),
-    )
+    """One error naming every failing (field, message), up to MAX_FIELD_ERRORS of them:
+    in its sentence and its details."""
+    details = field_errors(errors, omitted)
+    sentence = "; ".join(f"{e['field']}: {e['message']}" for e in details["errors"])
+    if "omitted" in details:
+        sentence += f"; and {details['omitted']} more"
+    return BridgeError(error_type, context + sentence, details=details)
 
 
 def invalid_field(field: str, message: str) -> BridgeError:

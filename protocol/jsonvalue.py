@@ -20,6 +20,8 @@ def to_json(value: Any) -> Any:
         return {"$bin": _b64(bytes(value))}
     if isinstance(value, msgpack.ExtType):  # before tuple: ExtType is a namedtuple
         return {"$ext": {"type": value.code, "data": _b64(value.data)}}
+    if isinstance(value, msgpack.Timestamp):  # ext type -1, which msgpack decodes itself
+        return {"$ext": {"type": -1, "data": _b64(value.to_bytes())}}
     if isinstance(value, Mapping):
         if all(isinstance(key, str) for key in value):
             return {key: to_json(item) for key, item in value.items()}

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from protocol.framing import FrameDecoder, encode_frame
+from tests.conftest import REPO
 from tests.test_worker import assert_error, assert_serving
 
 # ----- the engine load is a state, never cancelled by a request that waited for it -----
@@ -50,3 +58,105 @@ def test_an_engine_that_fails_to_load_is_a_typed_state(spawn: Any, tmp_path: Pat
         error = assert_error(worker.request(command, args), "engine_unavailable")
         assert error["retryable"] is True
     assert worker.call("get_stats")["engine"] == "failed"
+
+
+# ----- nothing an observer raises costs a reply; frames are bounded in items and keys -----
+
+
+def test_a_request_the_recorder_cannot_render_costs_no_reply(spawn: Any, tmp_path: Path) -> None:
+    record = tmp_path / "session.jsonl"
+    worker = spawn("--enable-test-commands", "--record", str(record))
+    stamp = msgpack.Timestamp(1_700_000_000, 5)
+    odd_values = [stamp, msgpack.ExtType(5, b"x"), {1: "int key"}, b"\xff", [stamp]]
+    ids = [worker.new_id() for _ in odd_values]
+    # One write, so all of them arrive in one read, with a ping behind them.
+    worker.send_raw(
+        b"".join(
+            encode_frame(msgpack.packb({"id": i, "command": "echo", "args": {"value": v}}))
+            for i, v in zip(ids, odd_values, strict=True)
+        )
+        + encode_frame(msgpack.packb({"id": "after", "command": "ping"}))
+    )
+    for request_id in ids:
+        assert worker.response(request_id)["success"] is True
+    assert worker.response("after")["success"] is True
+    assert worker.call("get_stats")["observer_failures"] == 0
+    text = record.read_text()
+    assert '"$ext": {"type": -1' in text
+
+
+def test_a_frame_of_millions_of_empty_maps_is_refused_by_its_item_count(spawn: Any) -> None:
+    worker = spawn("--enable-test-commands")
+    slow = worker.start("sleep", {"ms": 200})
+    worker.send_frame(b"\xdd" + struct.pack(">I", 4_000_000) + b"\x80" * 4_000_000)
+    error = assert_error(worker.response(None), "invalid_frame")
+    assert error["details"] == {"limit": "max_frame_items", "max_frame_items": 1_000_000}
+    assert worker.response(slow)["success"] is True
+    assert_serving(worker)
+
+
+@pytest.mark.parametrize("where", ["envelope", "args"])
+def test_hundreds_of_thousands_of_unknown_keys_get_a_small_answer(spawn: Any, where: str) -> None:
+    worker = spawn()
+    keys = {f"k{i}": 0 for i in range(400_000)}
+    message: dict[str, Any] = {"id": "big", "command": "ping"}
+    if where == "envelope":
+        message.update(keys)
+    else:
+        message["args"] = keys
+    worker.send(message)
+    reply = worker.response("big")
+    error = assert_error(reply, "invalid_request" if where == "envelope" else "invalid_args")
+    assert len(error["details"]["errors"]) == 20
+    assert error["details"]["omitted"] >= 399_980
+    assert len(msgpack.packb(reply)) < 10_000
+    assert len(error["message"]) < 2_000
+    assert max(len(line) for line in worker.stderr_text().splitlines()) < 10_000
+    assert_serving(worker)
+
+
+def test_a_host_that_reads_replies_slowly_stops_the_worker_reading(tmp_path: Path) -> None:
+    """Replies the host has not read are bounded by --max-outbox-bytes: past it the worker
+    reads no more requests (the host's writes block) until the host reads."""
+    limit = 1024 * 1024
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--enable-test-commands", "--max-outbox-bytes",
+         str(limit)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    count, size = 80, 100_000  # 8 MB of replies
+    frames = [
+        encode_frame(msgpack.packb({"id": i, "command": "echo", "args": {"value": "x" * size}}))
+        for i in range(count)
+    ]
+    stdin = process.stdin
+
+    def send_all() -> None:
+        for frame in frames:
+            stdin.write(frame)
+        stdin.write(encode_frame(msgpack.packb({"id": "stats", "command": "get_stats"})))
+        stdin.flush()
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    try:
+        sender.start()
+        sender.join(timeout=3)
+        assert sender.is_alive(), "the worker read 8 MB of requests while nobody read a reply"
+        decoder = FrameDecoder(2**32 - 1)
+        replies: dict[Any, Any] = {}
+        while "stats" not in replies:
+            data = os.read(process.stdout.fileno(), 1 << 16)
+            assert data, "the worker closed its output"
+            for frame in decoder.feed(data):
+                message = msgpack.unpackb(frame.payload)  # type: ignore[union-attr]
+                if "id" in message:
+                    replies[message["id"]] = message
+        assert all(replies[i]["success"] for i in range(count))
+        outbox = replies["stats"]["result"]["outbox"]
+        assert outbox["read_pauses"] >= 1
+        # Over the limit by at most the replies of the requests of the last reads (256 KiB each).
+        assert outbox["peak_bytes"] <= limit + 3 * 256 * 1024
+    finally:
+        process.kill()
+        process.wait()

@@ -287,7 +287,9 @@ def test_oversized_frame_is_skipped_and_serving_continues(spawn: Any) -> None:
     payload = msgpack.packb({"id": 1, "command": "ping", "args": {"pad": "x" * 5000}})
     worker.send_frame(payload)
     error = assert_error(worker.read_message(), "invalid_frame")
-    assert error["details"] == {"length": len(payload), "limit": 1024}
+    assert error["details"] == {
+        "length": len(payload), "limit": "max_frame_bytes", "max_frame_bytes": 1024
+    }
     assert_serving(worker)
 
 
