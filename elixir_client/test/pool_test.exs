@@ -394,4 +394,26 @@ defmodule DSPyBridge.PoolTest do
     [{0, worker, _, _}, _] = Pool.workers(name)
     assert %{unexpected_frames: 1} = Worker.info(worker)
   end
+
+  test "a replay command over the frame limit is skipped, not sent: the restarted worker still serves" do
+    pool =
+      start_pool(size: 1, extra_args: ["--enable-test-commands", "--max-frame-bytes", "4096"])
+
+    DSPyBridge.subscribe(pool)
+    %{table: table} = DSPyBridge.Pool.Store.config(pool)
+    # a record too big for this worker (as if the limit had been raised and lowered)
+    big = %{"model" => "mock", "extra" => %{"default" => String.duplicate("x", 5_000)}}
+    DSPyBridge.Pool.Store.apply_record(table, {:put_lm, "big", big}, {:ok, %{}})
+    [{0, _, os_pid, _}] = Pool.workers(pool)
+    kill9(os_pid)
+
+    # sent, it would be answered `invalid_frame` with `id: nil` and the replay
+    # would never finish
+    assert_receive {:dspy_bridge_event,
+                    %Event{name: "replayed", data: %{"commands" => 1, "failed" => 1}}},
+                   20_000
+
+    assert {:ok, %{"status" => "ok", "pid" => new}} = DSPyBridge.ping(pool)
+    assert new != os_pid
+  end
 end

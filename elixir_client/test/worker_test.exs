@@ -298,6 +298,40 @@ defmodule DSPyBridge.WorkerTest do
       refute Map.has_key?(stats["errors"], "invalid_frame")
       assert {:ok, %{"status" => "ok"}} = Worker.request(pid, "ping")
     end
+
+    test "a request over the worker's max_frame_items fails at once, unsent; the boundary is exact" do
+      pid = start_worker(extra_args: ["--enable-test-commands", "--max-frame-items", "100"])
+      assert %{ready: %{"limits" => %{"max_frame_items" => 100}}} = Worker.info(pid)
+
+      assert {:error,
+              %Error{
+                type: :limit_exceeded,
+                retryable: false,
+                details: %{
+                  "limit" => "max_frame_items",
+                  "max_frame_items" => 100,
+                  "items" => items
+                }
+              }} = Worker.request(pid, "echo", %{value: Enum.to_list(1..200)}, timeout: @long)
+
+      # counted as the worker counts: exactly 100 items are sent and served
+      fits = Enum.to_list(1..(200 - (items - 100)))
+      assert {:ok, ^fits} = Worker.request(pid, "echo", %{value: fits}, timeout: @long)
+
+      assert {:error, %Error{type: :limit_exceeded, details: %{"items" => 101}}} =
+               Worker.request(pid, "echo", %{value: [0 | fits]}, timeout: @long)
+
+      # a map's entries count twice (key and value): 43 entries make 99 items
+      # in all, 44 make 101
+      map = Map.new(1..43, &{&1, &1})
+      assert {:ok, ^map} = Worker.request(pid, "echo", %{value: map}, timeout: @long)
+
+      assert {:error, %Error{details: %{"items" => 101}}} =
+               Worker.request(pid, "echo", %{value: Map.put(map, 44, 44)}, timeout: @long)
+
+      {:ok, stats} = Worker.request(pid, "get_stats")
+      refute Map.has_key?(stats["errors"], "invalid_frame")
+    end
   end
 
   describe "engine failure" do

@@ -55,7 +55,11 @@ defmodule DSPyBridge.Worker do
       `limits["max_depth"]`, should a worker announce one); the request
       envelope is the first level, the args map the second, and map keys
       count: `details` are `%{"limit" => "max_depth", "max_depth" => 128,
-      "depth" => depth}`.
+      "depth" => depth}`;
+    * it holds more msgpack items than the worker's `max_frame_items` (when
+      `limits` has one; each array and map counts 1, plus 1 per element or 2
+      per map entry): `details` are `%{"limit" => "max_frame_items",
+      "max_frame_items" => limit, "items" => items}`.
 
   The client's own commands (replay, init commands) are checked the same
   way; one over a limit is logged and counted as a failed replay.
@@ -217,20 +221,18 @@ defmodule DSPyBridge.Worker do
   end
 
   # The message request/4 and send_request/4 hand to the worker process. The
-  # args are encoded, and their nesting measured, here in the caller so the
-  # worker process only compares numbers.
+  # args are encoded and measured here, in the caller, so the worker process
+  # only compares numbers.
   defp request_message(command, args, opts, load) do
     args = args || %{}
 
     case MsgPack.encode(args) do
       {:ok, args_bin} ->
         timeout = Keyword.get(opts, :timeout, @default_timeout)
-        # the request envelope is the outermost level, the args map the next
-        depth = 1 + nesting(args)
 
         {:ok,
-         {:request, to_string(command), {args_bin, depth}, timeout, Keyword.get(opts, :record),
-          load}}
+         {:request, to_string(command), {args_bin, shape(args)}, timeout,
+          Keyword.get(opts, :record), load}}
 
       {:error, reason} ->
         {:error,
@@ -238,18 +240,35 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  # How many levels of arrays and maps a term nests (a scalar: 0), counted as
-  # the worker counts them (map keys included).
-  defp nesting(%MsgPack.Bin{}), do: 0
-  defp nesting(%MsgPack.Ext{}), do: 0
+  # {depth, items} of a term, as the worker measures a frame: depth is how
+  # many levels of arrays and maps nest (a scalar: 0; map keys count), items
+  # counts each container once plus each of its elements, or each key and
+  # each value of a map.
+  defp shape(%MsgPack.Bin{}), do: {0, 0}
+  defp shape(%MsgPack.Ext{}), do: {0, 0}
 
-  defp nesting(map) when is_map(map),
-    do: 1 + Enum.reduce(map, 0, fn {k, v}, acc -> max(acc, max(nesting(k), nesting(v))) end)
+  defp shape(map) when is_map(map) do
+    {depth, items} =
+      Enum.reduce(map, {0, 1 + 2 * map_size(map)}, fn {k, v}, {depth, items} ->
+        {dk, ik} = shape(k)
+        {dv, iv} = shape(v)
+        {depth |> max(dk) |> max(dv), items + ik + iv}
+      end)
 
-  defp nesting(list) when is_list(list),
-    do: 1 + Enum.reduce(list, 0, &max(nesting(&1), &2))
+    {depth + 1, items}
+  end
 
-  defp nesting(_scalar), do: 0
+  defp shape(list) when is_list(list) do
+    {depth, items} =
+      Enum.reduce(list, {0, 1 + length(list)}, fn x, {depth, items} ->
+        {dx, ix} = shape(x)
+        {max(depth, dx), items + ix}
+      end)
+
+    {depth + 1, items}
+  end
+
+  defp shape(_scalar), do: {0, 0}
 
   @doc """
   Waits for the answer to a `send_request/4`. The worker always answers
@@ -342,6 +361,7 @@ defmodule DSPyBridge.Worker do
           ready_waiters: [],
           max_frame_bytes: @default_max_frame_bytes,
           max_depth: @default_max_depth,
+          max_frame_items: nil,
           next_id: 0,
           # ref => request; ids maps a wire id to its ref while in flight
           reqs: %{},
@@ -384,7 +404,7 @@ defmodule DSPyBridge.Worker do
      state}
   end
 
-  def handle_call({:request, command, {args_bin, depth}, timeout, record, load}, from, state) do
+  def handle_call({:request, command, {args_bin, shape}, timeout, record, load}, from, state) do
     ref = make_ref()
 
     timer =
@@ -399,7 +419,7 @@ defmodule DSPyBridge.Worker do
       from: from,
       command: command,
       args: args_bin,
-      depth: depth,
+      shape: shape,
       timer: timer,
       deadline: deadline,
       record: record,
@@ -649,7 +669,9 @@ defmodule DSPyBridge.Worker do
       | ready: event,
         status: :replaying,
         max_frame_bytes: limit(limits, "max_frame_bytes", @default_max_frame_bytes),
-        max_depth: limit(limits, "max_depth", @default_max_depth)
+        max_depth: limit(limits, "max_depth", @default_max_depth),
+        # no default: a worker that announces no item limit has none
+        max_frame_items: limit(limits, "max_frame_items", nil)
     }
 
     emit(state, :worker, "ready", event)
@@ -926,7 +948,7 @@ defmodule DSPyBridge.Worker do
 
     frame = frame(id, req.command, req.args, timeout_ms)
 
-    case check_limits(state, frame, req.depth) do
+    case check_limits(state, frame, req.shape, timeout_ms) do
       :ok ->
         # If the OS process just died the port may be closed already; the
         # request then stays pending and fails with :worker_exited on the
@@ -951,35 +973,49 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  defp check_limits(state, frame, depth) do
+  # The frame's own size, and its shape: the request envelope (a map of 3
+  # pairs, or 4 with timeout_ms) around the args.
+  defp check_limits(state, frame, {args_depth, args_items}, timeout_ms) do
     size = IO.iodata_length(frame)
+    depth = 1 + args_depth
+    items = 1 + 2 * if(timeout_ms, do: 4, else: 3) + args_items
 
     cond do
       size > state.max_frame_bytes ->
-        {:error,
-         Error.new(
-           :limit_exceeded,
-           "request frame of #{size} bytes is over the worker's limit of #{state.max_frame_bytes} bytes; not sent",
-           retryable: false,
-           details: %{
-             "limit" => "max_frame_bytes",
-             "max_frame_bytes" => state.max_frame_bytes,
-             "size" => size
-           }
-         )}
+        limit_error(
+          "request frame of #{size} bytes is over the worker's limit of #{state.max_frame_bytes} bytes",
+          "max_frame_bytes",
+          state.max_frame_bytes,
+          %{"size" => size}
+        )
 
       depth > state.max_depth ->
-        {:error,
-         Error.new(
-           :limit_exceeded,
-           "request nests #{depth} levels of arrays and maps, over the worker's limit of #{state.max_depth}; not sent",
-           retryable: false,
-           details: %{"limit" => "max_depth", "max_depth" => state.max_depth, "depth" => depth}
-         )}
+        limit_error(
+          "request nests #{depth} levels of arrays and maps, over the worker's limit of #{state.max_depth}",
+          "max_depth",
+          state.max_depth,
+          %{"depth" => depth}
+        )
+
+      state.max_frame_items != nil and items > state.max_frame_items ->
+        limit_error(
+          "request frame of #{items} msgpack items is over the worker's limit of #{state.max_frame_items}",
+          "max_frame_items",
+          state.max_frame_items,
+          %{"items" => items}
+        )
 
       true ->
         :ok
     end
+  end
+
+  defp limit_error(message, limit, value, measured) do
+    {:error,
+     Error.new(:limit_exceeded, message <> "; not sent",
+       retryable: false,
+       details: Map.merge(%{"limit" => limit, limit => value}, measured)
+     )}
   end
 
   # Commands of the client's own (init commands, replay, cancel, shutdown).
@@ -989,7 +1025,7 @@ defmodule DSPyBridge.Worker do
     id = state.next_id
     frame = frame(id, command, MsgPack.encode!(args), nil)
 
-    case check_limits(state, frame, 1 + nesting(args)) do
+    case check_limits(state, frame, shape(args), nil) do
       :ok ->
         port_command(state.port, frame)
         %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
