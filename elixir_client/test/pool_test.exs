@@ -357,7 +357,7 @@ defmodule DSPyBridge.PoolTest do
 
       assert type in [:engine_unavailable, :worker_exited]
 
-      :ok = stop_supervised(Pool.child_spec(name: name).id)
+      :ok = stop_supervised(name)
       refute os_alive?(first)
       refute os_alive?(second)
     end

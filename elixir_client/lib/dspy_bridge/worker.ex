@@ -679,8 +679,8 @@ defmodule DSPyBridge.Worker do
   end
 
   defp handle_event("ready", _event, state) do
-    # `ready` is sent once; a second one changes nothing
-    {:noreply, unexpected(state, "a second ready event")}
+    # `ready` is sent once, first: another one changes nothing
+    {:noreply, unexpected(state, "a ready event while #{state.status}")}
   end
 
   defp handle_event("engine_failed", event, state) do
@@ -1090,12 +1090,7 @@ defmodule DSPyBridge.Worker do
   # fault: its caller gets an :internal error and the worker keeps serving.
   defp to_reply(%{"success" => true} = response), do: {:ok, Map.get(response, "result")}
 
-  defp to_reply(%{"error" => err} = response)
-       when is_map(err) and not is_map_key(response, "success"),
-       do: {:error, Error.from_wire(err)}
-
-  defp to_reply(%{"success" => false, "error" => err}) when is_map(err),
-    do: {:error, Error.from_wire(err)}
+  defp to_reply(%{"error" => err}) when is_map(err), do: {:error, Error.from_wire(err)}
 
   defp to_reply(other) do
     {:error,
