@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-from typing import Any
+from typing import Any, TextIO
 
-from bridge.logs import configure_logging
+from bridge.logs import LogQueue, configure_logging, route_std_streams
 from bridge.options import WorkerOptions
 from bridge.registry import build_table
 from bridge.stdio import HostChannel
 from bridge.worker import FrameObserver, Worker
 
+# The last log lines get this long to reach stderr (a stderr nobody drains gets no more).
+EXIT_LOG_DRAIN_S = 0.2
+
 
 def run_worker(
-    options: WorkerOptions, argv: list[str], channel: HostChannel, ready: dict[str, Any]
+    options: WorkerOptions,
+    argv: list[str],
+    channel: HostChannel,
+    ready: dict[str, Any],
+    record_to: TextIO | None,
 ) -> None:
     """Phase two of start-up (after `bridge.startup` announced `ready`): serve until done."""
-    configure_logging(options.log_level)
+    log_queue = LogQueue(options.max_log_queue)
+    route_std_streams(log_queue)
+    configure_logging(options.log_level, log_queue)
     table = build_table(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []
-    if options.record is not None:
+    if record_to is not None:
         from bridge.record import Recorder, worker_args_without_record
 
-        try:
-            recorder = Recorder.open(options.record, worker_args_without_record(argv))
-        except OSError as exc:
-            print(f"dspy-bridge: cannot record to {options.record}: {exc}", file=sys.stderr)
-            sys.stderr.flush()
-            os._exit(2)
-        observers.append(recorder)
-    worker = Worker(options, table, channel, ready, observers=observers)
-    code = asyncio.run(worker.run())
-    sys.stderr.flush()
-    # Threads still running abandoned work (sync DSPy calls) must not delay the exit.
+        observers.append(Recorder.on_stream(record_to, worker_args_without_record(argv)))
+    worker = Worker(options, table, channel, ready, observers=observers, log_queue=log_queue)
+    # Not asyncio.run: at the end it would wait for the default executor's threads, and
+    # threads still running abandoned work (sync DSPy calls) must not delay the exit.
+    loop = asyncio.new_event_loop()
+    code = loop.run_until_complete(worker.run())
+    log_queue.drain(timeout=EXIT_LOG_DRAIN_S)
     os._exit(code)

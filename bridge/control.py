@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -70,6 +71,10 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
             "read_pauses": worker.outbox_budget.pauses,
         },
         "observer_failures": stats.observer_failures,
+        "logs": {
+            "queued": worker.log_queue.queued if worker.log_queue else 0,
+            "dropped": worker.log_queue.dropped if worker.log_queue else 0,
+        },
     }
     result.update(worker.sessions.stats())
     return result
@@ -94,6 +99,8 @@ async def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
 
 class SleepArgs(Args):
     ms: Annotated[int, Field(ge=0, le=3_600_000)]
+    # Block a thread of the default executor instead, as a synchronous DSPy call does.
+    in_thread: bool = False
 
 
 class EchoArgs(Args):
@@ -106,7 +113,10 @@ class StdoutNoiseArgs(Args):
 
 @table.command("sleep", SleepArgs)
 async def sleep(ctx: RequestContext, args: SleepArgs) -> dict[str, Any]:
-    await asyncio.sleep(args.ms / 1000)
+    if args.in_thread:
+        await asyncio.to_thread(time.sleep, args.ms / 1000)
+    else:
+        await asyncio.sleep(args.ms / 1000)
     return {"slept_ms": args.ms}
 
 

@@ -16,9 +16,10 @@ def main(argv: list[str] | None = None) -> None:
 
     channel = claim_protocol_fds()
     from bridge.options import parse_options
-    from bridge.startup import announce, hold_signals
+    from bridge.startup import announce, hold_signals, open_record_file
 
     options = parse_options(args)
+    record_to = open_record_file(options.record)
     hold_signals()
     ready = announce(options, channel.protocol_out)
     # pydantic would scan every installed distribution for plugins at its first model;
@@ -26,4 +27,4 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from bridge.cli import run_worker
 
-    run_worker(options, args, channel, ready)
+    run_worker(options, args, channel, ready, record_to)

@@ -1,9 +1,20 @@
-"""structlog set-up: JSON lines on stderr, secrets redacted wherever they appear."""
+"""structlog set-up: JSON lines on stderr, secrets redacted, never blocking the worker.
+
+Every line (structlog's, the stdlib loggers' of litellm and httpx, a stray `print`)
+goes into one bounded queue that a thread of its own writes to fd 2. A host that stops
+draining the worker's stderr then stalls only that thread: replies and the exit go on,
+and lines past the bound are dropped and counted.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import queue
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -11,33 +22,81 @@ import structlog
 
 from bridge.redaction import redactor
 
+DEFAULT_MAX_QUEUED = 10_000
+
+
+class LogQueue:
+    """Text for stderr, queued; written by the `log-writer` thread."""
+
+    def __init__(self, max_queued: int = DEFAULT_MAX_QUEUED, fd: int = 2) -> None:
+        self._lines: queue.Queue[str] = queue.Queue(max_queued)
+        self._fd = fd
+        self.dropped = 0
+        threading.Thread(target=self._write_lines, name="log-writer", daemon=True).start()
+
+    @property
+    def queued(self) -> int:
+        return self._lines.qsize()
+
+    def write(self, text: str) -> int:
+        try:
+            self._lines.put_nowait(text)
+        except queue.Full:
+            self.dropped += 1
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the thread writes as soon as it can (see `drain` for the exit)."""
+
+    def drain(self, timeout: float) -> None:
+        """Wait, at most `timeout`, for the queued lines to be written."""
+        deadline = time.monotonic() + timeout
+        while self._lines.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _write_lines(self) -> None:
+        while True:
+            text = self._lines.get()
+            try:
+                data = memoryview(text.encode("utf-8", "replace"))
+                while data:
+                    data = data[os.write(self._fd, data) :]
+            except OSError:
+                pass  # stderr is gone: the line is lost, never the worker
+            finally:
+                self._lines.task_done()
+
+
+class QueueTextStream(io.TextIOBase):
+    """`sys.stdout`/`sys.stderr` for Python code in the worker: into the log queue."""
+
+    def __init__(self, sink: LogQueue) -> None:
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self._sink.write(text) if text else 0
+
 
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     return redactor.redact(dict(event_dict))
 
 
-class StderrSink:
-    """stderr for log lines, which never raises: a host that stopped reading our stderr
-    must not stop replies or the exit (a BrokenPipeError in a log call would)."""
-
-    def write(self, text: str) -> int:
-        try:
-            return sys.stderr.write(text)
-        except (OSError, ValueError):
-            return 0
-
-    def flush(self) -> None:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+def route_std_streams(sink: LogQueue) -> None:
+    """Python-level writes to stdout/stderr (warnings, a stray print) go to the queue."""
+    sys.stdout = sys.stderr = QueueTextStream(sink)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, sink: LogQueue) -> None:
     numeric = logging.getLevelName(level.upper())
-    # Libraries that use the stdlib logger (litellm, httpx) also go to stderr, not fd 1.
+    # Libraries that use the stdlib logger (litellm, httpx) also go to the queue.
     logging.basicConfig(
-        stream=StderrSink(), level=max(numeric, logging.WARNING), format="%(message)s"
+        stream=QueueTextStream(sink),
+        level=max(numeric, logging.WARNING),
+        format="%(message)s",
+        force=True,
     )
     structlog.configure(
         processors=[
@@ -48,6 +107,6 @@ def configure_logging(level: str) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=StderrSink()),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(file=sink),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

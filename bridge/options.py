@@ -25,6 +25,7 @@ class WorkerOptions:
     max_input_bytes: int = 1024 * 1024
     session_idle_ttl_s: float | None = None
     record: Path | None = None
+    max_log_queue: int = 10_000
 
     def limits(self) -> dict[str, int]:
         """The byte and count bounds a host should know before sending (in `ready`)."""
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evict sessions idle this long (default: never), with a session_evicted event",
     )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
+    add(
+        "--max-log-queue",
+        type=_positive_int,
+        default=defaults.max_log_queue,
+        help="log lines waiting for stderr beyond which new ones are dropped (and counted)",
+    )
     return parser
 
 

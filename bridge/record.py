@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
@@ -233,9 +232,9 @@ class Recorder:
         self._write(TranscriptRecorder.header(worker_args))
 
     @classmethod
-    def open(cls, path: Path, worker_args: Sequence[str]) -> Recorder:
-        """Append to `path` (created if missing); known secret values are scrubbed too."""
-        stream = open(path, "a", encoding="utf-8")  # lives as long as the worker
+    def on_stream(cls, stream: TextIO, worker_args: Sequence[str]) -> Recorder:
+        """Append to a file opened for appending (a session after any already there);
+        known secret values are scrubbed too."""
         if stream.tell() > 0:
             stream.write("\n")
         return cls(stream, worker_args, lambda value: redactor.redact(value, by_key=False))

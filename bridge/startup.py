@@ -12,8 +12,10 @@ import platform
 import secrets
 import signal
 import socket
+import sys
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from bridge import __version__
 from bridge.options import WorkerOptions
@@ -34,6 +36,18 @@ def hold_signals() -> None:
 def held_signals() -> list[int]:
     """The signals that arrived before the loop could handle them, in order."""
     return list(_held_signals)
+
+
+def open_record_file(path: Path | None) -> TextIO | None:
+    """The `--record` file, opened for appending before `ready`: a path that cannot be
+    written is a bad flag (exit status 2), never a worker that announced itself and died."""
+    if path is None:
+        return None
+    try:
+        return open(path, "a", encoding="utf-8")  # lives as long as the worker
+    except OSError as exc:
+        print(f"dspy-bridge: cannot record to {path}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:

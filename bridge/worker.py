@@ -8,6 +8,7 @@ the host. Every request gets exactly one response, whatever happens to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import select
@@ -15,6 +16,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -23,6 +25,7 @@ import structlog
 
 from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.engine_loader import EngineLoader
+from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
 from bridge.outbox import OutboxBudget
 from bridge.redaction import redactor
@@ -43,7 +46,8 @@ from protocol.errors import BridgeError, ErrorType, field_errors
 
 ENGINE_MODULE = "bridge.engine"
 READ_CHUNK = 256 * 1024
-PARENT_CHECK_S = 0.25
+PARENT_POLL_S = 0.1
+EXIT_DEADLINE_S = 0.9
 ABANDON_REPLY_S = 0.5
 
 
@@ -73,6 +77,7 @@ class Worker:
         channel: HostChannel,
         ready: dict[str, Any],
         observers: list[FrameObserver] | None = None,
+        log_queue: LogQueue | None = None,
     ) -> None:
         self.options = options
         self.table = table
@@ -89,6 +94,7 @@ class Worker:
         self.outbox_budget = OutboxBudget(options.max_outbox_bytes)
         self._dispatched = threading.Event()
         self._observers = observers or []
+        self.log_queue = log_queue
         self._log = structlog.get_logger("bridge")
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         # Written once to make the reader stop before its next read (see _stop_reading).
@@ -103,37 +109,65 @@ class Worker:
         """Serve until shutdown or until the host is gone; returns the exit code."""
         self._loop = asyncio.get_running_loop()
         self._exit = self._loop.create_future()
-        writer = threading.Thread(target=self._write_frames, name="frame-writer", daemon=True)
-        writer.start()
+        writer = self._start_thread(self._write_frames, "frame-writer")
         self._observe("outgoing", self._ready)  # `ready` itself went out in bridge.startup
-        reader = threading.Thread(target=self._read_frames, name="frame-reader", daemon=True)
-        reader.start()
+        reader = self._start_thread(self._read_frames, "frame-reader")
         self.engine_loader.start(self._loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         for held in held_signals():
             self._on_signal(held)
-        self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
+        self._start_thread(self._watch_parent, "parent-watcher")
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit
         # Every frame read gets its one reply: read no more, answer what was read (it gets
         # `shutting_down` now), let replies still in flight out, then flush and stop.
+        # Threads are awaited through futures, never `to_thread`: the default executor may
+        # be full of threads blocked in DSPy calls.
         os.write(self._stop_writer, b"x")
         self.outbox_budget.close()
-        await asyncio.to_thread(reader.join)
+        await reader
         await asyncio.sleep(0)  # run the reader's last scheduled _on_items callbacks
         replying = [entry.task for entry in self.in_flight.values() if entry.task is not None]
         if replying:
             await asyncio.wait(replying, timeout=ABANDON_REPLY_S)
         self._outbox.put(None)
-        await asyncio.to_thread(writer.join, 2.0)
+        await writer
         return code
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> asyncio.Future[None]:
+        """Run `target` in a daemon thread; the future is done when it returns."""
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop already closed
+                    self._loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return done
+
+    def _decide_exit(self, code: int) -> None:
+        """The exit is decided: whatever threads are doing, the process ends within
+        EXIT_DEADLINE_S (the orderly path above is normally much faster)."""
+        if self._exit.done():
+            return
+        self._exit.set_result(code)
+        watchdog = threading.Timer(EXIT_DEADLINE_S, os._exit, (code,))
+        watchdog.daemon = True
+        watchdog.start()
 
     def host_gone(self, reason: str) -> None:
         """The host cannot hear us any more: stop at once, abandoning all work."""
         if self._exit.done():
             return
-        self._exit.set_result(0)
+        self._decide_exit(0)
         self._log.info("host_gone", reason=reason, in_flight=len(self.in_flight))
         for entry in self.in_flight.values():
             if entry.task is not None:
@@ -160,7 +194,7 @@ class Worker:
                 entry.task.cancel()  # its reply goes out before the exit: see run()
         if not self._exit.done():
             self._log.info("shutdown_complete")
-            self._exit.set_result(0)
+            self._decide_exit(0)
 
     def _work_tasks(self) -> set[asyncio.Task[None]]:
         return {
@@ -174,10 +208,22 @@ class Worker:
         self.begin_shutdown(self.options.default_grace_ms)
 
     def _watch_parent(self) -> None:
-        if os.getppid() != self._host_pid:
-            self.host_gone("parent process exited")
-        elif not self._exit.done():
-            self._loop.call_later(PARENT_CHECK_S, self._watch_parent)
+        """Wait (in its own thread) for the host process to exit: by a pidfd where the
+        system has them, else by polling the parent pid."""
+        try:
+            pidfd: int | None = os.pidfd_open(self._host_pid)
+        except (OSError, AttributeError):
+            pidfd = None
+        while os.getppid() == self._host_pid:
+            watched = [self._stop_reader] if pidfd is None else [pidfd, self._stop_reader]
+            timeout = PARENT_POLL_S if pidfd is None else None
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self._stop_reader in readable:
+                return
+            if pidfd is not None and pidfd in readable:
+                break
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.host_gone, "parent process exited")
 
     # ----- DSPy, loaded in the background so `ready` comes at once -----
 

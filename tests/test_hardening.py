@@ -160,3 +160,74 @@ def test_a_host_that_reads_replies_slowly_stops_the_worker_reading(tmp_path: Pat
     finally:
         process.kill()
         process.wait()
+
+
+# ----- logging never blocks; the exit comes within a second whatever threads do -----
+
+
+def test_a_host_that_never_drains_stderr_cannot_freeze_the_worker() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "--enable-test-commands", "--max-in-flight", "5000",
+         "--max-log-queue", "100"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )
+    try:
+        client = RawClient(process)
+        client.read()  # ready
+        # Each request logs a line: 3,000 of them are far more than a pipe holds (64 KiB).
+        pad = "x" * 200
+        for index in range(3000):
+            client.send({"id": index, "command": "echo", "args": {"value": pad}})
+        replies = [client.read() for _ in range(3000)]
+        assert [r for r in replies if not r.get("success")] == []
+        client.send({"id": "stats", "command": "get_stats"})
+        stats = client.read()["result"]
+        assert stats["logs"]["dropped"] > 0
+        process.stdin.close()  # type: ignore[union-attr]
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_eof_exits_within_a_second_while_threads_are_blocked(worker: Any) -> None:
+    # More blocked threads than the default executor has (min(32, cores + 4)).
+    for _ in range(40):
+        worker.start("sleep", {"ms": 60_000, "in_thread": True})
+    worker.call("ping")
+    worker.process.stdin.close()
+    assert worker.wait_exit(timeout=2.0) == 0
+
+
+def test_record_to_an_unwritable_path_exits_2_before_ready(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "--record", str(tmp_path / "missing" / "x.jsonl")],
+        cwd=REPO, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""  # no ready frame
+    assert b"cannot record" in result.stderr
+
+
+class RawClient:
+    """Frames over a subprocess's pipes, read in the test's own thread."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._stdin, self._stdout = process.stdin, process.stdout
+        self._decoder = FrameDecoder(2**32 - 1)
+        self._frames: list[Any] = []
+
+    def send(self, message: Any) -> None:
+        self._stdin.write(encode_frame(msgpack.packb(message)))
+        self._stdin.flush()
+
+    def read(self) -> Any:
+        while not self._frames:
+            data = os.read(self._stdout.fileno(), 1 << 16)
+            assert data, "the worker closed its output"
+            self._frames.extend(
+                msgpack.unpackb(frame.payload)  # type: ignore[union-attr]
+                for frame in self._decoder.feed(data)
+            )
+        return self._frames.pop(0)

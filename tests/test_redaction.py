@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import structlog
 
-from bridge.logs import configure_logging
+from bridge.logs import LogQueue, configure_logging
 from bridge.redaction import REDACTED, Redactor, redactor
 
 
@@ -49,16 +50,19 @@ def test_replies_keep_secret_looking_keys_when_no_secret_is_known() -> None:
     assert Redactor().redact(value, by_key=False) is value
 
 
-def test_log_lines_are_json_and_redacted(capsys: Any) -> None:
-    configure_logging("info")
+def test_log_lines_are_json_and_redacted() -> None:
+    read_end, write_end = os.pipe()
+    sink = LogQueue(fd=write_end)
+    configure_logging("info", sink)
     redactor.register("sk-test-secret-123")
     try:
         structlog.get_logger("t").info(
             "configured", api_key="sk-test-secret-123", note="uses sk-test-secret-123", level_ok=1
         )
+        sink.drain(timeout=10)
     finally:
         structlog.reset_defaults()
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    line = os.read(read_end, 1 << 16).decode().strip().splitlines()[-1]
     record = json.loads(line)
     assert record["api_key"] == REDACTED
     assert record["note"] == f"uses {REDACTED}"
