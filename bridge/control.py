@@ -11,6 +11,7 @@ from pydantic import Field
 
 from bridge.commands import Args, CommandTable, RequestContext
 from bridge.stats import rss_bytes
+from protocol.errors import invalid_field
 
 table = CommandTable()
 
@@ -82,6 +83,9 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
 
 @table.command("cancel", CancelArgs, control=True)
 async def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
+    if args.request_id == ctx.request_id and type(args.request_id) is type(ctx.request_id):
+        # It would answer `cancelled: true` and then complete anyway: refuse it instead.
+        raise invalid_field("request_id", "is this cancel request's own id")
     return {"cancelled": ctx.worker.cancel(args.request_id)}
 
 

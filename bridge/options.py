@@ -15,6 +15,7 @@ class WorkerOptions:
     max_in_flight: int = 256
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_frame_items: int = DEFAULT_MAX_ITEMS
+    max_reply_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_outbox_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
     enable_test_commands: bool = False
@@ -32,6 +33,7 @@ class WorkerOptions:
         return {
             "max_frame_bytes": self.max_frame_bytes,
             "max_frame_items": self.max_frame_items,
+            "max_reply_bytes": self.max_reply_bytes,
             "max_in_flight": self.max_in_flight,
             "max_input_bytes": self.max_input_bytes,
         }
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=defaults.max_frame_items,
         help="largest number of msgpack items (entries, elements, containers) in one frame",
+    )
+    add(
+        "--max-reply-bytes",
+        type=_positive_int,
+        default=defaults.max_reply_bytes,
+        help="largest frame the worker sends; a larger reply becomes limit_exceeded",
     )
     add(
         "--max-outbox-bytes",

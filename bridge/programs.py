@@ -8,6 +8,7 @@ fast and a bad request is refused before any DSPy code sees it), then await the 
 from __future__ import annotations
 
 import keyword
+import math
 import os
 import re
 import secrets
@@ -432,8 +433,25 @@ def type_name(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
 
 
+def has_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity hides anywhere in the value (iteratively: the depth
+    of wire values is bounded, but not small)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def check_value(value: Any, declared: Any) -> str | None:
     """Why `value` does not fit the declared wire type, or None if it does."""
+    if has_non_finite(value):
+        return "NaN and infinity are not accepted"
     if isinstance(declared, dict):
         return None if value in declared["choices"] else (
             f"must be one of {declared['choices']!r}")

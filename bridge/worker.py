@@ -33,7 +33,7 @@ from bridge.sessions import SessionStore
 from bridge.startup import held_signals
 from bridge.stats import Stats
 from bridge.stdio import HostChannel
-from protocol.codec import EncodeError
+from protocol.codec import MAX_DEPTH, EncodeError, limit_problem
 from protocol.connection import Connection, Rejected
 from protocol.envelope import (
     Request,
@@ -43,6 +43,7 @@ from protocol.envelope import (
     validate,
 )
 from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.framing import HEADER_SIZE
 
 ENGINE_MODULE = "bridge.engine"
 READ_CHUNK = 256 * 1024
@@ -302,16 +303,24 @@ class Worker:
         message = redactor.redact(message, by_key=False)
         try:
             frame = self._connection.encode(message)
+            problem = self._outgoing_problem(message, frame)
         except EncodeError as exc:
+            problem = ("encoding", f"could not be encoded: {exc}")
+        if problem is not None:
             if "event" in message:
-                self._log.error("event_not_encodable", event=message["event"], error=str(exc))
+                self._log.error("event_not_sent", event=message["event"], problem=problem[1])
                 return
-            error = BridgeError(ErrorType.INTERNAL, f"the result could not be encoded: {exc}")
-            message = error_response(message["id"], error)
+            message = error_response(message["id"], _unsendable(problem))
             frame = self._connection.encode(message)
         self._observe("outgoing", message)
         self.outbox_budget.take(len(frame))
         self._outbox.put(frame)
+
+    def _outgoing_problem(self, message: dict[str, Any], frame: bytes) -> tuple[str, str] | None:
+        """The worker holds its replies to the limits it enforces on what it reads."""
+        if len(frame) - HEADER_SIZE > self.options.max_reply_bytes:
+            return "max_reply_bytes", f"would take {len(frame) - HEADER_SIZE} bytes"
+        return limit_problem(message, MAX_DEPTH, self.options.max_frame_items)
 
     def _observe(self, direction: str, message: dict[str, Any]) -> None:
         """Show a message to the observers; one that raises never costs a reply."""
@@ -499,6 +508,18 @@ class Worker:
     @property
     def uptime_s(self) -> float:
         return round(time.monotonic() - self.started_at, 3)
+
+
+def _unsendable(problem: tuple[str, str]) -> BridgeError:
+    limit, sentence = problem
+    if limit in {"max_reply_bytes", "max_frame_items", "max_depth"}:
+        return BridgeError(
+            ErrorType.LIMIT_EXCEEDED,
+            f"the reply {sentence}, beyond the protocol's limit ({limit})",
+            retryable=False,
+            details={"limit": limit},
+        )
+    return BridgeError(ErrorType.INTERNAL, f"the reply {sentence}")
 
 
 def _internal(log: Any, request: Request) -> BridgeError:

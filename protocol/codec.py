@@ -85,8 +85,9 @@ def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
         raise _invalid(f"msgpack value nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError, msgpack.FormatError) as exc:
         raise _invalid(f"undecodable msgpack: {exc}") from None
-    if _depth_exceeds(value, MAX_DEPTH):
-        raise _invalid(f"msgpack value nested deeper than {MAX_DEPTH} levels")
+    problem = limit_problem(value)
+    if problem is not None:
+        raise _invalid(f"msgpack value {problem[1]}")
     return value
 
 
@@ -94,18 +95,35 @@ def _invalid(message: str) -> BridgeError:
     return BridgeError(ErrorType.INVALID_FRAME, message)
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    # Iterative, so a hostile value cannot exhaust the Python stack here or later.
+def limit_problem(
+    value: Any, max_depth: int = MAX_DEPTH, max_items: int | None = None
+) -> tuple[str, str] | None:
+    """Why `value` would break the limits a receiver enforces, as (limit name, sentence),
+    or None: nesting deeper than `max_depth`, more than `max_items` items, or a str that
+    is not valid Unicode (a lone surrogate cannot be written as UTF-8).
+
+    Iterative, so a hostile value cannot exhaust the Python stack here or later."""
     stack: list[tuple[Any, int]] = [(value, 1)]
+    items = 0
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "utf8", "holds a str that is not valid Unicode (a lone surrogate)"
+            continue
         if isinstance(item, dict):
             children: Any = [*item.keys(), *item.values()]
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             children = item
         else:
             continue
-        if depth > limit:
-            return True
+        if depth > max_depth:
+            return "max_depth", f"nested deeper than {max_depth} levels"
+        items += 1 + len(children)
+        if max_items is not None and items > max_items:
+            return "max_frame_items", f"holds more than {max_items} items"
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None

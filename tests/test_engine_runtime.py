@@ -92,3 +92,12 @@ def test_provider_error_keeps_dspy_classification() -> None:
     assert raised.value.retryable is True
     assert raised.value.details is not None
     assert raised.value.details["error_class"] == "LMServerError"
+
+
+def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
+    """If a DSPy upgrade renames these parameters, the refusal at create_program must
+    follow: this fails loudly so the change is looked at."""
+    from bridge.engine.runtime import PROGRAM_TYPES, call_parameter_names
+
+    for program_type in PROGRAM_TYPES.values():
+        assert {"self", "instance", "base"} <= call_parameter_names(program_type)

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from protocol.framing import FrameDecoder, encode_frame
 from tests.conftest import REPO
@@ -231,3 +233,156 @@ class RawClient:
                 for frame in self._decoder.feed(data)
             )
         return self._frames.pop(0)
+
+
+# ----- names that cannot work are refused at creation; hostile answers are lm_error -----
+
+
+@pytest.fixture(scope="module")
+def mock_worker() -> Any:
+    from tests.conftest import WorkerProcess
+
+    process = WorkerProcess("--enable-test-commands")
+    process.call("configure_lm", {"model": "mock"})
+    yield process
+    process.close()
+
+
+@pytest.mark.parametrize("name", ["self", "instance", "base"])
+@pytest.mark.parametrize("program_type", ["predict", "chain_of_thought"])
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_field_names_dspy_cannot_pass_are_refused_at_creation(
+    mock_worker: Any, name: str, program_type: str, side: str
+) -> None:
+    signature = f"{name} -> answer" if side == "input" else f"question -> {name}"
+    error = assert_error(
+        mock_worker.request(
+            "create_program", {"signature": signature, "program_type": program_type}
+        ),
+        "invalid_args",
+    )
+    assert name in error["message"]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,12}", fullmatch=True)
+    | st.sampled_from(["self", "instance", "base", "kwargs", "args", "cls", "signature",
+                       "demos", "config", "lm", "callbacks", "inputs", "fields", "reasoning"]),
+    program_type=st.sampled_from(["predict", "chain_of_thought"]),
+)
+def test_an_accepted_field_name_always_executes(
+    mock_worker: Any, name: str, program_type: str
+) -> None:
+    """The class: whatever name create_program accepts, execute_program runs."""
+    created = mock_worker.request(
+        "create_program",
+        {"signature": f"{name} -> answer", "program_type": program_type,
+         "demos": [{name: "d", "answer": "a"}]},
+    )
+    if not created["success"]:
+        assert created["error"]["type"] == "invalid_args", created
+        return
+    program_id = created["result"]["program_id"]
+    executed = mock_worker.request(
+        "execute_program", {"program_id": program_id, "inputs": {name: "hello"}}
+    )
+    assert executed["success"], executed
+    mock_worker.call("delete_program", {"program_id": program_id})
+
+
+def deep_json(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("output_type", "raw"),
+    [
+        ("dict", '{"a": ' + deep_json(600) + "}"),
+        ("dict", '{"a": ' + deep_json(140) + "}"),
+        ("dict", '{"a": "\\ud800"}'),
+        ("list[str]", '["ok", "\\udfff"]'),
+        ("dict", '{"\\ud800": 1}'),
+    ],
+)
+def test_a_hostile_answer_is_lm_error_never_a_broken_reply(
+    mock_worker: Any, output_type: str, raw: str
+) -> None:
+    text = f"[[ ## answer ## ]]\n{raw}\n\n[[ ## completed ## ]]\n"
+    program = mock_worker.call(
+        "create_program",
+        {"signature": f"question -> answer: {output_type}",
+         "lm": {"model": "mock/hostile", "extra": {"default": {"__raw__": text}}}},
+    )["program_id"]
+    response = mock_worker.request(
+        "execute_program", {"program_id": program, "inputs": {"question": "q"}}
+    )
+    error = assert_error(response, "lm_error")
+    assert error["details"]["reason"] in {"invalid_output", "unparseable_answer"}, error
+    assert_serving(mock_worker)
+
+
+def test_an_answer_just_within_the_depth_limit_comes_back(mock_worker: Any) -> None:
+    text = '[[ ## answer ## ]]\n{"a": ' + deep_json(90) + "}\n\n[[ ## completed ## ]]\n"
+    program = mock_worker.call(
+        "create_program",
+        {"signature": "question -> answer: dict",
+         "lm": {"model": "mock/deep", "extra": {"default": {"__raw__": text}}}},
+    )["program_id"]
+    result = mock_worker.call(
+        "execute_program", {"program_id": program, "inputs": {"question": "q"}}
+    )
+    value = result["outputs"]["answer"]["a"]
+    depth = 0
+    while isinstance(value, list):
+        value, depth = value[0], depth + 1
+    assert (depth, value) == (90, 1)
+
+
+def test_a_reply_larger_than_the_frame_limit_is_refused_not_sent(spawn: Any) -> None:
+    """Replies that gather stored state (list_programs) can outgrow any one request."""
+    worker = spawn("--max-reply-bytes", "100000")
+    for index in range(5):
+        worker.call(
+            "create_program",
+            {"program_id": f"p{index}", "signature": "q -> a", "instructions": "i" * 40_000},
+        )
+    error = assert_error(worker.request("list_programs"), "limit_exceeded")
+    assert error["details"]["limit"] == "max_reply_bytes"
+    assert error["retryable"] is False
+    assert_serving(worker)
+
+
+@pytest.mark.parametrize(
+    ("signature", "inputs"),
+    [
+        ("x: float -> y", {"x": float("nan")}),
+        ("x: float -> y", {"x": float("inf")}),
+        ("x: list[float] -> y", {"x": [1.0, float("-inf")]}),
+        ("x: dict -> y", {"x": {"deep": [{"v": float("nan")}]}}),
+    ],
+)
+def test_nan_and_infinity_are_refused_as_inputs(
+    mock_worker: Any, signature: str, inputs: dict[str, Any]
+) -> None:
+    program = mock_worker.call("create_program", {"signature": signature})["program_id"]
+    error = assert_error(
+        mock_worker.request("execute_program", {"program_id": program, "inputs": inputs}),
+        "invalid_args",
+    )
+    assert error["details"]["errors"][0]["field"] == "inputs.x"
+    demo = {"x": inputs["x"], "y": "a"}
+    assert_error(
+        mock_worker.request("create_program", {"signature": signature, "demos": [demo]}),
+        "invalid_args",
+    )
+
+
+def test_cancel_of_its_own_id_is_refused(mock_worker: Any) -> None:
+    for own in ["self-cancel", 987654]:
+        response = mock_worker.request("cancel", {"request_id": own}, id=own)
+        error = assert_error(response, "invalid_args")
+        assert error["details"]["errors"][0]["field"] == "request_id"
+    # A cancel naming the same value under another type is another id.
+    assert mock_worker.call("cancel", {"request_id": "987655"}, id=987655) == {"cancelled": False}

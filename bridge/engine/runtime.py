@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -29,11 +31,14 @@ from dspy.utils.usage_tracker import UsageTracker
 from bridge.engine.mock import AsyncMockEngine, MockEngine
 from bridge.redaction import redactor
 from bridge.sessions import BreakerSettings, ModelUsage
+from protocol.codec import limit_problem
 from protocol.errors import BridgeError, ErrorType, invalid_field
 
 if TYPE_CHECKING:
     from bridge.programs import CheckedLm, SignatureSpec
 
+# Outputs sit 3 levels down in a reply (reply, result, outputs): 100 leaves room.
+OUTPUT_MAX_DEPTH = 100
 RAW_EXCERPT_CHARS = 500
 MESSAGE_CHARS = 1000
 DEFAULT_MEMORY_ENTRIES = 10_000
@@ -211,6 +216,50 @@ def provider_error(exc: Exception, model: str) -> BridgeError:
     )
 
 
+def invalid_output(model: str, field_name: str | None, problem: str) -> BridgeError:
+    where = "answer" if field_name is None else f"answer for {field_name!r}"
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: the LM's {where} cannot be sent back: it {problem}",
+        retryable=False,
+        details={"reason": "invalid_output", "field": field_name, "problem": problem,
+                 "model": model},
+    )
+
+
+def check_outputs(outputs: dict[str, Any], model: str) -> None:
+    """A hostile provider's answer never becomes a reply the host's decoder refuses."""
+    for name, value in outputs.items():
+        problem = limit_problem(value, OUTPUT_MAX_DEPTH)
+        if problem is not None:
+            raise invalid_output(model, name, problem[1])
+
+
+@functools.cache
+def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
+    """Names an input or demo field cannot have: the named parameters of every function
+    DSPy passes a program's fields through as keyword arguments (`self`, the callback
+    wrapper's `instance`, `Example`'s `base`, ...). Read from DSPy itself, so a parameter
+    added by an upgrade is refused too (tests/test_engine_runtime.py guards the known ones)."""
+    template = program_type.build(dspy.Signature("bridge_in -> bridge_out"))
+    functions: list[Any] = [dspy.Example.__init__]
+    owners = (template, *(predictor for _, predictor in template.named_predictors()))
+    for cls in {cls for owner in owners for cls in type(owner).__mro__}:  # super() calls too
+        for attribute in ("__call__", "acall", "forward", "aforward", "_forward_preprocess"):
+            function = cls.__dict__.get(attribute)
+            while function is not None:  # each layer of decorators has its own parameters
+                functions.append(function)
+                function = getattr(function, "__wrapped__", None)
+    named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(
+        parameter.name
+        for function in functions
+        for parameter in inspect.signature(function, follow_wrapped=False).parameters.values()
+        if parameter.kind in named
+    )
+
+
 def parse_error(exc: Any, model: str) -> BridgeError:
     raw = str(exc.lm_response or "")
     return BridgeError(
@@ -323,7 +372,12 @@ class Engine:
             fields[spec_field.name] = self._field(spec_field, dspy.InputField)
         for spec_field in spec.outputs:
             fields[spec_field.name] = self._field(spec_field, dspy.OutputField)
+        unusable = call_parameter_names(program_type)
         for name in fields:
+            if name in unusable:
+                raise invalid_field("signature", f"field name {name!r} cannot be used: DSPy "
+                                    "calls programs through functions with a parameter of "
+                                    "that name, so the field could never be passed")
             if name in program_type.extra_outputs:
                 raise invalid_field("signature", f"field name {name!r} is used by the "
                                     f"{program_type.name} program type itself")
@@ -427,9 +481,14 @@ class Engine:
                     prediction = await program.module.acall(**kwargs)
                 else:  # a module without an async path: a thread (the context goes with it)
                     prediction = await asyncio.to_thread(program.module, **kwargs)
-            return {name: to_wire(prediction.get(name)) for name in program.output_names}
+            outputs = {name: to_wire(prediction.get(name)) for name in program.output_names}
+            check_outputs(outputs, lm.model)
+            return outputs
         except dspy.AdapterParseError as exc:
             raise parse_error(exc, lm.model) from None
+        except RecursionError:
+            # An answer nested so deeply that parsing or converting it blew the stack.
+            raise invalid_output(lm.model, None, "is nested too deeply to parse") from None
         except dspy.LMError as exc:
             failed = True
             raise provider_error(exc, lm.model) from None
