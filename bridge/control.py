@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from bridge.commands import Args, CommandTable, RequestContext
+from bridge.redaction import book
 from bridge.stats import rss_bytes
 from protocol.errors import invalid_field
 
@@ -72,6 +73,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
             "read_pauses": worker.outbox_budget.pauses,
         },
         "observer_failures": stats.observer_failures,
+        "secrets_held": len(book),
         "logs": {
             "queued": worker.log_queue.queued if worker.log_queue else 0,
             "dropped": worker.log_queue.dropped if worker.log_queue else 0,

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from bridge.redaction import redactor
+from bridge.redaction import book, redact
 
 DEFAULT_MAX_QUEUED = 10_000
 
@@ -81,7 +81,7 @@ class QueueTextStream(io.TextIOBase):
 
 
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    return redactor.redact(dict(event_dict))
+    return redact(dict(event_dict), secrets=book.held())
 
 
 def route_std_streams(sink: LogQueue) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from protocol.codec import DEFAULT_MAX_ITEMS
 from protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
+DEFAULT_API_KEY_ENV_ALLOW = ("*_API_KEY",)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
@@ -27,6 +29,7 @@ class WorkerOptions:
     session_idle_ttl_s: float | None = None
     record: Path | None = None
     max_log_queue: int = 10_000
+    api_key_env_allow: tuple[str, ...] = DEFAULT_API_KEY_ENV_ALLOW
 
     def limits(self) -> dict[str, int]:
         """The byte and count bounds a host should know before sending (in `ready`)."""
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
     add(
+        "--api-key-env-allow",
+        action="append",
+        metavar="GLOB",
+        default=None,
+        help="environment variable names api_key_env may name (shell-style pattern, "
+        "repeatable; default *_API_KEY)",
+    )
+    add(
         "--max-log-queue",
         type=_positive_int,
         default=defaults.max_log_queue,
@@ -135,4 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(argv: list[str]) -> WorkerOptions:
     namespace = build_parser().parse_args(argv)
-    return WorkerOptions(**{f.name: getattr(namespace, f.name) for f in fields(WorkerOptions)})
+    values = {f.name: getattr(namespace, f.name) for f in fields(WorkerOptions)}
+    # Given at all, the list replaces the default (an operator may want no *_API_KEY).
+    values["api_key_env_allow"] = tuple(values["api_key_env_allow"] or DEFAULT_API_KEY_ENV_ALLOW)
+    return WorkerOptions(**values)

@@ -7,13 +7,14 @@ fast and a bad request is refused before any DSPy code sees it), then await the 
 
 from __future__ import annotations
 
+import fnmatch
 import keyword
 import math
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
@@ -21,7 +22,8 @@ import msgpack
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.commands import Args, CommandTable, RequestContext
-from bridge.redaction import REDACTED, is_secret_key, redactor
+from bridge.options import DEFAULT_API_KEY_ENV_ALLOW
+from bridge.redaction import REDACTED, redact, secret_values
 from bridge.sessions import BreakerSettings, ModelUsage, Session, merge_usage
 from protocol.envelope import validation_errors
 from protocol.errors import BridgeError, ErrorType, invalid_field, invalid_fields
@@ -153,70 +155,45 @@ class CheckedLm:
     breaker: BreakerSettings
 
     def public(self) -> dict[str, Any]:
-        """The config as replies show it: no secret values (the mock's options hold none)."""
-        data = self.config.model_dump(exclude_none=True)
+        """The config as replies show it: no secret values (the mock's options hold none,
+        but a key pasted into one of them is scrubbed like anywhere else in the config)."""
+        data = redact(self.config.model_dump(exclude_none=True), by_key=False,
+                      secrets=self.secrets)
         if self.api_key is not None and self.config.api_key_env is None:
             data["api_key"] = REDACTED
         if self.config.extra is not None and self.mock is None:
-            data["extra"] = redact_extra(self.config.extra)
+            data["extra"] = redact(data["extra"])
         return data
 
     def exportable(self) -> tuple[dict[str, Any], list[str]]:
         """The config for an export document, and the paths of the secrets left out."""
-        data = self.config.model_dump(exclude_none=True)
+        data = redact(self.config.model_dump(exclude_none=True), by_key=False,
+                      secrets=self.secrets)
         omitted = []
         if self.api_key is not None and self.config.api_key_env is None:
             omitted.append("lm.api_key")
         if self.config.extra is not None and self.mock is None:
-            data["extra"] = drop_secret_keys(self.config.extra, "lm.extra", omitted)
+            data["extra"] = redact(data["extra"], omitted=omitted, path="lm.extra")
         return data, omitted
 
-
-def redact_extra(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: REDACTED if is_secret_key(k) else redact_extra(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_extra(item) for item in value]
-    return value
-
-
-def drop_secret_keys(value: Any, path: str, dropped: list[str]) -> Any:
-    if isinstance(value, dict):
-        kept = {}
-        for key, item in value.items():
-            if is_secret_key(key):
-                dropped.append(f"{path}.{key}")
-            else:
-                kept[key] = drop_secret_keys(item, f"{path}.{key}", dropped)
-        return kept
-    if isinstance(value, list):
-        return [drop_secret_keys(item, f"{path}.{i}", dropped) for i, item in enumerate(value)]
-    return value
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The values to scrub from this LM's error text: its key, and (real providers
+        only: the mock's options are canned answers) secret values of `extra`."""
+        found = set() if self.mock is not None else secret_values(self.config.extra)
+        if self.api_key is not None:
+            found.add(self.api_key)
+        return frozenset(found)
 
 
-def register_secret_values(value: Any, *, under_secret_key: bool = False) -> None:
-    if isinstance(value, str) and under_secret_key:
-        redactor.register(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            register_secret_values(item, under_secret_key=under_secret_key or is_secret_key(key))
-    elif isinstance(value, list):
-        for item in value:
-            register_secret_values(item, under_secret_key=under_secret_key)
-
-
-def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
-    """Validate what pydantic cannot (cross-field rules, the mock's options), read the
-    key from the environment when asked, and register every secret for redaction."""
+def check_lm(config: LmConfig, prefix: str = "",
+             allowed_env: Sequence[str] = DEFAULT_API_KEY_ENV_ALLOW) -> CheckedLm:
+    """Validate what pydantic cannot (cross-field rules, the mock's options) and read the
+    key from the environment when asked, if the operator allows that variable. Nothing
+    is held as a secret here: the engine's LM object holds its secrets while it lives."""
     def at(name: str) -> str:
         return f"{prefix}.{name}" if prefix else name
 
-    if config.api_key is not None:
-        redactor.register(config.api_key)
-    # A provider's extra settings may carry credentials (headers, tokens); the mock's are
-    # canned answers, which must come back as given.
-    if config.extra is not None and not config.is_mock:
-        register_secret_values(config.extra)
     if config.is_mock:
         if not MOCK_PATTERN.match(config.model):
             raise invalid_field(at("model"), "a mock model is `mock` or `mock/<name>` "
@@ -228,13 +205,18 @@ def check_lm(config: LmConfig, prefix: str = "") -> CheckedLm:
         raise invalid_field(at("api_key_env"), "give either api_key or api_key_env, not both")
     api_key = config.api_key
     if config.api_key_env is not None:
+        if not any(fnmatch.fnmatchcase(config.api_key_env, glob) for glob in allowed_env):
+            raise invalid_field(
+                at("api_key_env"),
+                f"the worker's operator does not allow keys from {config.api_key_env}; "
+                f"allowed: {', '.join(allowed_env)} (--api-key-env-allow)",
+            )
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             raise invalid_field(
                 at("api_key_env"),
                 f"the environment variable {config.api_key_env} is not set in the worker",
             )
-        redactor.register(api_key)
     mock: MockOptions | None = None
     extra: dict[str, Any] = {}
     top_level = {name: getattr(config, name) for name in MOCK_OPTION_NAMES
@@ -505,6 +487,14 @@ async def engine_of(ctx: RequestContext) -> Engine:
     return cast("Engine", module.ENGINE)
 
 
+def check_optional_lm(
+    ctx: RequestContext, config: LmConfig | None, prefix: str
+) -> CheckedLm | None:
+    if config is None:
+        return None
+    return check_lm(config, prefix, ctx.worker.options.api_key_env_allow)
+
+
 def program_not_found(session_id: str, program_id: str) -> BridgeError:
     return BridgeError(
         ErrorType.NOT_FOUND,
@@ -552,7 +542,7 @@ def describe(program: ProgramHandle) -> dict[str, Any]:
 @table.command("configure_lm", ConfigureLmArgs)
 async def configure_lm(ctx: RequestContext, args: ConfigureLmArgs) -> dict[str, Any]:
     config = LmConfig.model_validate(args.model_dump(exclude={"session_id"}, exclude_none=True))
-    checked = check_lm(config)
+    checked = check_lm(config, allowed_env=ctx.worker.options.api_key_env_allow)
     engine = await engine_of(ctx)
     lm = await engine.lm(checked)
     store = ctx.worker.sessions
@@ -595,7 +585,7 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     spec = parse_signature(args.signature)
     if args.instructions is not None:
         spec = spec.model_copy(update={"instructions": args.instructions})
-    checked = check_lm(args.lm, "lm") if args.lm is not None else None
+    checked = check_optional_lm(ctx, args.lm, "lm")
     engine = await engine_of(ctx)
     program_type = engine.program_type(args.program_type)
     check_demos(spec, args.demos or [], program_type.extra_outputs)
@@ -691,7 +681,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
             details={"limit": "max_input_bytes", "max_input_bytes": limit, "size": size},
         )
     check_inputs(program.spec, args.inputs)
-    override = check_lm(args.lm, "lm") if args.lm is not None else None
+    override = check_optional_lm(ctx, args.lm, "lm")
     config = args.config.model_dump(exclude_none=True) if args.config else {}
     usage: dict[str, ModelUsage] = {}
 
@@ -810,7 +800,7 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     except ValidationError as exc:
         raise invalid_from(exc, "document") from None
     spec = parse_signature(document.signature, "document.signature")
-    checked = check_lm(document.lm, "document.lm") if document.lm is not None else None
+    checked = check_optional_lm(ctx, document.lm, "document.lm")
     engine = await engine_of(ctx)
     program_type = engine.program_type(document.program_type, "document.program_type")
     state = engine.check_state(spec, program_type, document.state)

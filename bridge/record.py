@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from bridge import __version__
 from bridge import transcript as tx
-from bridge.redaction import REDACTED, is_secret_key, redactor
+from bridge.redaction import REDACTED, book, is_secret_key, redact
 
 # Keys whose value differs from run to run, wherever they appear in a reply.
 VOLATILE_KEYS = frozenset(
@@ -237,7 +237,8 @@ class Recorder:
         known secret values are scrubbed too."""
         if stream.tell() > 0:
             stream.write("\n")
-        return cls(stream, worker_args, lambda value: redactor.redact(value, by_key=False))
+        return cls(stream, worker_args, lambda value: redact(value, by_key=False,
+                                                             secrets=book.held()))
 
     def incoming(self, message: dict[str, Any]) -> None:
         with self._lock:
@@ -245,7 +246,7 @@ class Recorder:
 
     def outgoing(self, message: dict[str, Any]) -> None:
         with self._lock:
-            self._write(self._core.outgoing(message))
+            self._write(self._core.outgoing(self._scrub(message)))
 
     def _write(self, lines: list[str]) -> None:
         try:

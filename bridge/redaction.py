@@ -1,9 +1,26 @@
-"""Keep secrets out of everything the worker emits: replies, events and log lines."""
+"""Keep secrets out of what the worker emits, without letting a tenant rewrite anything.
+
+Two mechanisms, one walker (`redact`):
+- by key: a value under a secret-looking key (`api_key`, `authorization`, `*token*`, ...)
+  becomes `<redacted>` (log lines, LM settings shown in replies) or is left out (exports);
+- by value: the secrets the worker holds are scrubbed from *text that can carry them* —
+  provider error messages and raw output, tracebacks, log lines, recordings — never from
+  protocol fields (ids, error types, event names, keys), so a tenant that picks a common
+  word as its "key" cannot alter another tenant's frames.
+
+A secret is held while an LM object that uses it is alive (`SecretBook.hold` ties the
+values to the object's lifetime), so a replaced LM, a deleted program, an ended session
+or a rejected `configure_lm` leaves nothing behind.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import weakref
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "<redacted>"
@@ -18,50 +35,123 @@ NOT_SECRET_KEYS = frozenset(
         "max_tokens",
         "tokens",
         "secrets_omitted",
+        "secrets_held",
     }
 )
-
-
-class Redactor:
-    """Redacts values under secret-looking keys and every known secret value in strings."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._lock = threading.Lock()
-
-    def register(self, secret: str) -> None:
-        if len(secret) >= 4:
-            with self._lock:
-                self._secrets = self._secrets | {secret}
-
-    def redact(self, value: Any, *, by_key: bool = True) -> Any:
-        """Known secrets replaced in every string; with `by_key`, also every value held
-        under a secret-looking key (for logs; replies keep their keys' values, since an
-        output field may well be called `token`)."""
-        if not by_key and not self._secrets:
-            return value
-        return self._walk(value, self._secrets, by_key)
-
-    def _walk(self, value: Any, secrets: set[str], by_key: bool) -> Any:
-        if isinstance(value, str):
-            for secret in secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {
-                key: REDACTED
-                if by_key and is_secret_key(key) and value[key] is not None
-                else self._walk(value[key], secrets, by_key)
-                for key in value
-            }
-        if isinstance(value, list | tuple):
-            return [self._walk(item, secrets, by_key) for item in value]
-        return value
+# Shorter values are not scrubbed: they would garble text without protecting anything.
+MIN_SECRET_CHARS = 4
+# `Bearer <token>`, `Basic <credentials>`: the credential alone is a secret too.
+AUTH_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\s+(\S+)\s*$")
 
 
 def is_secret_key(key: object) -> bool:
     return isinstance(key, str) and key not in NOT_SECRET_KEYS and bool(SECRET_KEY.search(key))
 
 
-redactor = Redactor()
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by `<redacted>` (longest first, so a secret that
+    contains another is replaced whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact(
+    value: Any,
+    *,
+    by_key: bool = True,
+    secrets: Iterable[str] = (),
+    omitted: list[str] | None = None,
+    path: str = "",
+) -> Any:
+    """The one secret walker. Strings are scrubbed of `secrets`; with `by_key`, values
+    under secret-looking keys become `<redacted>` — or, when `omitted` is given, are left
+    out and their dotted paths appended to it."""
+    known = tuple(secrets)
+    return _walk(value, by_key, known, omitted, path)
+
+
+def _walk(
+    value: Any, by_key: bool, secrets: tuple[str, ...], omitted: list[str] | None, path: str
+) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets) if secrets else value
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if by_key and is_secret_key(key) and item is not None:
+                if omitted is None:
+                    out[key] = REDACTED
+                else:
+                    omitted.append(where)
+            else:
+                out[key] = _walk(item, by_key, secrets, omitted, where)
+        return out
+    if isinstance(value, list | tuple):
+        return [
+            _walk(item, by_key, secrets, omitted, f"{path}.{index}")
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def secret_values(value: Any, *, under_secret_key: bool = False) -> set[str]:
+    """The strings of `value` held under secret-looking keys, and the credential part of
+    those that are `<scheme> <credential>` (an Authorization header's bearer token)."""
+    found: set[str] = set()
+    stack: list[tuple[Any, bool]] = [(value, under_secret_key)]
+    while stack:
+        item, secret = stack.pop()
+        if isinstance(item, str) and secret:
+            found.add(item)
+            scheme = AUTH_SCHEME.match(item)
+            if scheme:
+                found.add(scheme.group(1))
+        elif isinstance(item, dict):
+            stack.extend((child, secret or is_secret_key(key)) for key, child in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, secret) for child in item)
+    return {text for text in found if len(text) >= MIN_SECRET_CHARS}
+
+
+class SecretBook:
+    """The secrets the worker holds now: those of live LM objects, and the operator's own
+    (values of the worker's secret-looking environment variables)."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._snapshot: frozenset[str] = frozenset()
+        self.operator = frozenset(
+            text
+            for name, text in (os.environ if environ is None else environ).items()
+            if is_secret_key(name) and len(text) >= MIN_SECRET_CHARS
+        )
+
+    def hold(self, owner: object, values: Iterable[str]) -> None:
+        """Hold `values` for as long as `owner` lives."""
+        held = tuple(text for text in values if len(text) >= MIN_SECRET_CHARS)
+        if not held:
+            return
+        with self._lock:
+            self._counts.update(held)
+            self._snapshot = frozenset(self._counts)
+        weakref.finalize(owner, self._release, held)
+
+    def _release(self, values: tuple[str, ...]) -> None:
+        with self._lock:
+            self._counts.subtract(values)
+            self._counts = +self._counts  # drop the ones no owner holds any more
+            self._snapshot = frozenset(self._counts)
+
+    def held(self) -> frozenset[str]:
+        """Every secret to scrub from logs, tracebacks and recordings."""
+        return self._snapshot | self.operator
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+
+book = SecretBook()

@@ -28,7 +28,7 @@ from bridge.engine_loader import EngineLoader
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
 from bridge.outbox import OutboxBudget
-from bridge.redaction import redactor
+from bridge.redaction import book, scrub
 from bridge.sessions import SessionStore
 from bridge.startup import held_signals
 from bridge.stats import Stats
@@ -300,7 +300,6 @@ class Worker:
         self._send(event(name, **fields))
 
     def _send(self, message: dict[str, Any]) -> None:
-        message = redactor.redact(message, by_key=False)
         try:
             frame = self._connection.encode(message)
             problem = self._outgoing_problem(message, frame)
@@ -527,5 +526,5 @@ def _internal(log: Any, request: Request) -> BridgeError:
     return BridgeError(
         ErrorType.INTERNAL,
         f"{request.command} failed inside the worker",
-        traceback=redactor.redact(traceback.format_exc(), by_key=False),
+        traceback=scrub(traceback.format_exc(), book.held()),
     )

@@ -10,7 +10,7 @@ from tests.conftest import WorkerProcess
 # Given to workers by value in the engine tests; it must never come back out.
 TEST_API_KEY = "sk-test-bridge-7f3c91d2e8a4-never-leak"
 ENV_API_KEY = "sk-env-bridge-51ab77c0d9-never-leak"
-ENV_KEY_NAME = "BRIDGE_TEST_PROVIDER_KEY"
+ENV_KEY_NAME = "BRIDGE_TEST_PROVIDER_API_KEY"
 SECRETS = (TEST_API_KEY, ENV_API_KEY)
 
 

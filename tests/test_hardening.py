@@ -386,3 +386,118 @@ def test_cancel_of_its_own_id_is_refused(mock_worker: Any) -> None:
         assert error["details"]["errors"][0]["field"] == "request_id"
     # A cancel naming the same value under another type is another id.
     assert mock_worker.call("cancel", {"request_id": "987655"}, id=987655) == {"cancelled": False}
+
+
+# ----- redaction cannot be turned against other tenants, and never leaks a fragment -----
+
+PROTOCOL_WORDS = ["invalid", "req-", "prog_", "default", "not_found", "session", "ready",
+                  "result", "success", "error", "true"]
+
+
+def test_a_tenants_key_never_rewrites_another_tenants_frames(spawn: Any) -> None:
+    worker = spawn("--session-idle-ttl-s", "0.2")
+    for index, word in enumerate(PROTOCOL_WORDS):  # tenant A's "keys" are protocol words
+        worker.call("configure_lm", {"session_id": f"attacker{index}", "model": "mock",
+                                     "api_key": word})
+    reply = worker.request("create_program", {"session_id": "victim", "program_id": "prog_9",
+                                              "signature": "q -> a"}, id="req-1")
+    assert reply["id"] == "req-1"
+    assert reply["result"]["program_id"] == "prog_9"
+    assert reply["result"]["session_id"] == "victim"
+    error = worker.request("get_program", {"session_id": "victim", "program_id": "nope"},
+                           id="req-2")["error"]
+    assert error["type"] == "not_found"
+    assert error["details"] == {"session_id": "victim", "program_id": "nope"}
+    invalid = worker.request("execute_program", {"session_id": "victim",
+                                                 "program_id": "prog_9"}, id="req-3")
+    assert invalid["error"]["type"] == "invalid_args"
+    assert invalid["error"]["details"]["errors"][0] == {
+        "field": "inputs.q", "message": "missing input field"}
+    evicted = worker.next_event("session_evicted")
+    assert evicted["event"] == "session_evicted" and evicted["reason"] == "idle"
+    assert "<redacted>" not in repr(worker.call("list_sessions"))
+
+
+def test_secrets_are_held_only_while_an_lm_uses_them(spawn: Any) -> None:
+    worker = spawn()
+    for index in range(300):  # rejected: the temperature is out of range
+        assert_error(worker.request("configure_lm", {"model": "mock", "temperature": 9,
+                                                     "api_key": f"sk-rejected-{index:06d}"}),
+                     "invalid_args")
+        assert_error(worker.request("create_program", {
+            "signature": "q -> a", "program_type": "nope",
+            "lm": {"model": "mock", "api_key": f"sk-rejected-p{index:06d}"}}), "invalid_args")
+    assert worker.call("get_stats")["secrets_held"] == 0
+    worker.call("configure_lm", {"session_id": "a", "model": "mock", "api_key": "sk-a-111111"})
+    worker.call("create_program", {"session_id": "a", "signature": "q -> x", "program_id": "p",
+                                   "lm": {"model": "mock", "api_key": "sk-p-222222"}})
+    assert worker.call("get_stats")["secrets_held"] == 2
+    worker.call("configure_lm", {"session_id": "a", "model": "mock"})  # the key replaced
+    assert worker.call("get_stats")["secrets_held"] == 1
+    worker.call("end_session", {"session_id": "a"})
+    assert worker.call("get_stats")["secrets_held"] == 0
+
+
+KEY = "sk-fragment-test-0123456789abcdef"
+
+
+def fragments(secret: str, size: int = 8) -> list[str]:
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+@pytest.mark.parametrize("offset", [985, 990, 995, 999])
+def test_a_key_cut_by_truncation_leaves_no_fragment(spawn: Any, offset: int) -> None:
+    worker = spawn()
+    message = "m" * offset + KEY + " tail"
+    raw = "r" * (offset // 2) + KEY
+    worker.call("configure_lm", {"session_id": "t", "model": "mock", "api_key": KEY,
+                                 "num_retries": 0, "extra": {"fail": {"error": "auth",
+                                                                      "message": message}}})
+    worker.call("create_program", {"session_id": "t", "program_id": "p", "signature": "q -> a"})
+    worker.call("create_program", {
+        "session_id": "t", "program_id": "raw", "signature": "q -> a: int",
+        "lm": {"model": "mock/raw", "api_key": KEY, "extra": {"default": {"__raw__": raw}}}})
+    failed = worker.request("execute_program", {"session_id": "t", "program_id": "p",
+                                                "inputs": {"q": "x"}})
+    unparsed = worker.request("execute_program", {"session_id": "t", "program_id": "raw",
+                                                  "inputs": {"q": "x"}})
+    assert_error(failed, "lm_error")
+    assert assert_error(unparsed, "lm_error")["details"]["reason"] == "unparseable_answer"
+    worker.close()
+    text = repr([failed, unparsed]) + worker.stderr_text()
+    leaked = [piece for piece in fragments(KEY) if piece in text]
+    assert leaked == []
+
+
+def test_a_bearer_token_in_headers_is_scrubbed_from_provider_errors(spawn: Any) -> None:
+    from tests.fake_openai_server import fake_openai
+
+    token = "tok-bearer-5f2e9a7c1d3b"
+    with fake_openai() as server:
+        server.fail_next(1, 401, f"invalid credentials: {token}")
+        worker = spawn()
+        worker.call("configure_lm", {
+            "model": "openai/test-model", "api_base": server.base_url, "api_key": "sk-unused-1",
+            "num_retries": 0, "extra": {"headers": {"Authorization": f"Bearer {token}"}}})
+        worker.call("create_program", {"program_id": "p", "signature": "q -> a"})
+        response = worker.request("execute_program", {"program_id": "p", "inputs": {"q": "x"}},
+                                  timeout=60)
+        error = assert_error(response, "lm_error")
+        worker.close()
+    assert token not in repr(response) + worker.stderr_text()
+    assert "<redacted>" in error["message"]
+
+
+def test_api_key_env_names_only_what_the_operator_allows(spawn: Any) -> None:
+    secret_env = {"AWS_SECRET_ACCESS_KEY": "aws-secret-value-1", "ACME_API_KEY": "sk-acme-1234",
+                  "OTHER_TOKEN": "tok-other-5678"}
+    worker = spawn(env=secret_env)
+    error = assert_error(worker.request("configure_lm", {
+        "model": "openai/x", "api_key_env": "AWS_SECRET_ACCESS_KEY"}), "invalid_args")
+    assert error["details"]["errors"][0]["field"] == "api_key_env"
+    assert worker.call("configure_lm", {"model": "openai/x", "api_key_env": "ACME_API_KEY"})
+    narrowed = spawn("--api-key-env-allow", "OTHER_*", env=secret_env)
+    assert_error(narrowed.request("configure_lm", {"model": "openai/x",
+                                                   "api_key_env": "ACME_API_KEY"}),
+                 "invalid_args")
+    assert narrowed.call("configure_lm", {"model": "openai/x", "api_key_env": "OTHER_TOKEN"})

@@ -29,7 +29,7 @@ from dspy.utils.caching import default_cache_dir
 from dspy.utils.usage_tracker import UsageTracker
 
 from bridge.engine.mock import AsyncMockEngine, MockEngine
-from bridge.redaction import redactor
+from bridge.redaction import book, scrub
 from bridge.sessions import BreakerSettings, ModelUsage
 from protocol.codec import limit_problem
 from protocol.errors import BridgeError, ErrorType, invalid_field
@@ -181,7 +181,9 @@ def fingerprint(checked: CheckedLm) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def truncate(text: str, limit: int) -> str:
+def truncate(text: str, limit: int, secrets: frozenset[str] = frozenset()) -> str:
+    """Scrubbed first, then cut: a secret cut at the limit must not leave a fragment."""
+    text = scrub(text, secrets | book.operator)
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
@@ -190,7 +192,7 @@ def _class_path(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def provider_error(exc: Exception, model: str) -> BridgeError:
+def provider_error(exc: Exception, model: str, secrets: frozenset[str]) -> BridgeError:
     chain: list[str] = []
     cause: BaseException | None = exc.__cause__
     while cause is not None and len(chain) < 5:
@@ -200,7 +202,7 @@ def provider_error(exc: Exception, model: str) -> BridgeError:
     text = getattr(exc, "message", "") or str(exc)
     return BridgeError(
         ErrorType.LM_ERROR,
-        f"{model}: {type(exc).__name__}: {truncate(text, MESSAGE_CHARS)}",
+        f"{model}: {type(exc).__name__}: {truncate(text, MESSAGE_CHARS, secrets)}",
         retryable=retryable,
         details={
             "reason": "provider_error",
@@ -260,7 +262,7 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
     )
 
 
-def parse_error(exc: Any, model: str) -> BridgeError:
+def parse_error(exc: Any, model: str, secrets: frozenset[str]) -> BridgeError:
     raw = str(exc.lm_response or "")
     return BridgeError(
         ErrorType.LM_ERROR,
@@ -271,7 +273,7 @@ def parse_error(exc: Any, model: str) -> BridgeError:
             "error_class": type(exc).__name__,
             "adapter": exc.adapter_name,
             "expected_fields": list(exc.signature.output_fields),
-            "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS),
+            "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS, secrets),
             "raw_length": len(raw),
             "model": model,
         },
@@ -353,9 +355,11 @@ class Engine:
                              **common, **client, **extra)
         except (ValueError, TypeError, dspy.LMError) as exc:
             raise invalid_field(
-                field_name, f"DSPy refused this LM: {truncate(str(exc), 500)}"
+                field_name, f"DSPy refused this LM: {truncate(str(exc), 500, checked.secrets)}"
             ) from None
-        return LmHandle(checked, lm, fingerprint(checked))
+        handle = LmHandle(checked, lm, fingerprint(checked))
+        book.hold(handle, checked.secrets)  # for as long as the handle is in use
+        return handle
 
     # ----- programs -----
 
@@ -485,13 +489,13 @@ class Engine:
             check_outputs(outputs, lm.model)
             return outputs
         except dspy.AdapterParseError as exc:
-            raise parse_error(exc, lm.model) from None
+            raise parse_error(exc, lm.model, lm.checked.secrets) from None
         except RecursionError:
             # An answer nested so deeply that parsing or converting it blew the stack.
             raise invalid_output(lm.model, None, "is nested too deeply to parse") from None
         except dspy.LMError as exc:
             failed = True
-            raise provider_error(exc, lm.model) from None
+            raise provider_error(exc, lm.model, lm.checked.secrets) from None
         finally:
             SCOPE.reset(token)
             record(self._usage(scope, tracker, lm.model, failed))
@@ -557,7 +561,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        scrubbed = redactor.redact(message, by_key=False)
+        scrubbed = scrub(message, book.held())
         if scrubbed != message:
             record.msg, record.args = scrubbed, None
         return True
