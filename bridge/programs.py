@@ -157,8 +157,8 @@ class CheckedLm:
     def public(self) -> dict[str, Any]:
         """The config as replies show it: no secret values (the mock's options hold none,
         but a key pasted into one of them is scrubbed like anywhere else in the config)."""
-        data = redact(self.config.model_dump(exclude_none=True), by_key=False,
-                      secrets=self.secrets)
+        data: dict[str, Any] = redact(self.config.model_dump(exclude_none=True), by_key=False,
+                                      secrets=self.secrets)
         if self.api_key is not None and self.config.api_key_env is None:
             data["api_key"] = REDACTED
         if self.config.extra is not None and self.mock is None:

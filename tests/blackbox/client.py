@@ -147,6 +147,8 @@ class Worker:
         self.violations: list[str] = []
         self.stderr_lines: list[bytes] = []
         self.eof = False
+        self.sent_ids: set[Any] = set()
+        self.stray: list[dict[str, Any]] = []  # replies carrying an id never sent
         self.limits = {"max_frame_bytes": 64 << 20, "max_frame_items": 1_000_000}
         self.ready: dict[str, Any] | None = None
         self._write_lock = threading.Lock()
@@ -235,7 +237,12 @@ class Worker:
                         self.nil_replies.append(value)
                     else:
                         try:
-                            self.replies[id_key(value["id"])].append(value)
+                            k = id_key(value["id"])
+                            self.replies[k].append(value)
+                            if k not in self.sent_ids:
+                                self.stray.append(value)
+                                self.violations.append(
+                                    f"reply with an id never sent: {value!r:.300}")
                         except TypeError:
                             self.violations.append(f"unhashable reply id: {value!r:.200}")
                     self._check_reply_shape(value)
@@ -269,10 +276,30 @@ class Worker:
 
     def stderr_text(self) -> str:
         with self.cond:
-            return b"".join(self.stderr_lines[-40:]).decode("utf-8", "replace")
+            tail = self.stderr_lines[-8:]
+        return "".join(line[:300].decode("utf-8", "replace").rstrip("\n") + "\n"
+                       for line in tail)
 
     # ---------------------------------------------------------------- writing
-    def send_payload(self, payload: bytes) -> None:
+    def register_id(self, rid: Any) -> None:
+        try:
+            with self.cond:
+                self.sent_ids.add(id_key(rid))
+        except TypeError:
+            pass
+
+    def send_payload(self, payload: bytes, rid: Any = None, known: bool = False) -> None:
+        """Send one frame. The request id is registered (so a reply under an id never sent
+        is caught): given as `rid`, or decoded from the payload when not `known`."""
+        if known:
+            self.register_id(rid)
+        elif len(payload) < (4 << 20):
+            try:
+                v = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                if isinstance(v, dict) and "id" in v:
+                    self.register_id(v["id"])
+            except Exception:  # noqa: BLE001 - undecodable frames carry no usable id
+                pass
         self.send_bytes(frame(payload))
 
     def send_bytes(self, data: bytes) -> None:
@@ -287,7 +314,8 @@ class Worker:
                              f"stderr tail:\n{self.stderr_text()}") from exc
 
     def send(self, msg: Any, **packkw: Any) -> None:
-        self.send_payload(pack(msg, **packkw))
+        rid = msg.get("id") if isinstance(msg, dict) else None
+        self.send_payload(pack(msg, **packkw), rid, known=isinstance(msg, dict))
 
     def new_id(self, prefix: str = "bb") -> str:
         return f"{prefix}-{next(self._ids)}"
@@ -301,8 +329,9 @@ class Worker:
             msg["args"] = {} if args is None else args
         if timeout_ms is not None:
             msg["timeout_ms"] = timeout_ms
+        before = self.reply_count(rid)
         self.send(msg)
-        return self.wait_reply(rid, timeout=timeout)
+        return self.wait_reply(rid, timeout=timeout, n=before + 1)
 
     def ok(self, command: str, args: Any = None, **kw: Any) -> Any:
         r = self.request(command, args, **kw)
@@ -337,10 +366,18 @@ class Worker:
 
     def wait_reply(self, rid: Any, timeout: float = DEFAULT_TIMEOUT, n: int = 1) -> Any:
         k = id_key(rid)
+        with self.cond:
+            strays = len(self.stray)
 
         def pred() -> Any:
             got = self.replies.get(k, [])
-            return got[n - 1] if len(got) >= n else None
+            if len(got) >= n:
+                return got[n - 1]
+            if len(self.stray) > strays:
+                raise AssertionError(
+                    f"waiting for the reply to id {rid!r:.80}, a reply came back under an "
+                    f"id never sent: {self.stray[-1]!r:.400}")
+            return None
 
         return self._wait(pred, f"reply to id {rid!r:.80}", timeout)
 
@@ -429,6 +466,32 @@ class Worker:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class LazyWorker:
+    """A shared worker started inside the first test that asks for it, so a worker that
+    refuses its flags shows up as those tests failing (not as fixture errors)."""
+
+    def __init__(self, *flags: str, **kw: Any) -> None:
+        self.flags, self.kw = flags, kw
+        self.worker: Worker | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self) -> Worker:
+        if self.error is not None:
+            raise AssertionError(f"worker with flags {self.flags} did not start: "
+                                 f"{self.error}")
+        if self.worker is None:
+            try:
+                self.worker = Worker(*self.flags, **self.kw)
+            except BaseException as exc:
+                self.error = exc
+                raise
+        return self.worker
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
 
 
 def mock_session(w: Worker, session: str, answer: Any = "mock answer", **lm: Any) -> Any:
