@@ -21,8 +21,14 @@ EngineState = Literal["loading", "ready", "failed"]
 
 
 class EngineLoader:
-    def __init__(self, module_name: str, on_failed: Callable[[BridgeError], None]) -> None:
+    def __init__(
+        self,
+        module_name: str,
+        on_loaded: Callable[[ModuleType], None],
+        on_failed: Callable[[BridgeError], None],
+    ) -> None:
         self._module_name = module_name
+        self._on_loaded = on_loaded
         self._on_failed = on_failed
         self._module: ModuleType | None = None
         self._error: BridgeError | None = None
@@ -43,6 +49,11 @@ class EngineLoader:
             loop.call_soon_threadsafe(self._settle, module, None)
 
     def _settle(self, module: ModuleType | None, exc: BaseException | None) -> None:
+        if module is not None:
+            try:
+                self._on_loaded(module)
+            except Exception as start_failure:  # noqa: BLE001 - a failed start is a failed load
+                module, exc = None, start_failure
         if exc is not None:
             self._error = BridgeError(
                 ErrorType.ENGINE_UNAVAILABLE,

@@ -13,6 +13,16 @@ DEFAULT_API_KEY_ENV_ALLOW = ("*_API_KEY",)
 
 
 @dataclass(frozen=True, slots=True)
+class CacheLimits:
+    """What the operator lets callers of configure_cache ask for (worker flags)."""
+
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    disk_root: str | None = None
+    max_disk_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerOptions:
     max_in_flight: int = 256
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -26,10 +36,24 @@ class WorkerOptions:
     max_sessions: int = 10_000
     max_programs_per_session: int = 1_000
     max_input_bytes: int = 1024 * 1024
+    max_session_bytes: int = 16 * 1024 * 1024
+    max_stored_bytes: int = 512 * 1024 * 1024
+    max_cache_entries: int = 10_000
+    max_cache_bytes: int = 256 * 1024 * 1024
+    disk_cache_root: Path | None = None
+    max_disk_cache_bytes: int = 1024 * 1024 * 1024
     session_idle_ttl_s: float | None = None
     record: Path | None = None
     max_log_queue: int = 10_000
     api_key_env_allow: tuple[str, ...] = DEFAULT_API_KEY_ENV_ALLOW
+
+    def cache_limits(self) -> CacheLimits:
+        return CacheLimits(
+            self.max_cache_entries,
+            self.max_cache_bytes,
+            None if self.disk_cache_root is None else str(self.disk_cache_root),
+            self.max_disk_cache_bytes,
+        )
 
     def limits(self) -> dict[str, int]:
         """The byte and count bounds a host should know before sending (in `ready`)."""
@@ -119,6 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=defaults.max_input_bytes,
         help="largest msgpack size of one execute_program's inputs",
+    )
+    add(
+        "--max-session-bytes",
+        type=_positive_int,
+        default=defaults.max_session_bytes,
+        help="msgpack bytes one session may store (its LM config, programs, demos)",
+    )
+    add(
+        "--max-stored-bytes",
+        type=_positive_int,
+        default=defaults.max_stored_bytes,
+        help="msgpack bytes all sessions may store together",
+    )
+    add(
+        "--max-cache-entries",
+        type=_positive_int,
+        default=defaults.max_cache_entries,
+        help="the most answers the memory cache may hold (what configure_cache may set)",
+    )
+    add(
+        "--max-cache-bytes",
+        type=_positive_int,
+        default=defaults.max_cache_bytes,
+        help="the most bytes of answers the memory cache holds",
+    )
+    add(
+        "--disk-cache-root",
+        type=Path,
+        default=None,
+        help="the directory disk caches may live in (default: no disk cache)",
+    )
+    add(
+        "--max-disk-cache-bytes",
+        type=_positive_int,
+        default=defaults.max_disk_cache_bytes,
+        help="the largest disk cache configure_cache may ask for (and its default)",
     )
     add(
         "--session-idle-ttl-s",

@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-import msgpack
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.commands import Args, CommandTable, RequestContext
 from bridge.options import DEFAULT_API_KEY_ENV_ALLOW
 from bridge.redaction import REDACTED, redact, secret_values
 from bridge.sessions import BreakerSettings, ModelUsage, Session, merge_usage
+from protocol import codec
 from protocol.envelope import validation_errors
 from protocol.errors import BridgeError, ErrorType, invalid_field, invalid_fields
 
@@ -175,6 +175,12 @@ class CheckedLm:
         if self.config.extra is not None and self.mock is None:
             data["extra"] = redact(data["extra"], omitted=omitted, path="lm.extra")
         return data, omitted
+
+    @property
+    def stored_bytes(self) -> int:
+        """What keeping this LM costs its session, in msgpack bytes (mock answers count)."""
+        return len(codec.pack(self.config.model_dump(exclude_none=True))) + len(
+            self.api_key or "")
 
     @property
     def secrets(self) -> frozenset[str]:
@@ -546,12 +552,9 @@ async def configure_lm(ctx: RequestContext, args: ConfigureLmArgs) -> dict[str, 
     engine = await engine_of(ctx)
     lm = await engine.lm(checked)
     store = ctx.worker.sessions
-    if args.session_id is None:
-        store.default_lm = lm
-        scope = "worker"
-    else:
-        store.get_or_create(args.session_id).lm = lm
-        scope = "session"
+    session = None if args.session_id is None else store.get_or_create(args.session_id)
+    store.set_lm(session, lm)
+    scope = "worker" if session is None else "session"
     return {"scope": scope, "session_id": args.session_id, "lm": checked.public()}
 
 
@@ -600,12 +603,11 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
             f"session {session.session_id!r} already has a program {args.program_id!r}",
             details={"session_id": session.session_id, "program_id": args.program_id},
         )
-    store.check_program_room(session)
     program_id = args.program_id or new_program_id(session)
     program = engine.build_program(
         program_id, session.session_id, spec, program_type.name, lm, args.demos or [], None
     )
-    session.programs[program_id] = program
+    store.add_program(session, program)
     return created_reply(program_id, session.session_id, program.program_type, spec)
 
 
@@ -638,9 +640,9 @@ async def list_programs(ctx: RequestContext, args: SessionRef) -> dict[str, Any]
 @table.command("delete_program", ProgramRef)
 async def delete_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any]:
     program = find_program(ctx, args.session_id, args.program_id)
-    session = ctx.worker.sessions.require(args.session_id)
-    del session.programs[program.program_id]
-    return {"deleted": True, "session_id": session.session_id, "program_id": program.program_id}
+    store = ctx.worker.sessions
+    store.remove_program(store.require(args.session_id), program.program_id)
+    return {"deleted": True, "session_id": program.session_id, "program_id": program.program_id}
 
 
 # ===== execute_program =====
@@ -673,7 +675,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
     program = find_program(ctx, args.session_id, args.program_id)
     session = store.require(args.session_id)
     limit = ctx.worker.options.max_input_bytes
-    size = len(msgpack.packb(args.inputs, use_bin_type=True))
+    size = len(codec.pack(args.inputs))
     if size > limit:
         raise BridgeError(
             ErrorType.LIMIT_EXCEEDED,
@@ -815,10 +817,9 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
             f"session {session.session_id!r} already has a program {program_id!r}",
             details={"session_id": session.session_id, "program_id": program_id},
         )
-    store.check_program_room(session)
     program = engine.build_program(program_id, session.session_id, spec, program_type.name, lm,
                                    [], state)
-    session.programs[program_id] = program
+    store.add_program(session, program)
     return created_reply(program_id, session.session_id, program.program_type, spec)
 
 
@@ -853,7 +854,8 @@ class ConfigureCacheArgs(Args):
     enable_memory: bool | None = None
     enable_disk: bool | None = None
     disk_dir: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
-    memory_max_entries: Annotated[int, Field(gt=0, le=100_000_000)] | None = None
+    memory_max_entries: Annotated[int, Field(gt=0)] | None = None
+    memory_max_bytes: Annotated[int, Field(gt=0)] | None = None
     disk_size_limit_bytes: Annotated[int, Field(gt=0)] | None = None
 
 

@@ -32,6 +32,19 @@ class LmLike(Protocol):
     @property
     def fingerprint(self) -> str: ...
 
+    @property
+    def stored_bytes(self) -> int: ...
+
+
+class ProgramLike(Protocol):
+    """What the store needs of an engine program handle."""
+
+    @property
+    def program_id(self) -> str: ...
+
+    @property
+    def stored_bytes(self) -> int: ...
+
 
 # ----- usage -----
 
@@ -221,6 +234,8 @@ class Session:
     last_used: float = field(default_factory=time.time)
     last_used_monotonic: float = field(default_factory=time.monotonic)
     busy: int = 0
+    # msgpack bytes of what the session stores: its LM config and its programs.
+    stored_bytes: int = 0
 
     def touch(self) -> None:
         self.last_used = time.time()
@@ -235,6 +250,7 @@ class Session:
             "last_used": self.last_used,
             "idle_s": round(time.monotonic() - self.last_used_monotonic, 3),
             "in_flight": self.busy,
+            "stored_bytes": self.stored_bytes,
         }
 
 
@@ -248,6 +264,7 @@ class SessionStore:
         self.default_lm: Any = None
         self.breakers = BreakerRegistry()
         self.evicted = 0
+        self.stored_bytes = 0  # every session's, and the default LM's
         self._sweeper: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -286,8 +303,65 @@ class SessionStore:
 
     def end(self, session_id: str | None) -> Session:
         session = self.require(session_id)
-        del self.sessions[session.session_id]
+        self._drop(session)
         return session
+
+    def _drop(self, session: Session) -> None:
+        del self.sessions[session.session_id]
+        self.stored_bytes -= session.stored_bytes
+
+    # ----- what sessions store, bounded in bytes -----
+
+    def check_room(self, session: Session | None, added: int, removed: int = 0) -> None:
+        """Raise limit_exceeded if storing `added` bytes (in place of `removed`) would take
+        the session or the worker past its byte limit."""
+        growth = added - removed
+        if session is not None and session.stored_bytes + growth > self.options.max_session_bytes:
+            limit = self.options.max_session_bytes
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"session {session.session_id!r} would store {session.stored_bytes + growth} "
+                f"bytes, over the limit of {limit}",
+                retryable=False,
+                details={"limit": "max_session_bytes", "max_session_bytes": limit,
+                         "session_id": session.session_id, "stored_bytes": session.stored_bytes,
+                         "size": added},
+            )
+        if self.stored_bytes + growth > self.options.max_stored_bytes:
+            limit = self.options.max_stored_bytes
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"the worker's sessions would store {self.stored_bytes + growth} bytes, over "
+                f"the limit of {limit}",
+                details={"limit": "max_stored_bytes", "max_stored_bytes": limit,
+                         "stored_bytes": self.stored_bytes, "size": added},
+            )
+
+    def set_lm(self, session: Session | None, lm: LmLike | None) -> None:
+        """Make `lm` the session's LM (or, without a session, the worker default)."""
+        old = session.lm if session is not None else self.default_lm
+        removed = 0 if old is None else old.stored_bytes
+        added = 0 if lm is None else lm.stored_bytes
+        self.check_room(session, added, removed)
+        if session is None:
+            self.default_lm = lm
+        else:
+            session.lm = lm
+            session.stored_bytes += added - removed
+        self.stored_bytes += added - removed
+
+    def add_program(self, session: Session, program: ProgramLike) -> None:
+        """Store a program whose id the caller checked is free (no await in between)."""
+        self.check_program_room(session)
+        self.check_room(session, program.stored_bytes)
+        session.programs[program.program_id] = program
+        session.stored_bytes += program.stored_bytes
+        self.stored_bytes += program.stored_bytes
+
+    def remove_program(self, session: Session, program_id: str) -> None:
+        program = session.programs.pop(program_id)
+        session.stored_bytes -= program.stored_bytes
+        self.stored_bytes -= program.stored_bytes
 
     @contextmanager
     def using(self, session: Session) -> Iterator[Session]:
@@ -320,6 +394,7 @@ class SessionStore:
             "sessions": len(self.sessions),
             "programs": sum(len(s.programs) for s in self.sessions.values()),
             "sessions_evicted": self.evicted,
+            "stored_bytes": self.stored_bytes,
             "default_lm": None if self.default_lm is None else self.default_lm.model,
             "circuit_breakers": self.breakers.to_wire(),
         }
@@ -349,7 +424,7 @@ class SessionStore:
         for session in list(self.sessions.values()):
             idle = now - session.last_used_monotonic
             if session.busy == 0 and idle >= ttl:
-                del self.sessions[session.session_id]
+                self._drop(session)
                 self.evicted += 1
                 self._emit(
                     "session_evicted",

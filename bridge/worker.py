@@ -100,7 +100,7 @@ class Worker:
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         # Written once to make the reader stop before its next read (see _stop_reading).
         self._stop_reader, self._stop_writer = os.pipe()
-        self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_failed)
+        self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_loaded, self._engine_failed)
         self._loop: asyncio.AbstractEventLoop
         self._exit: asyncio.Future[int]
 
@@ -227,6 +227,9 @@ class Worker:
             self._loop.call_soon_threadsafe(self.host_gone, "parent process exited")
 
     # ----- DSPy, loaded in the background so `ready` comes at once -----
+
+    def _engine_loaded(self, module: ModuleType) -> None:
+        module.ENGINE.start(self.options.cache_limits())
 
     def _engine_failed(self, error: BridgeError) -> None:
         self._log.error("engine_load_failed", error=error.message)

@@ -567,9 +567,15 @@ def test_get_stats_shows_sessions_and_breakers(worker: RecordingWorker) -> None:
 # ----- cache -----
 
 
-def test_cache_defaults_to_memory_only_and_never_writes_home(
-    worker: RecordingWorker, home: Path, tmp_path: Path
-) -> None:
+def test_cache_defaults_to_memory_only_and_never_writes_home(home: Path, tmp_path: Path) -> None:
+    worker = RecordingWorker("--disk-cache-root", str(tmp_path), env={"HOME": str(home)})
+    try:
+        _cache_defaults_to_memory_only(worker, home, tmp_path)
+    finally:
+        worker.close()
+
+
+def _cache_defaults_to_memory_only(worker: RecordingWorker, home: Path, tmp_path: Path) -> None:
     settings = worker.ok("configure_cache", {})
     assert settings["enable_memory"] is True and settings["enable_disk"] is False
     assert list(home.iterdir()) == []

@@ -101,3 +101,20 @@ def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
 
     for program_type in PROGRAM_TYPES.values():
         assert {"self", "instance", "base"} <= call_parameter_names(program_type)
+
+
+def test_the_memory_cache_dspy_uses_is_bounded_in_bytes() -> None:
+    """BridgeCache swaps DSPy's memory tier for a byte-bounded one; this fails if DSPy
+    stops reading `Cache.memory_cache` for get/put."""
+    from bridge.engine.runtime import BoundedMemoryCache, BridgeCache
+
+    cache = BridgeCache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None,
+                        memory_max_entries=100, memory_max_bytes=10_000)
+    assert isinstance(cache.memory_cache, BoundedMemoryCache)
+    cache.put({"prompt": "big"}, "x" * 20_000)  # larger than the whole budget: not kept
+    assert cache.get({"prompt": "big"}) is None
+    for index in range(50):
+        cache.put({"prompt": index}, "y" * 1_000)
+    assert cache.memory_cache.currsize <= 10_000
+    assert cache.get({"prompt": 49}) == "y" * 1_000
+    assert cache.get({"prompt": 0}) is None

@@ -501,3 +501,79 @@ def test_api_key_env_names_only_what_the_operator_allows(spawn: Any) -> None:
                                                    "api_key_env": "ACME_API_KEY"}),
                  "invalid_args")
     assert narrowed.call("configure_lm", {"model": "openai/x", "api_key_env": "OTHER_TOKEN"})
+
+
+# ----- stored state and the cache are bounded in bytes; the operator bounds the cache -----
+
+
+def test_a_session_stores_at_most_its_byte_budget(spawn: Any) -> None:
+    worker = spawn("--max-session-bytes", "180000", "--max-stored-bytes", "300000")
+    demo = {"q": "x" * 50_000, "a": "y"}
+    for index in range(3):
+        worker.call("create_program", {"session_id": "big", "program_id": f"p{index}",
+                                       "signature": "q -> a", "demos": [demo]})
+    kinds = {  # demos, instructions and mock answers all count
+        "demos": {"signature": "q -> a", "demos": [demo]},
+        "instructions": {"signature": "q -> a", "instructions": "i" * 49_000},
+        "lm": {"signature": "q -> a", "lm": {"model": "mock", "default": "z" * 60_000}},
+    }
+    for args in kinds.values():
+        error = assert_error(worker.request("create_program", {"session_id": "big", **args}),
+                             "limit_exceeded")
+        assert error["details"]["limit"] == "max_session_bytes"
+        assert error["retryable"] is False
+    error = assert_error(worker.request("configure_lm", {
+        "session_id": "big", "model": "mock", "default": "z" * 60_000}), "limit_exceeded")
+    assert error["details"]["limit"] == "max_session_bytes"
+    # Another session fits its own budget but not the worker's.
+    worker.call("create_program", {"session_id": "other", "signature": "q -> a",
+                                   "demos": [demo]})
+    error = assert_error(worker.request("create_program", {
+        "session_id": "third", "signature": "q -> a", "demos": [demo] * 3}), "limit_exceeded")
+    assert error["details"]["limit"] == "max_stored_bytes"
+    # Deleting gives the bytes back.
+    worker.call("delete_program", {"session_id": "big", "program_id": "p0"})
+    worker.call("create_program", {"session_id": "big", "signature": "q -> a", "demos": [demo]})
+    sizes = {s["session_id"]: s["stored_bytes"] for s in worker.call("list_sessions")["sessions"]}
+    assert 150_000 < sizes["big"] <= 180_000
+    worker.call("end_session", {"session_id": "big"})
+    assert worker.call("get_stats")["stored_bytes"] == sizes["other"]
+
+
+def test_the_operator_bounds_the_cache(spawn: Any, tmp_path: Path) -> None:
+    no_disk = spawn()
+    error = assert_error(no_disk.request("configure_cache", {"enable_disk": True}), "invalid_args")
+    assert error["details"]["errors"][0]["field"] == "enable_disk"
+    for name, flag in [("memory_max_entries", "max_cache_entries"),
+                       ("memory_max_bytes", "max_cache_bytes"),
+                       ("disk_size_limit_bytes", "max_disk_cache_bytes")]:
+        error = assert_error(no_disk.request("configure_cache", {name: 100_000_000_000}),
+                             "limit_exceeded")
+        assert error["details"]["limit"] == flag and error["retryable"] is False
+    root = tmp_path / "caches"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    worker = spawn("--disk-cache-root", str(root))
+    for outside in [str(tmp_path / "elsewhere"), str(root / ".." / "elsewhere"),
+                    str(root / "link"), "/"]:
+        error = assert_error(worker.request("configure_cache", {
+            "enable_disk": True, "disk_dir": outside}), "invalid_args")
+        assert error["details"]["errors"][0]["field"] == "disk_dir"
+    settings = worker.call("configure_cache", {"enable_disk": True})
+    assert settings["disk_dir"] == str(root.resolve())
+    inside = worker.call("configure_cache", {"enable_disk": True, "disk_dir": str(root / "a")})
+    assert inside["disk_dir"] == str((root / "a").resolve())
+
+
+def test_cached_answers_are_bounded_in_bytes(spawn: Any) -> None:
+    worker = spawn("--max-cache-bytes", "300000")
+    worker.call("configure_lm", {"model": "mock", "default": "w " * 50_000})  # ~100 KB each
+    worker.call("create_program", {"program_id": "p", "signature": "q -> a"})
+    for index in range(20):
+        worker.call("execute_program", {"program_id": "p", "inputs": {"q": f"q{index}"}})
+    again = worker.call("execute_program", {"program_id": "p", "inputs": {"q": "q19"}})
+    assert again["usage"]["cached_requests"] == 1  # the latest is cached...
+    first = worker.call("execute_program", {"program_id": "p", "inputs": {"q": "q0"}})
+    assert first["usage"]["cached_requests"] == 0  # ...the oldest was pushed out by bytes
+    assert worker.call("configure_cache", {})["memory_max_bytes"] == 300_000

@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
 import dspy.clients.base_lm as dspy_base_lm
+from cachetools import LRUCache
 from dspy.clients.cache import Cache
-from dspy.utils.caching import default_cache_dir
 from dspy.utils.usage_tracker import UsageTracker
 
 from bridge.engine.mock import AsyncMockEngine, MockEngine
+from bridge.options import CacheLimits
 from bridge.redaction import book, scrub
 from bridge.sessions import BreakerSettings, ModelUsage
+from protocol import codec
 from protocol.codec import limit_problem
 from protocol.errors import BridgeError, ErrorType, invalid_field
 
@@ -41,8 +44,6 @@ if TYPE_CHECKING:
 OUTPUT_MAX_DEPTH = 100
 RAW_EXCERPT_CHARS = 500
 MESSAGE_CHARS = 1000
-DEFAULT_MEMORY_ENTRIES = 10_000
-DEFAULT_DISK_LIMIT = 1024 * 1024 * 1024
 
 
 # ----- per-call scope: cache partition, history capture -----
@@ -62,7 +63,15 @@ SCOPE: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
 
 class BridgeCache(Cache):  # type: ignore[misc]
     """DSPy's cache with keys partitioned by the calling session and LM config, so two
-    tenants never share a cached answer (DSPy's own key ignores api_key and api_base)."""
+    tenants never share a cached answer (DSPy's own key ignores api_key and api_base),
+    and a memory tier bounded in bytes (DSPy bounds it in entries only)."""
+
+    def __init__(self, *, memory_max_bytes: int, **settings: Any) -> None:
+        super().__init__(**settings)
+        if self.enable_memory_cache:
+            # DSPy's put/get index `self.memory_cache` (tests/test_engine_runtime.py checks).
+            self.memory_cache = BoundedMemoryCache(settings["memory_max_entries"],
+                                                   memory_max_bytes)
 
     def cache_key(self, request: dict[str, Any],
                   ignored_args_for_cache_key: list[str] | None = None) -> str:
@@ -77,6 +86,30 @@ class BridgeCache(Cache):  # type: ignore[misc]
         if value is not None and scope is not None:
             scope.cache_hits += 1
         return value
+
+
+def answer_size(value: Any) -> int:
+    """Bytes a cached answer stands for: its pickled size (what the disk cache stores)."""
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - an unpicklable answer is sized by its text
+        return len(repr(value))
+
+
+class BoundedMemoryCache(LRUCache[Any, Any]):
+    """DSPy's memory cache bounded in bytes as well as entries, least recent first out.
+    An answer larger than the whole budget is not cached (never an error for the call)."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=answer_size)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if answer_size(value) > self.maxsize:
+            return
+        while key not in self and len(self) >= self.max_entries:
+            self.popitem()
+        super().__setitem__(key, value)
 
 
 class HistorySink(list):  # type: ignore[type-arg]
@@ -106,6 +139,10 @@ class LmHandle:
     def breaker_settings(self) -> BreakerSettings:
         return self.checked.breaker
 
+    @property
+    def stored_bytes(self) -> int:
+        return self.checked.stored_bytes
+
 
 @dataclass(frozen=True)
 class ProgramType:
@@ -131,6 +168,8 @@ class ProgramHandle:
     module: Any  # dspy.Module
     lm: LmHandle | None
     output_names: list[str]
+    # msgpack bytes of what it stores (signature, demos or state, LM config).
+    stored_bytes: int = 0
     created_at: float = field(default_factory=time.time)
 
     def _first_predictor(self) -> Any:
@@ -296,15 +335,26 @@ class Engine:
     dspy_version: str = dspy.__version__
 
     def __init__(self) -> None:
-        self.cache_settings: dict[str, Any] = {
+        self.limits = CacheLimits()
+        self.cache_settings = self._defaults()
+        self._install_cache(self.cache_settings)
+        self._litellm: concurrent.futures.Future[Any] | None = None
+
+    def _defaults(self) -> dict[str, Any]:
+        return {
             "enable_memory": True,
             "enable_disk": False,
             "disk_dir": None,
-            "memory_max_entries": DEFAULT_MEMORY_ENTRIES,
-            "disk_size_limit_bytes": DEFAULT_DISK_LIMIT,
+            "memory_max_entries": self.limits.max_entries,
+            "memory_max_bytes": self.limits.max_bytes,
+            "disk_size_limit_bytes": self.limits.max_disk_bytes,
         }
+
+    def start(self, limits: CacheLimits) -> None:
+        """Take the operator's bounds (the worker calls this once the engine loaded)."""
+        self.limits = limits
+        self.cache_settings = self._defaults()
         self._install_cache(self.cache_settings)
-        self._litellm: concurrent.futures.Future[Any] | None = None
 
     # ----- LMs -----
 
@@ -406,7 +456,9 @@ class Engine:
             for _, predictor in module.named_predictors():
                 predictor.demos = [dspy.Example(**demo) for demo in demos]
         output_names = [*program_type.extra_outputs, *(f.name for f in spec.outputs)]
-        return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names)
+        stored = len(codec.pack([spec.to_wire(), demos, state])) + (lm.stored_bytes if lm else 0)
+        return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names,
+                             stored)
 
     def export_state(self, program: ProgramHandle) -> dict[str, Any]:
         return to_wire(program.module.dump_state())  # type: ignore[no-any-return]
@@ -527,14 +579,41 @@ class Engine:
 
     def configure_cache(self, **changes: Any) -> dict[str, Any]:
         settings = {**self.cache_settings, **changes}
-        if settings["enable_disk"] and settings["disk_dir"] is None:
-            settings["disk_dir"] = default_cache_dir()
+        self._check_cache_settings(settings)
         try:
             self._install_cache(settings)
         except (OSError, ValueError) as exc:
             raise invalid_field("disk_dir", f"the disk cache could not be opened: {exc}") from None
         self.cache_settings = settings
         return dict(settings)
+
+    def _check_cache_settings(self, settings: dict[str, Any]) -> None:
+        """Callers choose within the operator's bounds: sizes up to the flags, a disk
+        cache only inside --disk-cache-root (resolved, so `..` and symlinks cannot leave)."""
+        for name, limit, flag in (
+            ("memory_max_entries", self.limits.max_entries, "max_cache_entries"),
+            ("memory_max_bytes", self.limits.max_bytes, "max_cache_bytes"),
+            ("disk_size_limit_bytes", self.limits.max_disk_bytes, "max_disk_cache_bytes"),
+        ):
+            if settings[name] > limit:
+                raise BridgeError(
+                    ErrorType.LIMIT_EXCEEDED,
+                    f"{name} {settings[name]} is over the operator's limit of {limit}",
+                    retryable=False,
+                    details={"limit": flag, flag: limit, "field": name},
+                )
+        if not settings["enable_disk"]:
+            settings["disk_dir"] = None
+            return
+        root = self.limits.disk_root
+        if root is None:
+            raise invalid_field("enable_disk", "this worker's operator allows no disk cache "
+                                "(start it with --disk-cache-root DIR)")
+        real_root = os.path.realpath(root)
+        directory = os.path.realpath(settings["disk_dir"] or root)
+        if os.path.commonpath([real_root, directory]) != real_root:
+            raise invalid_field("disk_dir", f"must be inside {root} (--disk-cache-root)")
+        settings["disk_dir"] = directory
 
     @staticmethod
     def _install_cache(settings: dict[str, Any]) -> None:
@@ -547,6 +626,7 @@ class Engine:
             disk_cache_dir=disk_dir,
             disk_size_limit_bytes=settings["disk_size_limit_bytes"],
             memory_max_entries=settings["memory_max_entries"],
+            memory_max_bytes=settings["memory_max_bytes"],
         )
         with dspy._cache_lock:
             dspy.cache = cache
