@@ -50,6 +50,11 @@ def test_the_suite_touches_every_command_error_type_and_event() -> None:
     assert {"ready", "session_evicted"} <= events
 
 
+# A bound on waiting, not a wait: on a loaded machine the first DSPy command of a worker
+# (which waits for DSPy to import) can take well over replay's default 10 s.
+EXPECT_TIMEOUT_S = 90.0
+
+
 @pytest.fixture(scope="module")
 def replays(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[ReplayResult]]]:
     selected = [
@@ -60,7 +65,10 @@ def replays(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[Replay
         and hasattr(item, "callspec")
     ]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {path: pool.submit(replay_file, path, cwd=REPO) for path in selected}
+        futures = {
+            path: pool.submit(replay_file, path, cwd=REPO, timeout=EXPECT_TIMEOUT_S)
+            for path in selected
+        }
         yield futures
         for future in futures.values():
             future.cancel()
@@ -69,5 +77,9 @@ def replays(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[Replay
 @pytest.mark.parametrize("path", FILES, ids=[path.stem for path in FILES])
 def test_transcript(path: Path, replays: dict[Path, Future[ReplayResult]]) -> None:
     future = replays.get(path)
-    result = future.result() if future is not None else replay_file(path, cwd=REPO)
+    if future is None:
+        future_result = replay_file(path, cwd=REPO, timeout=EXPECT_TIMEOUT_S)
+    else:
+        future_result = future.result()
+    result = future_result
     assert result.passed, result.report()
