@@ -114,7 +114,8 @@ class EchoArgs(Args):
 
 
 class StdoutNoiseArgs(Args):
-    text: str = "stray output\n"
+    # No NUL: the text is also a child process's argument.
+    text: Annotated[str, Field(max_length=10_000, pattern=r"^[^\x00]*$")] = "stray output\n"
 
 
 @table.command("sleep", SleepArgs)

@@ -46,6 +46,14 @@ class _ItemBudget:
         return value
 
 
+class TooDeep(BridgeError):
+    """A decoded value nested beyond the limit; `value` lets the caller find its id."""
+
+    def __init__(self, message: str, value: Any) -> None:
+        super().__init__(ErrorType.INVALID_FRAME, message)
+        self.value = value
+
+
 class EncodeError(Exception):
     """A value that msgpack cannot carry (an int beyond 64 bits, an unknown object)."""
 
@@ -87,7 +95,7 @@ def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
         raise _invalid(f"undecodable msgpack: {exc}") from None
     problem = limit_problem(value)
     if problem is not None:
-        raise _invalid(f"msgpack value {problem[1]}")
+        raise TooDeep(f"msgpack value {problem[1]}", value)
     return value
 
 

@@ -60,6 +60,8 @@ class Connection:
             )
         try:
             value = codec.unpack(item.payload, self._max_items)
+        except codec.TooDeep as error:  # decoded, so its id can still be answered
+            return Rejected(envelope.request_id_of(error.value), error, error.value)
         except BridgeError as error:
             return Rejected(None, error)
         try:
