@@ -52,11 +52,14 @@ class CommandSpec(Generic[ArgsT]):
     handler: Callable[[RequestContext, ArgsT], Awaitable[Any]]
     # Control commands are answered even at the in-flight limit and during shutdown.
     control: bool = False
+    # DSPy commands: a worker whose engine failed to load answers engine_unavailable.
+    needs_engine: bool = False
 
 
 class CommandTable:
-    def __init__(self) -> None:
+    def __init__(self, *, needs_engine: bool = False) -> None:
         self._specs: dict[str, CommandSpec[Any]] = {}
+        self._needs_engine = needs_engine
 
     def command(
         self, name: str, args_model: type[ArgsT], *, control: bool = False
@@ -69,7 +72,9 @@ class CommandTable:
         ) -> Callable[[RequestContext, ArgsT], Awaitable[Any]]:
             if name in self._specs:
                 raise ValueError(f"command {name!r} registered twice")
-            self._specs[name] = CommandSpec(name, args_model, handler, control)
+            self._specs[name] = CommandSpec(
+                name, args_model, handler, control, self._needs_engine
+            )
             return handler
 
         return register

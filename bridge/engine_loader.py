@@ -78,6 +78,11 @@ class EngineLoader:
             assert self._settled is not None, "EngineLoader.start() was not called"
             await asyncio.shield(self._settled)
         if self._error is not None:
-            raise BridgeError(self._error.type, self._error.message, details=self._error.details)
+            raise self.error()
         assert self._module is not None
         return self._module
+
+    def error(self) -> BridgeError:
+        """A fresh copy of the failed load's error (each reply gets its own)."""
+        assert self._error is not None, "the engine did not fail"
+        return BridgeError(self._error.type, self._error.message, details=self._error.details)

@@ -80,8 +80,14 @@ class QueueTextStream(io.TextIOBase):
         return self._sink.write(text) if text else 0
 
 
+# The worker's own words in every line: never scrubbed, so a tenant whose "key" is
+# `info` cannot turn a line's level into `<redacted>`.
+STRUCTURE_KEYS = ("event", "level", "timestamp", "command", "outcome")
+
+
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    return redact(dict(event_dict), secrets=book.held())
+    fixed = {key: event_dict.pop(key) for key in STRUCTURE_KEYS if key in event_dict}
+    return {**fixed, **redact(dict(event_dict), secrets=book.held())}
 
 
 def route_std_streams(sink: LogQueue) -> None:

@@ -31,7 +31,7 @@ from protocol.errors import BridgeError, ErrorType, invalid_field, invalid_field
 if TYPE_CHECKING:
     from bridge.engine.runtime import Engine, LmHandle, ProgramHandle
 
-table = CommandTable()
+table = CommandTable(needs_engine=True)
 
 SessionId = Annotated[str, Field(min_length=1, max_length=256)]
 ProgramId = Annotated[str, Field(min_length=1, max_length=256)]

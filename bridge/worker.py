@@ -425,6 +425,9 @@ class Worker:
                 received,
             )
             return
+        if spec.needs_engine and self.engine_loader.state == "failed":
+            self._reply_error(request.id, request.command, self.engine_loader.error(), received)
+            return
         if not spec.control and self.work_in_flight >= self.options.max_in_flight:
             self._reply_error(
                 request.id,

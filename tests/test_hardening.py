@@ -56,6 +56,9 @@ def test_an_engine_that_fails_to_load_is_a_typed_state(spawn: Any, tmp_path: Pat
         ("configure_lm", {"model": "mock"}),
         ("create_program", {"signature": "q -> a"}),
         ("configure_cache", {}),
+        ("list_sessions", {}),  # read-only ones too: the worker cannot serve DSPy at all
+        ("get_program", {"program_id": "p"}),
+        ("get_usage", {"session_id": "nope"}),
     ]:
         error = assert_error(worker.request(command, args), "engine_unavailable")
         assert error["retryable"] is True
