@@ -580,3 +580,13 @@ def test_cached_answers_are_bounded_in_bytes(spawn: Any) -> None:
     first = worker.call("execute_program", {"program_id": "p", "inputs": {"q": "q0"}})
     assert first["usage"]["cached_requests"] == 0  # ...the oldest was pushed out by bytes
     assert worker.call("configure_cache", {})["memory_max_bytes"] == 300_000
+
+
+def test_latency_percentiles_never_exceed_the_maximum(spawn: Any) -> None:
+    worker = spawn("--enable-test-commands")
+    ids = [worker.start("sleep", {"ms": ms}) for ms in [1, 2, 3, 5, 8, 13, 21, 34] * 3]
+    for request_id in ids:
+        assert worker.response(request_id)["success"]
+    for command, figures in worker.call("get_stats")["latency_ms"].items():
+        assert figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"], (
+            command, figures)
