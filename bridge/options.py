@@ -80,6 +80,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# The positive-integer flags (`--max-in-flight` sets `max_in_flight`): name and help.
+COUNT_FLAGS: dict[str, str] = {
+    "max_in_flight": "concurrent requests beyond which work is refused with limit_exceeded",
+    "max_frame_bytes": "largest accepted frame; larger frames are skipped with invalid_frame",
+    "max_frame_items": "most msgpack items (entries, elements, containers) in one frame",
+    "max_reply_bytes": "largest frame the worker sends; a larger reply becomes limit_exceeded",
+    "max_outbox_bytes": "reply bytes the host has not read beyond which no request is read",
+    "default_grace_ms": "grace for in-flight work on shutdown without grace_ms, and on SIGTERM",
+    "max_sessions": "sessions beyond which a new one is refused with limit_exceeded",
+    "max_programs_per_session": "programs one session may hold",
+    "max_input_bytes": "largest msgpack size of one execute_program's inputs",
+    "max_session_bytes": "msgpack bytes one session may store (its LM config, programs, demos)",
+    "max_stored_bytes": "msgpack bytes all sessions may store together",
+    "max_cache_entries": "most answers the memory cache holds (and configure_cache may ask)",
+    "max_cache_bytes": "most bytes of answers the memory cache holds",
+    "max_disk_cache_bytes": "largest disk cache configure_cache may ask for (and its default)",
+    "max_log_queue": "log lines waiting for stderr beyond which new ones are dropped (counted)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = WorkerOptions()
     parser = argparse.ArgumentParser(
@@ -88,36 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`dspy-bridge replay FILE...` replays transcripts instead.",
     )
     add = parser.add_argument
-    add(
-        "--max-in-flight",
-        type=_positive_int,
-        default=defaults.max_in_flight,
-        help="concurrent requests beyond which work is refused with limit_exceeded",
-    )
-    add(
-        "--max-frame-bytes",
-        type=_positive_int,
-        default=defaults.max_frame_bytes,
-        help="largest accepted frame; larger frames are skipped with invalid_frame",
-    )
-    add(
-        "--max-frame-items",
-        type=_positive_int,
-        default=defaults.max_frame_items,
-        help="largest number of msgpack items (entries, elements, containers) in one frame",
-    )
-    add(
-        "--max-reply-bytes",
-        type=_positive_int,
-        default=defaults.max_reply_bytes,
-        help="largest frame the worker sends; a larger reply becomes limit_exceeded",
-    )
-    add(
-        "--max-outbox-bytes",
-        type=_positive_int,
-        default=defaults.max_outbox_bytes,
-        help="reply bytes the host has not read yet beyond which no new request is read",
-    )
+    for name, help_text in COUNT_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        add(flag, type=_positive_int, default=getattr(defaults, name), metavar="N", help=help_text)
     add(
         "--log-level",
         default=defaults.log_level,
@@ -131,54 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--worker-id", default=None, help="id reported in ready/ping (default: generated)")
     add(
-        "--default-grace-ms",
-        type=_positive_int,
-        default=defaults.default_grace_ms,
-        help="grace for in-flight work on shutdown without grace_ms, and on SIGTERM",
-    )
-    add("--max-sessions", type=_positive_int, default=defaults.max_sessions)
-    add("--max-programs-per-session", type=_positive_int, default=defaults.max_programs_per_session)
-    add(
-        "--max-input-bytes",
-        type=_positive_int,
-        default=defaults.max_input_bytes,
-        help="largest msgpack size of one execute_program's inputs",
-    )
-    add(
-        "--max-session-bytes",
-        type=_positive_int,
-        default=defaults.max_session_bytes,
-        help="msgpack bytes one session may store (its LM config, programs, demos)",
-    )
-    add(
-        "--max-stored-bytes",
-        type=_positive_int,
-        default=defaults.max_stored_bytes,
-        help="msgpack bytes all sessions may store together",
-    )
-    add(
-        "--max-cache-entries",
-        type=_positive_int,
-        default=defaults.max_cache_entries,
-        help="the most answers the memory cache may hold (what configure_cache may set)",
-    )
-    add(
-        "--max-cache-bytes",
-        type=_positive_int,
-        default=defaults.max_cache_bytes,
-        help="the most bytes of answers the memory cache holds",
-    )
-    add(
         "--disk-cache-root",
         type=Path,
         default=None,
         help="the directory disk caches may live in (default: no disk cache)",
-    )
-    add(
-        "--max-disk-cache-bytes",
-        type=_positive_int,
-        default=defaults.max_disk_cache_bytes,
-        help="the largest disk cache configure_cache may ask for (and its default)",
     )
     add(
         "--session-idle-ttl-s",
@@ -194,12 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="environment variable names api_key_env may name (shell-style pattern, "
         "repeatable; default *_API_KEY)",
-    )
-    add(
-        "--max-log-queue",
-        type=_positive_int,
-        default=defaults.max_log_queue,
-        help="log lines waiting for stderr beyond which new ones are dropped (and counted)",
     )
     return parser
 
