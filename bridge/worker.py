@@ -98,7 +98,7 @@ class Worker:
         self.log_queue = log_queue
         self._log = structlog.get_logger("bridge")
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        # Written once to make the reader stop before its next read (see _stop_reading).
+        # Written once when the exit is decided: the reader and the parent watcher stop.
         self._stop_reader, self._stop_writer = os.pipe()
         self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_loaded, self._engine_failed)
         self._loop: asyncio.AbstractEventLoop

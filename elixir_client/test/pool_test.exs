@@ -313,14 +313,7 @@ defmodule DSPyBridge.PoolTest do
   end
 
   describe "a worker whose DSPy engine fails to load" do
-    setup do
-      base =
-        Path.join(System.tmp_dir!(), "dspy_bridge_test_#{System.unique_integer([:positive])}")
-
-      File.mkdir_p!(base)
-      on_exit(fn -> File.rm_rf!(base) end)
-      {:ok, base: base}
-    end
+    setup :tmp_dir_setup
 
     test "is replaced by the pool's supervisor; calls get answers, not hangs", %{base: base} do
       parent = self()

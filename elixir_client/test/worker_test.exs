@@ -335,14 +335,7 @@ defmodule DSPyBridge.WorkerTest do
   end
 
   describe "engine failure" do
-    setup do
-      base =
-        Path.join(System.tmp_dir!(), "dspy_bridge_test_#{System.unique_integer([:positive])}")
-
-      File.mkdir_p!(base)
-      on_exit(fn -> File.rm_rf!(base) end)
-      {:ok, base: base}
-    end
+    setup :tmp_dir_setup
 
     test "engine_failed stops the worker; a call waiting for the engine gets its answer", %{
       base: base

@@ -77,6 +77,15 @@ defmodule DSPyBridge.Test.Helpers do
     |> Enum.take(count)
   end
 
+  @doc "A fresh temporary directory, removed when the test ends (for ExUnit `setup`)."
+  @spec tmp_dir_setup(map()) :: {:ok, keyword()}
+  def tmp_dir_setup(_context \\ %{}) do
+    base = Path.join(System.tmp_dir!(), "dspy_bridge_test_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(base)
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(base) end)
+    {:ok, base: base}
+  end
+
   @doc """
   Worker options whose DSPy engine cannot load: `PYTHONPATH` points at a
   fresh directory under `base` holding a `dspy` package whose import raises
