@@ -12,8 +12,9 @@ from bridge.registry import build_table
 from bridge.stdio import HostChannel
 from bridge.worker import FrameObserver, Worker
 
-# The last log lines get this long to reach stderr (a stderr nobody drains gets no more).
-EXIT_LOG_DRAIN_S = 0.2
+# The last log lines get this long to reach stderr (a stderr nobody drains gets no more;
+# the exit's one-second deadline, armed when it was decided, bounds it anyway).
+EXIT_LOG_DRAIN_S = 0.5
 
 
 def run_worker(

@@ -77,6 +77,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         "logs": {
             "queued": worker.log_queue.queued if worker.log_queue else 0,
             "dropped": worker.log_queue.dropped if worker.log_queue else 0,
+            "failures": stats.log_failures,
         },
     }
     result.update(worker.sessions.stats())

@@ -15,6 +15,7 @@ class Stats:
         self.errors: Counter[str] = Counter()
         self.max_in_flight = 0
         self.observer_failures = 0
+        self.log_failures = 0
         self._latencies: defaultdict[str, deque[float]] = defaultdict(
             lambda: deque(maxlen=LATENCY_WINDOW)
         )

@@ -340,15 +340,25 @@ class Worker:
     ) -> None:
         """Refuse a frame or request before any command ran for it."""
         self.stats.record_rejected(error.type.value)
-        self._log.info(
-            "request",
-            id=request_id,
-            command=command,
-            duration_ms=round((time.perf_counter() - received) * 1000, 3),
-            outcome=error.type.value,
+        self._send(error_response(request_id, error))
+        self._log_request(
+            request_id, command, (time.perf_counter() - received) * 1000, error.type.value,
             message=error.message,
         )
-        self._send(error_response(request_id, error))
+
+    def _log_request(
+        self, request_id: int | str | None, command: str, duration_ms: float, outcome: str,
+        **fields: Any,
+    ) -> None:
+        """The one log line of each request, written after its reply went out; a logging
+        failure is counted, never allowed to cost the reply."""
+        try:
+            self._log.info(
+                "request", id=request_id, command=command, duration_ms=round(duration_ms, 3),
+                outcome=outcome, **fields,
+            )
+        except Exception:  # noqa: BLE001 - see the docstring
+            self.stats.log_failures += 1
 
     # ----- incoming -----
 
@@ -487,17 +497,13 @@ class Worker:
         del self.in_flight[request.id]
         duration_ms = (time.perf_counter() - entry.started) * 1000
         self.stats.record(request.command, duration_ms, error.type.value if error else None)
-        self._log.info(
-            "request",
-            id=request.id,
-            command=request.command,
-            duration_ms=round(duration_ms, 3),
-            outcome=error.type.value if error else "ok",
-        )
         if error is None:
             self._send(ok_response(request.id, result))
         else:
             self._send(error_response(request.id, error))
+        self._log_request(
+            request.id, request.command, duration_ms, error.type.value if error else "ok"
+        )
 
     def cancel(self, request_id: int | str) -> bool:
         """Stop a request in flight; it answers `cancelled`. False if there is none."""
@@ -528,7 +534,8 @@ def _unsendable(problem: tuple[str, str]) -> BridgeError:
 
 
 def _internal(log: Any, request: Request) -> BridgeError:
-    log.exception("handler_failed", id=request.id, command=request.command)
+    with contextlib.suppress(Exception):  # the reply matters more than its log line
+        log.exception("handler_failed", id=request.id, command=request.command)
     return BridgeError(
         ErrorType.INTERNAL,
         f"{request.command} failed inside the worker",

@@ -473,10 +473,11 @@ def test_every_request_the_worker_reads_is_answered_even_after_shutdown() -> Non
         ]
         if any(line["id"] == late for line in logged):
             assert reply is not None, "the worker read the request but never answered it"
+        # (Log lines go out after their reply, best effort at the exit: an answered
+        # request may lack its line, never the other way round.)
+        if reply is not None:
             assert reply["success"] is False
             assert reply["error"]["type"] == "shutting_down"
-        else:
-            assert reply is None
 
 
 def test_sigterm_right_after_ready_is_still_graceful(spawn: Any) -> None:
