@@ -122,12 +122,9 @@ defmodule DSPyBridge.Worker do
   use GenServer
   require Logger
 
-  alias DSPyBridge.{Command, Error, Event, MsgPack}
+  alias DSPyBridge.{Command, Error, Event, MsgPack, Protocol}
 
   @default_timeout 30_000
-  # the protocol's defaults, used until (or unless) `ready` announces `limits`
-  @default_max_frame_bytes 67_108_864
-  @default_max_depth 128
   @replay_window 64
   # answered at once by the worker, so never held back by the in-flight bound
   @unbounded ["ping", "get_stats", "cancel", "shutdown"]
@@ -224,51 +221,11 @@ defmodule DSPyBridge.Worker do
   # args are encoded and measured here, in the caller, so the worker process
   # only compares numbers.
   defp request_message(command, args, opts, load) do
-    args = args || %{}
-
-    case MsgPack.encode(args) do
-      {:ok, args_bin} ->
-        timeout = Keyword.get(opts, :timeout, @default_timeout)
-
-        {:ok,
-         {:request, to_string(command), {args_bin, shape(args)}, timeout,
-          Keyword.get(opts, :record), load}}
-
-      {:error, reason} ->
-        {:error,
-         Error.new(:invalid_args, "arguments cannot be encoded as msgpack: #{inspect(reason)}")}
+    with {:ok, encoded} <- Protocol.encode_args(args) do
+      timeout = Keyword.get(opts, :timeout, @default_timeout)
+      {:ok, {:request, to_string(command), encoded, timeout, Keyword.get(opts, :record), load}}
     end
   end
-
-  # {depth, items} of a term, as the worker measures a frame: depth is how
-  # many levels of arrays and maps nest (a scalar: 0; map keys count), items
-  # counts each container once plus each of its elements, or each key and
-  # each value of a map.
-  defp shape(%MsgPack.Bin{}), do: {0, 0}
-  defp shape(%MsgPack.Ext{}), do: {0, 0}
-
-  defp shape(map) when is_map(map) do
-    {depth, items} =
-      Enum.reduce(map, {0, 1 + 2 * map_size(map)}, fn {k, v}, {depth, items} ->
-        {dk, ik} = shape(k)
-        {dv, iv} = shape(v)
-        {depth |> max(dk) |> max(dv), items + ik + iv}
-      end)
-
-    {depth + 1, items}
-  end
-
-  defp shape(list) when is_list(list) do
-    {depth, items} =
-      Enum.reduce(list, {0, 1 + length(list)}, fn x, {depth, items} ->
-        {dx, ix} = shape(x)
-        {max(depth, dx), items + ix}
-      end)
-
-    {depth + 1, items}
-  end
-
-  defp shape(_scalar), do: {0, 0}
 
   @doc """
   Waits for the answer to a `send_request/4`. The worker always answers
@@ -359,9 +316,7 @@ defmodule DSPyBridge.Worker do
           ready_timer: Process.send_after(self(), :ready_timeout, ready_timeout),
           ready: nil,
           ready_waiters: [],
-          max_frame_bytes: @default_max_frame_bytes,
-          max_depth: @default_max_depth,
-          max_frame_items: nil,
+          limits: Protocol.default_limits(),
           next_id: 0,
           # ref => request; ids maps a wire id to its ref while in flight
           reqs: %{},
@@ -473,7 +428,7 @@ defmodule DSPyBridge.Worker do
         in_flight: map_size(state.ids),
         queued: state.queued,
         max_in_flight: state.max_in_flight,
-        max_frame_bytes: state.max_frame_bytes,
+        max_frame_bytes: state.limits.max_frame_bytes,
         uptime_ms: System.monotonic_time(:millisecond) - state.started_at,
         ready: state.ready
       })
@@ -492,18 +447,10 @@ defmodule DSPyBridge.Worker do
 
   @impl true
   def handle_info({port, {:data, frame}}, %{port: port} = state) do
-    case MsgPack.decode(frame) do
-      {:ok, %{"event" => name} = event} when is_binary(name) and not is_map_key(event, "id") ->
-        handle_event(name, event, state)
-
-      {:ok, %{"id" => id} = response} ->
-        {:noreply, handle_response(id, response, state)}
-
-      {:ok, other} ->
-        {:noreply, unexpected(state, "an unexpected message: #{inspect(other, limit: 20)}")}
-
-      {:error, reason} ->
-        {:noreply, unexpected(state, "an undecodable frame (#{inspect(reason)})")}
+    case Protocol.decode(frame) do
+      {:event, name, event} -> handle_event(name, event, state)
+      {:response, id, response} -> {:noreply, handle_response(id, response, state)}
+      {:unexpected, what} -> {:noreply, unexpected(state, what)}
     end
   end
 
@@ -632,8 +579,8 @@ defmodule DSPyBridge.Worker do
 
       {^port, {:data, frame}} ->
         state =
-          case MsgPack.decode(frame) do
-            {:ok, %{"id" => id} = response} -> handle_response(id, response, state)
+          case Protocol.decode(frame) do
+            {:response, id, response} -> handle_response(id, response, state)
             _ -> state
           end
 
@@ -662,16 +609,11 @@ defmodule DSPyBridge.Worker do
         if(state.pool, do: ", pool=#{inspect(state.pool.name)}[#{state.pool.index}])", else: ")")
     )
 
-    limits = if is_map(event["limits"]), do: event["limits"], else: %{}
-
     state = %{
       state
       | ready: event,
         status: :replaying,
-        max_frame_bytes: limit(limits, "max_frame_bytes", @default_max_frame_bytes),
-        max_depth: limit(limits, "max_depth", @default_max_depth),
-        # no default: a worker that announces no item limit has none
-        max_frame_items: limit(limits, "max_frame_items", nil)
+        limits: Protocol.limits_from_ready(event)
     }
 
     emit(state, :worker, "ready", event)
@@ -740,13 +682,6 @@ defmodule DSPyBridge.Worker do
     {:noreply, state}
   end
 
-  defp limit(limits, key, default) do
-    case limits[key] do
-      n when is_integer(n) and n > 0 -> n
-      _ -> default
-    end
-  end
-
   defp unexpected(state, what) do
     Logger.warning("dspy_bridge worker #{state.os_pid} sent #{what}")
     bump(state, :unexpected_frames)
@@ -761,7 +696,7 @@ defmodule DSPyBridge.Worker do
         {ref, ids} = Map.pop(state.ids, id)
         {req, reqs} = Map.pop(state.reqs, ref)
         cancel_timer(req.timer)
-        reply = to_reply(response)
+        reply = Protocol.to_reply(response)
 
         if req.record != nil and match?({:ok, _}, reply) and state.pool do
           DSPyBridge.Pool.Store.apply_record(state.pool.table, req.record, reply)
@@ -777,7 +712,7 @@ defmodule DSPyBridge.Worker do
 
       Map.has_key?(state.abandoned, id) ->
         {command, abandoned} = Map.pop(state.abandoned, id)
-        outcome = outcome(response)
+        outcome = Protocol.outcome(response)
 
         Logger.debug(
           "dspy_bridge worker #{state.os_pid}: dropped late #{outcome} reply for timed-out request #{inspect(id)} (#{command})"
@@ -946,10 +881,8 @@ defmodule DSPyBridge.Worker do
         deadline -> max(deadline - System.monotonic_time(:millisecond), 1) + state.margin
       end
 
-    frame = frame(id, req.command, req.args, timeout_ms)
-
-    case check_limits(state, frame, req.shape, timeout_ms) do
-      :ok ->
+    case Protocol.encode_request(state.limits, id, req.command, {req.args, req.shape}, timeout_ms) do
+      {:ok, frame} ->
         # If the OS process just died the port may be closed already; the
         # request then stays pending and fails with :worker_exited on the
         # exit status.
@@ -973,60 +906,15 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  # The frame's own size, and its shape: the request envelope (a map of 3
-  # pairs, or 4 with timeout_ms) around the args.
-  defp check_limits(state, frame, {args_depth, args_items}, timeout_ms) do
-    size = IO.iodata_length(frame)
-    depth = 1 + args_depth
-    items = 1 + 2 * if(timeout_ms, do: 4, else: 3) + args_items
-
-    cond do
-      size > state.max_frame_bytes ->
-        limit_error(
-          "request frame of #{size} bytes is over the worker's limit of #{state.max_frame_bytes} bytes",
-          "max_frame_bytes",
-          state.max_frame_bytes,
-          %{"size" => size}
-        )
-
-      depth > state.max_depth ->
-        limit_error(
-          "request nests #{depth} levels of arrays and maps, over the worker's limit of #{state.max_depth}",
-          "max_depth",
-          state.max_depth,
-          %{"depth" => depth}
-        )
-
-      state.max_frame_items != nil and items > state.max_frame_items ->
-        limit_error(
-          "request frame of #{items} msgpack items is over the worker's limit of #{state.max_frame_items}",
-          "max_frame_items",
-          state.max_frame_items,
-          %{"items" => items}
-        )
-
-      true ->
-        :ok
-    end
-  end
-
-  defp limit_error(message, limit, value, measured) do
-    {:error,
-     Error.new(:limit_exceeded, message <> "; not sent",
-       retryable: false,
-       details: Map.merge(%{"limit" => limit, limit => value}, measured)
-     )}
-  end
-
   # Commands of the client's own (init commands, replay, cancel, shutdown).
   # One that cannot be sent leaves the state as it was (the replay counts it
   # as failed).
   defp send_internal(state, command, args, tag) do
     id = state.next_id
-    frame = frame(id, command, MsgPack.encode!(args), nil)
+    encoded = {MsgPack.encode!(args), Protocol.shape(args)}
 
-    case check_limits(state, frame, shape(args), nil) do
-      :ok ->
+    case Protocol.encode_request(state.limits, id, command, encoded, nil) do
+      {:ok, frame} ->
         port_command(state.port, frame)
         %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
 
@@ -1050,23 +938,6 @@ defmodule DSPyBridge.Worker do
     |> bump(:cancels_sent)
   end
 
-  # A request map built around the caller's pre-encoded args (a fixmap of 3 or 4 pairs).
-  defp frame(id, command, args_bin, timeout_ms) do
-    pairs = [
-      MsgPack.encode!("id"),
-      MsgPack.encode!(id),
-      MsgPack.encode!("command"),
-      MsgPack.encode!(command),
-      MsgPack.encode!("args"),
-      args_bin
-    ]
-
-    case timeout_ms do
-      nil -> [<<0x83>> | pairs]
-      ms -> [<<0x84>>, pairs, MsgPack.encode!("timeout_ms"), MsgPack.encode!(ms)]
-    end
-  end
-
   defp request_telemetry(state, req, reply) do
     outcome =
       case reply do
@@ -1085,23 +956,6 @@ defmodule DSPyBridge.Worker do
       }
     )
   end
-
-  # A response that is neither a success nor an error map is the worker's
-  # fault: its caller gets an :internal error and the worker keeps serving.
-  defp to_reply(%{"success" => true} = response), do: {:ok, Map.get(response, "result")}
-
-  defp to_reply(%{"error" => err}) when is_map(err), do: {:error, Error.from_wire(err)}
-
-  defp to_reply(other) do
-    {:error,
-     Error.new(:internal, "malformed response from the worker: #{inspect(other, limit: 20)}",
-       details: %{"response" => other}
-     )}
-  end
-
-  defp outcome(%{"success" => true}), do: "ok"
-  defp outcome(%{"error" => %{"type" => type}}) when is_binary(type), do: type
-  defp outcome(_), do: "malformed"
 
   defp fail_all(state, message) do
     error = Error.new(:worker_exited, message)
