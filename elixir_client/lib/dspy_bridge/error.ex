@@ -15,7 +15,7 @@ defmodule DSPyBridge.Error do
       (the worker's in-flight bound and queue are full), `:limit_exceeded`
       (the request was not sent: its frame is larger than the worker's
       `max_frame_bytes`, holds more items than its `max_frame_items`, or
-      nests deeper than the protocol's 128 levels; see `DSPyBridge.Worker`),
+      nests deeper than the protocol's 128 levels),
       `:internal` (the worker sent a malformed response).
 
   `details` is the worker's `details` map (string keys, as decoded) or `nil`;

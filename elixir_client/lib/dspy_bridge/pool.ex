@@ -58,8 +58,8 @@ defmodule DSPyBridge.Pool do
   use Supervisor
   require Logger
 
-  alias DSPyBridge.{Error, Event, Worker}
-  alias DSPyBridge.Pool.Store
+  alias DSPyBridge.{Args, Error, Event, Worker}
+  alias DSPyBridge.Pool.{Router, Stopper, Store}
 
   @worker_opts [
     :python,
@@ -120,7 +120,7 @@ defmodule DSPyBridge.Pool do
     init_commands =
       case Keyword.get(opts, :default_lm) do
         nil -> []
-        lm -> [{"configure_lm", DSPyBridge.lm_args(lm)}]
+        lm -> [{"configure_lm", Args.lm_args(lm)}]
       end
 
     Store.put_config(table, %{
@@ -136,13 +136,11 @@ defmodule DSPyBridge.Pool do
 
     workers =
       for index <- 0..(size - 1) do
-        pool = %{name: name, table: table, index: index, size: size, load: load}
-
         opts =
           worker_opts ++
             [
               id: {:worker, index},
-              pool: pool,
+              pool: worker_hooks(name, table, index, size, load),
               on_event: on_event,
               init_commands: init_commands,
               replay: fn -> Store.replay_batches(table, index, size) end
@@ -166,7 +164,7 @@ defmodule DSPyBridge.Pool do
 
     stopper = %{
       id: :stopper,
-      start: {DSPyBridge.Pool.Stopper, :start_link, [table, size]},
+      start: {Stopper, :start_link, [table, size]},
       restart: :permanent,
       shutdown: 5_000
     }
@@ -181,6 +179,27 @@ defmodule DSPyBridge.Pool do
       max_restarts: Keyword.get(opts, :max_restarts, 20),
       max_seconds: Keyword.get(opts, :max_seconds, 10)
     )
+  end
+
+  # What a worker tells its pool, as callbacks (the worker knows nothing of
+  # the pool's table): it runs them in its own process.
+  defp worker_hooks(name, table, index, size, load) do
+    %{
+      name: name,
+      index: index,
+      on_start: fn ->
+        Store.note_start(table, index)
+        # calls counted against the previous process were answered or failed
+        :atomics.put(load, index + 1, 0)
+      end,
+      on_status: fn pid, os_pid, status ->
+        Store.register_worker(table, index, pid, os_pid, status)
+      end,
+      on_down: fn pid -> Store.unregister_worker(table, index, pid) end,
+      on_record: fn record, reply -> Store.apply_record(table, record, reply) end,
+      serves_session?: fn session -> Router.index_for(session, size) == index end,
+      on_session_evicted: fn session -> Store.forget_session(table, session) end
+    }
   end
 
   @doc false
@@ -210,7 +229,7 @@ defmodule DSPyBridge.Pool do
       true
   """
   @spec index_for(String.t(), pos_integer()) :: non_neg_integer()
-  def index_for(session_id, size), do: :erlang.phash2(session_id, size)
+  defdelegate index_for(session_id, size), to: Router
 
   @doc "The worker pid and OS pid currently serving `session_id` (`nil` while it restarts)."
   @spec worker_for(t(), String.t()) :: {pid(), non_neg_integer()} | nil
@@ -247,12 +266,7 @@ defmodule DSPyBridge.Pool do
   def request(pool, session, command, args, opts) do
     config = Store.config(pool)
 
-    index =
-      cond do
-        is_integer(opts[:worker]) -> opts[:worker]
-        session != nil -> index_for(session, config.size)
-        true -> least_loaded(config)
-      end
+    index = Router.route(opts[:worker], session, config.size, fn -> candidates(config) end)
 
     request_at(config, index, command, args, opts)
   end
@@ -344,21 +358,11 @@ defmodule DSPyBridge.Pool do
     do_request_at(config, index, command, args, opts, deadline)
   end
 
-  defp least_loaded(%{size: 1}), do: 0
-
-  defp least_loaded(%{size: size, load: load, table: table}) do
-    candidates =
-      for index <- 0..(size - 1) do
-        ready? = match?({_, _, :ready}, Store.worker(table, index))
-        {if(ready?, do: 0, else: 1), max(:atomics.get(load, index + 1), 0), index}
-      end
-
-    {best_ready, best_load, _} = Enum.min(candidates)
-
-    candidates
-    |> Enum.filter(fn {r, l, _} -> r == best_ready and l == best_load end)
-    |> Enum.random()
-    |> elem(2)
+  defp candidates(%{size: size, load: load, table: table}) do
+    for index <- 0..(size - 1) do
+      ready? = match?({_, _, :ready}, Store.worker(table, index))
+      {index, ready?, :atomics.get(load, index + 1)}
+    end
   end
 
   @doc false

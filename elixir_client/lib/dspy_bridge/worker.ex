@@ -12,7 +12,7 @@ defmodule DSPyBridge.Worker do
        workers concurrently).
     2. The worker sends its `ready` event (within `:ready_timeout`, default
        15 s, else the GenServer stops and its OS process is killed).
-    3. The `:replay` function (given by `DSPyBridge.Pool`) is called and the
+    3. The `:replay` function (given by the pool) is called and the
        commands it returns are sent, batch after batch: this is how a
        restarted worker gets its sessions' LM configs and programs back.
     4. Only then does the worker take traffic. Requests that arrive earlier
@@ -116,16 +116,22 @@ defmodule DSPyBridge.Worker do
       `{command, args}` to send before serving.
     * `:on_event` — a function called with every `DSPyBridge.Event`, or a
       pid sent `{:dspy_bridge_event, event}`.
-    * `:pool` — set by `DSPyBridge.Pool`.
+    * `:pool` — set by the pool: its name and the worker's index (for
+      events and telemetry), and the callbacks through which the worker
+      tells its pool what happens, run in the worker process: `:on_start`
+      (0-arity), `:on_status` (pid, OS pid, status), `:on_down` (pid),
+      `:on_record` (record, reply) for a successful recorded request,
+      `:serves_session?` (session id) and `:on_session_evicted` (session id).
+      A worker without `:pool` calls nothing.
   """
 
   use GenServer
   require Logger
 
   alias DSPyBridge.{Command, Error, Event, MsgPack, Protocol}
+  alias DSPyBridge.Worker.Replay
 
   @default_timeout 30_000
-  @replay_window 64
   # answered at once by the worker, so never held back by the in-flight bound
   @unbounded ["ping", "get_stats", "cancel", "shutdown"]
   @call_margin 5_000
@@ -133,7 +139,7 @@ defmodule DSPyBridge.Worker do
   @typedoc "A worker: pid or registered name."
   @type server :: GenServer.server()
 
-  @typedoc "Options of `request/4` (`:record` and `:load` are used by `DSPyBridge.Pool`)."
+  @typedoc "Options of `request/4` (`:record` and `:load` are used by the pool)."
   @type request_opt ::
           {:timeout, timeout()}
           | {:record, term()}
@@ -274,7 +280,7 @@ defmodule DSPyBridge.Worker do
   def os_pid(server), do: GenServer.call(server, :os_pid)
 
   @doc false
-  # Used by DSPyBridge.Pool when it stops: asks the Python process to shut
+  # Used by the pool when it stops: asks the Python process to shut
   # down now, so all of a pool's workers drain concurrently.
   @spec prepare_stop(server()) :: :ok
   def prepare_stop(server), do: GenServer.cast(server, :prepare_stop)
@@ -325,7 +331,7 @@ defmodule DSPyBridge.Worker do
           queued: 0,
           # wire ids of timed-out requests still running in the worker
           abandoned: %{},
-          # wire id => {:replay, batch_ref} | :cancel | :shutdown
+          # wire id => :replay | :cancel | :shutdown
           internal: %{},
           replay_state: nil,
           started_at: System.monotonic_time(:millisecond),
@@ -340,11 +346,7 @@ defmodule DSPyBridge.Worker do
           }
         }
 
-        if state.pool do
-          DSPyBridge.Pool.Store.note_start(state.pool.table, state.pool.index)
-          # calls counted against the previous process were answered or failed
-          :atomics.put(state.pool.load, state.pool.index + 1, 0)
-        end
+        hook(state, :on_start, [])
 
         register(state)
         {:ok, state}
@@ -441,7 +443,7 @@ defmodule DSPyBridge.Worker do
     do: {:noreply, state}
 
   def handle_cast(:prepare_stop, state) do
-    state = send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown)
+    state = sent_state(send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown))
     {:noreply, %{state | status: :stopping}}
   end
 
@@ -539,7 +541,8 @@ defmodule DSPyBridge.Worker do
     state =
       if state.status == :stopping,
         do: state,
-        else: send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown)
+        else:
+          sent_state(send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown))
 
     deadline = System.monotonic_time(:millisecond) + state.grace + state.kill_after
 
@@ -653,15 +656,14 @@ defmodule DSPyBridge.Worker do
       not is_binary(session) ->
         {:noreply, unexpected(state, "session_evicted without a session_id: #{inspect(event)}")}
 
-      state.pool != nil and
-          DSPyBridge.Pool.index_for(session, state.pool.size) != state.pool.index ->
+      state.pool != nil and not state.pool.serves_session?.(session) ->
         # not a session of this worker: its records belong to another one
         {:noreply,
          unexpected(state, "session_evicted for #{inspect(session)}, a session it does not serve")}
 
       true ->
         Logger.info("dspy_bridge worker #{state.os_pid}: session #{inspect(session)} evicted")
-        if state.pool, do: DSPyBridge.Pool.Store.forget_session(state.pool.table, session)
+        hook(state, :on_session_evicted, [session])
         emit(state, :worker, "session_evicted", event)
         {:noreply, state}
     end
@@ -698,9 +700,8 @@ defmodule DSPyBridge.Worker do
         cancel_timer(req.timer)
         reply = Protocol.to_reply(response)
 
-        if req.record != nil and match?({:ok, _}, reply) and state.pool do
-          DSPyBridge.Pool.Store.apply_record(state.pool.table, req.record, reply)
-        end
+        if req.record != nil and match?({:ok, _}, reply),
+          do: hook(state, :on_record, [req.record, reply])
 
         reply(req, reply)
         request_telemetry(state, req, reply)
@@ -708,7 +709,7 @@ defmodule DSPyBridge.Worker do
 
       Map.has_key?(state.internal, id) ->
         {tag, internal} = Map.pop(state.internal, id)
-        handle_internal(tag, response, %{state | internal: internal})
+        handle_internal(tag, id, response, %{state | internal: internal})
 
       Map.has_key?(state.abandoned, id) ->
         {command, abandoned} = Map.pop(state.abandoned, id)
@@ -735,31 +736,20 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  defp handle_internal({:replay, _} = tag, response, state) do
-    rs = state.replay_state
+  defp handle_internal(:replay, id, response, state) do
+    {result, replay} = Replay.answered(state.replay_state, id, response)
 
-    rs =
-      case response do
-        %{"success" => true} ->
-          rs
+    with {:failed, command, error} <- result do
+      Logger.warning(
+        "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: " <>
+          inspect(error, limit: 10)
+      )
+    end
 
-        other ->
-          {command, _} = Map.get(rs.sent, tag, {"?", nil})
-
-          Logger.warning(
-            "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: " <>
-              inspect(Map.get(other, "error", other), limit: 10)
-          )
-
-          %{rs | failed: rs.failed + 1}
-      end
-
-    rs = %{rs | outstanding: rs.outstanding - 1, sent: Map.delete(rs.sent, tag)}
-    state = %{state | replay_state: rs}
-    if rs.outstanding == 0, do: next_replay_batch(state), else: state
+    replay_step(%{state | replay_state: replay})
   end
 
-  defp handle_internal(tag, response, state) do
+  defp handle_internal(tag, _id, response, state) do
     if match?(%{"success" => false}, response) do
       Logger.debug(
         "dspy_bridge worker #{state.os_pid}: #{inspect(tag)} answered #{inspect(response)}"
@@ -776,72 +766,43 @@ defmodule DSPyBridge.Worker do
         fun -> fun.()
       end
 
-    # Within a batch commands are sent concurrently, but at most
-    # @replay_window at a time so a big replay stays under the worker's
-    # --max-in-flight.
-    batches =
-      [state.init_commands | batches]
-      |> Enum.reject(&(&1 == []))
-      |> Enum.flat_map(&Enum.chunk_every(&1, @replay_window))
-
-    commands = Enum.reduce(batches, 0, &(length(&1) + &2))
-
-    rs = %{
-      batches: batches,
-      outstanding: 0,
-      sent: %{},
-      failed: 0,
-      commands: commands,
-      started: System.monotonic_time(:millisecond)
-    }
-
-    next_replay_batch(%{state | replay_state: rs})
+    replay = Replay.new(state.init_commands, batches, System.monotonic_time(:millisecond))
+    replay_step(%{state | replay_state: replay})
   end
 
-  defp next_replay_batch(%{replay_state: %{batches: []} = rs} = state) do
-    if rs.commands > 0 do
-      duration = System.monotonic_time(:millisecond) - rs.started
+  defp replay_step(state) do
+    case Replay.next(state.replay_state) do
+      :wait ->
+        state
 
-      Logger.info(
-        "dspy_bridge worker #{state.os_pid}: replayed #{rs.commands} command(s) in #{duration} ms" <>
-          if(rs.failed > 0, do: " (#{rs.failed} failed)", else: "")
-      )
+      :done ->
+        summary = Replay.summary(state.replay_state, System.monotonic_time(:millisecond))
 
-      emit(state, :client, "replayed", %{
-        "commands" => rs.commands,
-        "failed" => rs.failed,
-        "duration_ms" => duration
-      })
+        if summary["commands"] > 0 do
+          Logger.info(
+            "dspy_bridge worker #{state.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
+              if(summary["failed"] > 0, do: " (#{summary["failed"]} failed)", else: "")
+          )
+
+          emit(state, :client, "replayed", summary)
+        end
+
+        become_ready(%{state | replay_state: nil})
+
+      {:send, batch, replay} ->
+        batch
+        |> Enum.reduce(%{state | replay_state: replay}, fn {command, args}, state ->
+          case send_internal(state, command, args, :replay) do
+            {:ok, id, state} ->
+              %{state | replay_state: Replay.sent(state.replay_state, id, command)}
+
+            {:error, state} ->
+              Logger.warning("dspy_bridge worker #{state.os_pid}: could not replay #{command}")
+              %{state | replay_state: Replay.not_sent(state.replay_state)}
+          end
+        end)
+        |> replay_step()
     end
-
-    become_ready(%{state | replay_state: nil})
-  end
-
-  defp next_replay_batch(%{replay_state: %{batches: [batch | rest]} = rs} = state) do
-    state = %{state | replay_state: %{rs | batches: rest}}
-
-    Enum.reduce(batch, state, fn {command, args}, state ->
-      tag = {:replay, make_ref()}
-      sent = send_internal(state, command, args, tag)
-      rs = sent.replay_state
-
-      if Map.has_key?(sent.internal, sent.next_id - 1) and sent.next_id != state.next_id do
-        %{
-          sent
-          | replay_state: %{
-              rs
-              | outstanding: rs.outstanding + 1,
-                sent: Map.put(rs.sent, tag, {command, args})
-            }
-        }
-      else
-        Logger.warning("dspy_bridge worker #{state.os_pid}: could not replay #{command}")
-        %{sent | replay_state: %{rs | failed: rs.failed + 1}}
-      end
-    end)
-    |> then(fn state ->
-      if state.replay_state.outstanding == 0, do: next_replay_batch(state), else: state
-    end)
   end
 
   defp become_ready(state) do
@@ -916,15 +877,18 @@ defmodule DSPyBridge.Worker do
     case Protocol.encode_request(state.limits, id, command, encoded, nil) do
       {:ok, frame} ->
         port_command(state.port, frame)
-        %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}
+        {:ok, id, %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}}
 
       {:error, error} ->
         Logger.error("dspy_bridge worker #{state.os_pid}: #{command} not sent: #{error.message}")
-        state
+        {:error, state}
     end
   rescue
-    ArgumentError -> state
+    ArgumentError -> {:error, state}
   end
+
+  defp sent_state({:ok, _id, state}), do: state
+  defp sent_state({:error, state}), do: state
 
   defp port_command(port, data) do
     Port.command(port, data)
@@ -935,6 +899,7 @@ defmodule DSPyBridge.Worker do
   defp send_cancel(state, id) do
     state
     |> send_internal("cancel", %{"request_id" => id}, :cancel)
+    |> sent_state()
     |> bump(:cancels_sent)
   end
 
@@ -998,23 +963,12 @@ defmodule DSPyBridge.Worker do
   defp release(nil), do: :ok
   defp release({load, index}), do: :atomics.sub(load, index + 1, 1)
 
-  defp register(%{pool: nil}), do: :ok
+  defp register(state), do: hook(state, :on_status, [self(), state.os_pid, state.status])
+  defp unregister(state), do: hook(state, :on_down, [self()])
 
-  defp register(%{pool: pool} = state) do
-    DSPyBridge.Pool.Store.register_worker(
-      pool.table,
-      pool.index,
-      self(),
-      state.os_pid,
-      state.status
-    )
-  end
-
-  defp unregister(%{pool: nil}), do: :ok
-
-  defp unregister(%{pool: pool}) do
-    DSPyBridge.Pool.Store.unregister_worker(pool.table, pool.index, self())
-  end
+  # The pool's callbacks (see the `:pool` option): a standalone worker has none.
+  defp hook(%{pool: nil}, _name, _args), do: :ok
+  defp hook(%{pool: pool}, name, args), do: apply(Map.fetch!(pool, name), args)
 
   defp emit(state, source, name, data) do
     event = %Event{

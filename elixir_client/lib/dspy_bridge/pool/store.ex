@@ -20,6 +20,8 @@ defmodule DSPyBridge.Pool.Store do
   answering has its change recorded before its replacement reads the table.
   """
 
+  alias DSPyBridge.Pool.Router
+
   @typedoc "A change to record once its command succeeds."
   @type record ::
           {:put_lm, String.t() | nil, map()}
@@ -166,7 +168,7 @@ defmodule DSPyBridge.Pool.Store do
       table
       |> :ets.match_object({{:rec, :_, :_, :_}, :_, :_, :_})
       |> Enum.filter(fn {{:rec, session, _, _}, _, _, _} ->
-        session == nil or :erlang.phash2(session, size) == index
+        session == nil or Router.index_for(session, size) == index
       end)
       |> Enum.sort_by(fn {_, seq, _, _} -> seq end)
 
