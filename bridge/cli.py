@@ -23,6 +23,7 @@ def run_worker(
     channel: HostChannel,
     ready: dict[str, Any],
     record_to: TextIO | None,
+    held_signals: list[int],
 ) -> None:
     """Phase two of start-up (after `bridge.startup` announced `ready`): serve until done."""
     log_queue = LogQueue(options.max_log_queue)
@@ -34,7 +35,15 @@ def run_worker(
         from bridge.record import Recorder, worker_args_without_record
 
         observers.append(Recorder.on_stream(record_to, worker_args_without_record(argv)))
-    worker = Worker(options, table, channel, ready, observers=observers, log_queue=log_queue)
+    worker = Worker(
+        options,
+        table,
+        channel,
+        ready,
+        observers=observers,
+        log_queue=log_queue,
+        held_signals=held_signals,
+    )
     # Not asyncio.run: at the end it would wait for the default executor's threads, and
     # threads still running abandoned work (sync DSPy calls) must not delay the exit.
     loop = asyncio.new_event_loop()

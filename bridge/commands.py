@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from types import ModuleType
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from bridge.worker import Worker
+from bridge.logs import LogQueue
+from bridge.options import WorkerOptions
+from bridge.outbox import OutboxBudget
+from bridge.sessions import SessionStore
+from bridge.stats import Stats
 
 
 class Args(BaseModel):
@@ -28,18 +32,52 @@ class Args(BaseModel):
 ArgsT = TypeVar("ArgsT", bound=Args)
 
 
+class ControlPort(Protocol):
+    """What control commands read of the serving worker and ask of it."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def uptime_s(self) -> float: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    @property
+    def work_in_flight(self) -> int: ...
+
+    @property
+    def engine_state(self) -> str: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def outbox_budget(self) -> OutboxBudget: ...
+
+    @property
+    def log_queue(self) -> LogQueue | None: ...
+
+    def cancel(self, request_id: int | str) -> bool: ...
+
+    def begin_shutdown(self, grace_ms: int) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """What a handler knows of the request it serves and the worker it runs in."""
+    """What a handler may use: the request's id, the worker's settings and session store,
+    the engine (awaited: DSPy may still be loading), events, and the control port."""
 
-    worker: Worker
     request_id: int | str
-
-    def emit_event(self, name: str, **fields: Any) -> None:
-        self.worker.emit_event(name, **fields)
+    options: WorkerOptions
+    sessions: SessionStore
+    engine: Callable[[], Awaitable[ModuleType]]
+    emit_event: Callable[..., None]
+    control: ControlPort
 
     def progress(self, **fields: Any) -> None:
-        self.worker.emit_event("progress", request_id=self.request_id, **fields)
+        self.emit_event("progress", request_id=self.request_id, **fields)
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]

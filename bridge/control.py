@@ -31,15 +31,15 @@ class ShutdownArgs(Args):
 
 @table.command("ping", NoArgs, control=True)
 async def ping(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
-    worker = ctx.worker
+    worker = ctx.control
     return {
-        "status": ping_status(worker.shutting_down, worker.engine_loader.state),
+        "status": ping_status(worker.shutting_down, worker.engine_state),
         "worker_id": worker.worker_id,
         "pid": os.getpid(),
         "uptime_s": worker.uptime_s,
         "in_flight": worker.work_in_flight,
-        "dspy_loaded": worker.dspy_loaded,
-        "engine": worker.engine_loader.state,
+        "dspy_loaded": worker.engine_state == "ready",
+        "engine": worker.engine_state,
     }
 
 
@@ -51,7 +51,7 @@ def ping_status(shutting_down: bool, engine: str) -> str:
 
 @table.command("get_stats", NoArgs, control=True)
 async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
-    worker = ctx.worker
+    worker = ctx.control
     stats = worker.stats
     result: dict[str, Any] = {
         "worker_id": worker.worker_id,
@@ -61,11 +61,11 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         "errors": dict(stats.errors),
         "in_flight": worker.work_in_flight,
         "max_in_flight": stats.max_in_flight,
-        "max_in_flight_limit": worker.options.max_in_flight,
+        "max_in_flight_limit": ctx.options.max_in_flight,
         "rss_bytes": rss_bytes(),
         "latency_ms": stats.latency_summary(),
-        "dspy_loaded": worker.dspy_loaded,
-        "engine": worker.engine_loader.state,
+        "dspy_loaded": worker.engine_state == "ready",
+        "engine": worker.engine_state,
         "outbox": {
             "pending_bytes": worker.outbox_budget.pending,
             "peak_bytes": worker.outbox_budget.peak,
@@ -80,7 +80,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
             "failures": stats.log_failures,
         },
     }
-    result.update(worker.sessions.stats())
+    result.update(ctx.sessions.stats())
     return result
 
 
@@ -89,15 +89,14 @@ async def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
     if args.request_id == ctx.request_id and type(args.request_id) is type(ctx.request_id):
         # It would answer `cancelled: true` and then complete anyway: refuse it instead.
         raise invalid_field("request_id", "is this cancel request's own id")
-    return {"cancelled": ctx.worker.cancel(args.request_id)}
+    return {"cancelled": ctx.control.cancel(args.request_id)}
 
 
 @table.command("shutdown", ShutdownArgs, control=True)
 async def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
-    worker = ctx.worker
-    grace_ms = worker.options.default_grace_ms if args.grace_ms is None else args.grace_ms
-    in_flight = worker.work_in_flight
-    worker.begin_shutdown(grace_ms)
+    grace_ms = ctx.options.default_grace_ms if args.grace_ms is None else args.grace_ms
+    in_flight = ctx.control.work_in_flight
+    ctx.control.begin_shutdown(grace_ms)
     return {"shutting_down": True, "grace_ms": grace_ms, "in_flight": in_flight}
 
 

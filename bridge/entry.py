@@ -16,15 +16,15 @@ def main(argv: list[str] | None = None) -> None:
 
     channel = claim_protocol_fds()
     from bridge.options import parse_options
-    from bridge.startup import announce, hold_signals, open_record_file
+    from bridge.startup import HeldSignals, announce, open_record_file
 
     options = parse_options(args)
     record_to = open_record_file(options.record)
-    hold_signals()
+    held = HeldSignals().hold()
     ready = announce(options, channel.protocol_out)
     # pydantic would scan every installed distribution for plugins at its first model;
     # the worker uses none, and the scan delays serving the first request.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from bridge.cli import run_worker
 
-    run_worker(options, args, channel, ready, record_to)
+    run_worker(options, args, channel, ready, record_to, held.received)

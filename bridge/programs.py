@@ -489,7 +489,7 @@ def check_demos(spec: SignatureSpec, demos: list[dict[str, Any]], extra_fields: 
 
 
 async def engine_of(ctx: RequestContext) -> Engine:
-    module = await ctx.worker.engine()
+    module = await ctx.engine()
     return cast("Engine", module.ENGINE)
 
 
@@ -498,7 +498,7 @@ def check_optional_lm(
 ) -> CheckedLm | None:
     if config is None:
         return None
-    return check_lm(config, prefix, ctx.worker.options.api_key_env_allow)
+    return check_lm(config, prefix, ctx.options.api_key_env_allow)
 
 
 def program_not_found(session_id: str, program_id: str) -> BridgeError:
@@ -510,7 +510,7 @@ def program_not_found(session_id: str, program_id: str) -> BridgeError:
 
 
 def find_program(ctx: RequestContext, session_id: str | None, program_id: str) -> ProgramHandle:
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get(session_id)
     program = None if session is None else session.programs.get(program_id)
     if program is None:
@@ -548,10 +548,10 @@ def describe(program: ProgramHandle) -> dict[str, Any]:
 @table.command("configure_lm", ConfigureLmArgs)
 async def configure_lm(ctx: RequestContext, args: ConfigureLmArgs) -> dict[str, Any]:
     config = LmConfig.model_validate(args.model_dump(exclude={"session_id"}, exclude_none=True))
-    checked = check_lm(config, allowed_env=ctx.worker.options.api_key_env_allow)
+    checked = check_lm(config, allowed_env=ctx.options.api_key_env_allow)
     engine = await engine_of(ctx)
     lm = await engine.lm(checked)
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = None if args.session_id is None else store.get_or_create(args.session_id)
     store.set_lm(session, lm)
     scope = "worker" if session is None else "session"
@@ -595,7 +595,7 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     engine.signature(spec, program_type)  # DSPy's own name rules, before anything is stored
     lm = await engine.lm(checked, "lm.model") if checked is not None else None
     # No await from here on: the id check and the insertion are one step.
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get_or_create(args.session_id)
     if args.program_id is not None and args.program_id in session.programs:
         raise BridgeError(
@@ -627,7 +627,7 @@ class SessionRef(Args):
 
 @table.command("list_programs", SessionRef)
 async def list_programs(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get(args.session_id)
     programs = [] if session is None else [
         {"program_id": p.program_id, "program_type": p.program_type,
@@ -640,7 +640,7 @@ async def list_programs(ctx: RequestContext, args: SessionRef) -> dict[str, Any]
 @table.command("delete_program", ProgramRef)
 async def delete_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any]:
     program = find_program(ctx, args.session_id, args.program_id)
-    store = ctx.worker.sessions
+    store = ctx.sessions
     store.remove_program(store.require(args.session_id), program.program_id)
     return {"deleted": True, "session_id": program.session_id, "program_id": program.program_id}
 
@@ -671,10 +671,10 @@ class ExecuteProgramArgs(Args):
 @table.command("execute_program", ExecuteProgramArgs)
 async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
-    store = ctx.worker.sessions
+    store = ctx.sessions
     program = find_program(ctx, args.session_id, args.program_id)
     session = store.require(args.session_id)
-    limit = ctx.worker.options.max_input_bytes
+    limit = ctx.options.max_input_bytes
     size = len(codec.pack(args.inputs))
     if size > limit:
         raise BridgeError(
@@ -742,7 +742,7 @@ def resolve_lm(call_lm: LmHandle | None, program: ProgramHandle,
 @table.command("list_sessions", SessionRef)
 async def list_sessions(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
     """Every session, or just the one named by `session_id` (none if it does not exist)."""
-    sessions = ctx.worker.sessions.sessions
+    sessions = ctx.sessions.sessions
     if args.session_id is not None:
         found = sessions.get(args.session_id)
         return {"sessions": [] if found is None else [found.to_wire()]}
@@ -751,7 +751,7 @@ async def list_sessions(ctx: RequestContext, args: SessionRef) -> dict[str, Any]
 
 @table.command("end_session", SessionRef)
 async def end_session(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
-    session = ctx.worker.sessions.end(args.session_id)
+    session = ctx.sessions.end(args.session_id)
     return {"ended": True, "session_id": session.session_id, "programs": len(session.programs)}
 
 
@@ -808,7 +808,7 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     state = engine.check_state(spec, program_type, document.state)
     lm = await engine.lm(checked, "document.lm.model") if checked is not None else None
     # No await from here on: the id check and the insertion are one step.
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get_or_create(args.session_id)
     program_id = args.program_id or document.program_id or new_program_id(session)
     if program_id in session.programs:
@@ -828,7 +828,7 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
 
 @table.command("get_usage", SessionRef)
 async def get_usage(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get(args.session_id)
     usage = {"models": {}, "total": ModelUsage().to_wire(), "since": None} if session is None \
         else session.usage.to_wire()
@@ -837,7 +837,7 @@ async def get_usage(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
 
 @table.command("reset_usage", SessionRef)
 async def reset_usage(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
-    store = ctx.worker.sessions
+    store = ctx.sessions
     session = store.get(args.session_id)
     if session is not None:
         session.usage.reset()

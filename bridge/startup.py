@@ -23,19 +23,18 @@ from bridge.registry import command_names
 from protocol import PROTOCOL_VERSION, codec
 from protocol.framing import encode_frame
 
-_held_signals: list[int] = []
 
+class HeldSignals:
+    """SIGTERM/SIGINT kept, not obeyed, until the loop installs its own handlers: after
+    `ready`, a SIGTERM must always mean a graceful shutdown. The loop replays `received`."""
 
-def hold_signals() -> None:
-    """Until the loop installs its own handlers, keep SIGTERM/SIGINT rather than die of
-    them: after `ready`, a SIGTERM must always mean a graceful shutdown."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda received, _frame: _held_signals.append(received))
+    def __init__(self) -> None:
+        self.received: list[int] = []
 
-
-def held_signals() -> list[int]:
-    """The signals that arrived before the loop could handle them, in order."""
-    return list(_held_signals)
+    def hold(self) -> HeldSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda received, _frame: self.received.append(received))
+        return self
 
 
 def open_record_file(path: Path | None) -> TextIO | None:

@@ -30,7 +30,6 @@ from bridge.options import WorkerOptions
 from bridge.outbox import OutboxBudget
 from bridge.redaction import book, scrub
 from bridge.sessions import SessionStore
-from bridge.startup import held_signals
 from bridge.stats import Stats
 from bridge.stdio import HostChannel
 from protocol.codec import MAX_DEPTH, EncodeError, limit_problem
@@ -79,6 +78,7 @@ class Worker:
         ready: dict[str, Any],
         observers: list[FrameObserver] | None = None,
         log_queue: LogQueue | None = None,
+        held_signals: list[int] | None = None,
     ) -> None:
         self.options = options
         self.table = table
@@ -96,6 +96,8 @@ class Worker:
         self._dispatched = threading.Event()
         self._observers = observers or []
         self.log_queue = log_queue
+        # Signals that arrived before the loop could handle them (bridge.startup holds them).
+        self._held_signals = held_signals if held_signals is not None else []
         self._log = structlog.get_logger("bridge")
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         # Written once when the exit is decided: the reader and the parent watcher stop.
@@ -116,7 +118,7 @@ class Worker:
         self.engine_loader.start(self._loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
-        for held in held_signals():
+        for held in list(self._held_signals):
             self._on_signal(held)
         self._start_thread(self._watch_parent, "parent-watcher")
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
@@ -236,8 +238,8 @@ class Worker:
         self.emit_event("engine_failed", error=error.to_wire())
 
     @property
-    def dspy_loaded(self) -> bool:
-        return self.engine_loader.state == "ready"
+    def engine_state(self) -> str:
+        return self.engine_loader.state
 
     async def engine(self) -> ModuleType:
         """The DSPy integration module, once its import has finished."""
@@ -469,7 +471,9 @@ class Worker:
     async def _serve(
         self, request: Request, spec: CommandSpec[Any], args: Any, entry: InFlight
     ) -> None:
-        context = RequestContext(self, request.id)
+        context = RequestContext(
+            request.id, self.options, self.sessions, self.engine, self.emit_event, self
+        )
         deadline = asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None)
         error: BridgeError | None = None
         result: Any = None
