@@ -12,22 +12,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
+from bridge.domain.models import Args
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
 from bridge.outbox import OutboxBudget
 from bridge.sessions import SessionStore
 from bridge.stats import Stats
-
-
-class Args(BaseModel):
-    """Base for command arguments: unknown keys, NaN and type coercion are all rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, defer_build=True
-    )
-
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 

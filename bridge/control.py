@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands import Args, CommandTable, RequestContext
+from bridge.commands import CommandTable, RequestContext
+from bridge.domain.models import Args
 from bridge.redaction import book
 from bridge.stats import rss_bytes
 from protocol.errors import invalid_field

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bridge.programs import LmConfig, check_lm, parse_signature
+from bridge.domain.lm import LmConfig, check_lm
+from bridge.domain.signatures import parse_signature
 from bridge.sessions import ModelUsage
 from protocol.errors import BridgeError
 

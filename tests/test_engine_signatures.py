@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.programs import (
+from bridge.domain.signatures import (
     SCALAR_TYPES,
     SignatureSpec,
     check_value,

@@ -38,7 +38,8 @@ from protocol.codec import limit_problem
 from protocol.errors import BridgeError, ErrorType, invalid_field
 
 if TYPE_CHECKING:
-    from bridge.programs import CheckedLm, SignatureSpec
+    from bridge.domain.lm import CheckedLm
+    from bridge.domain.signatures import SignatureSpec
 
 # Outputs sit 3 levels down in a reply (reply, result, outputs): 100 leaves room.
 OUTPUT_MAX_DEPTH = 100

@@ -1,0 +1,109 @@
+"""The engine port: everything the bridge asks of DSPy, as Protocols.
+
+The command handlers are written against these; `bridge.engine` (the only package that
+imports DSPy) implements them. Nothing here imports the engine, so handlers and the
+session store work, and are tested, without DSPy loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bridge.domain.lm import CheckedLm
+from bridge.domain.signatures import SignatureSpec
+from bridge.sessions import BreakerSettings, ModelUsage
+
+
+class LmHandle(Protocol):
+    """A built LM (for DSPy: a `dspy.LM`) and the checked config it came from."""
+
+    @property
+    def checked(self) -> CheckedLm: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def stored_bytes(self) -> int: ...
+
+    @property
+    def breaker_settings(self) -> BreakerSettings: ...
+
+
+class ProgramType(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]: ...
+
+
+class ProgramHandle(Protocol):
+    """A built program (for DSPy: a module) with what the bridge knows of it."""
+
+    @property
+    def program_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def program_type(self) -> str: ...
+
+    @property
+    def spec(self) -> SignatureSpec: ...
+
+    @property
+    def lm(self) -> LmHandle | None: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def stored_bytes(self) -> int: ...
+
+    def demos(self) -> list[Any]: ...
+
+    def instructions(self) -> str: ...
+
+
+class Engine(Protocol):
+    dspy_version: str
+
+    async def lm(self, checked: CheckedLm, field_name: str = "model") -> LmHandle: ...
+
+    def program_type(self, name: str, field_name: str = "program_type") -> ProgramType: ...
+
+    def signature(self, spec: SignatureSpec, program_type: ProgramType) -> Any: ...
+
+    def build_program(
+        self,
+        program_id: str,
+        session_id: str,
+        spec: SignatureSpec,
+        type_name: str,
+        lm: LmHandle | None,
+        demos: list[dict[str, Any]],
+        state: dict[str, Any] | None,
+    ) -> ProgramHandle: ...
+
+    def export_state(self, program: ProgramHandle) -> dict[str, Any]: ...
+
+    def check_state(
+        self, spec: SignatureSpec, program_type: ProgramType, state: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def execute(
+        self,
+        program: ProgramHandle,
+        lm: LmHandle,
+        inputs: dict[str, Any],
+        config: dict[str, Any],
+        record: Callable[[dict[str, ModelUsage]], None],
+    ) -> dict[str, Any]: ...
+
+    def configure_cache(self, **changes: Any) -> dict[str, Any]: ...
