@@ -160,8 +160,8 @@ defmodule DSPyBridge.WorkerTest do
     assert {:error, %Error{type: :worker_exited}} = Worker.await_response(request)
   end
 
-  test "when the owning GenServer is killed outright, the worker exits on EOF" do
-    {:ok, pid} = GenServer.start(Worker, worker_opts())
+  test "when the owning process is killed outright, the worker exits on EOF" do
+    {:ok, pid} = Worker.start(worker_opts())
     :ok = Worker.await_ready(pid)
     os_pid = Worker.os_pid(pid)
     Process.exit(pid, :kill)

@@ -1,6 +1,6 @@
 defmodule DSPyBridge.Worker do
   @moduledoc """
-  A GenServer owning one Python worker OS process through a `Port`.
+  A `:gen_statem` owning one Python worker OS process through a `Port`.
 
   The port is opened with `{:spawn_executable, python}` and
   `[:binary, {:packet, 4}, :exit_status]`, so every message is one msgpack
@@ -11,7 +11,7 @@ defmodule DSPyBridge.Worker do
     1. `init/1` opens the port and returns at once (so a pool starts its
        workers concurrently).
     2. The worker sends its `ready` event (within `:ready_timeout`, default
-       15 s, else the GenServer stops and its OS process is killed).
+       15 s, else the process stops and its OS process is killed).
     3. The `:replay` function (given by the pool) is called and the
        commands it returns are sent, batch after batch: this is how a
        restarted worker gets its sessions' LM configs and programs back.
@@ -35,7 +35,7 @@ defmodule DSPyBridge.Worker do
 
   If the OS process dies, every in-flight or queued caller gets
   `{:error, %DSPyBridge.Error{type: :worker_exited}}` at once and the
-  GenServer stops with `{:shutdown, {:worker_exited, status}}`, so its
+  process stops with `{:shutdown, {:worker_exited, status}}`, so its
   supervisor restarts it.
 
   ## Limits
@@ -68,9 +68,9 @@ defmodule DSPyBridge.Worker do
 
   When DSPy fails to load in the worker, it sends `engine_failed` and
   answers every DSPy command with `:engine_unavailable` (retryable). The
-  GenServer then logs the error, emits the event, leaves the pool's routing
+  process then logs the error, emits the event, leaves the pool's routing
   table and stops with `{:shutdown, {:engine_failed, message}}`, so its
-  supervisor replaces the process: `terminate/2` lets the worker answer what
+  supervisor replaces the process: `terminate/3` lets the worker answer what
   is in flight (e.g. with `:engine_unavailable`) and fails whatever is left
   with `:worker_exited`. A worker whose engine can never load (a broken
   installation) is thus restarted until the supervisor's restart intensity
@@ -78,7 +78,7 @@ defmodule DSPyBridge.Worker do
 
   ## A misbehaving worker
 
-  Nothing a worker writes crashes the GenServer or leaves a caller waiting
+  Nothing a worker writes crashes the process or leaves a caller waiting
   beyond its timeout. A frame that is not msgpack, a value that is neither
   an event nor a response, a response with an id no call waits for (such as
   `invalid_frame`'s `id: nil`), a second `ready`, or a `session_evicted`
@@ -91,10 +91,10 @@ defmodule DSPyBridge.Worker do
 
   ## Stopping
 
-  `terminate/2` (the GenServer traps exits) sends `shutdown` with
+  `terminate/3` (the process traps exits) sends `shutdown` with
   `:shutdown_grace` (default 2 s), keeps answering in-flight callers while
   the worker drains, waits for the OS process to exit, and kills it with
-  `SIGKILL` by OS pid if it has not exited by then. When the GenServer is
+  `SIGKILL` by OS pid if it has not exited by then. When the process is
   killed outright, the port closes, the worker reads EOF on stdin and exits
   within a second — so no Python process outlives its owner.
 
@@ -102,7 +102,7 @@ defmodule DSPyBridge.Worker do
 
     * `:python`, `:args`, `:extra_args`, `:env`, `:cd`, `:log_level` — the
       command, see `DSPyBridge.Command`.
-    * `:name` — GenServer name.
+    * `:name` — the process name (an atom, or `{:global, _}` / `{:via, _, _}`).
     * `:ready_timeout` — ms to wait for `ready` and the replay (15,000).
     * `:max_in_flight`, `:max_queue`, `:overflow` (`:queue` or `:error`).
     * `:worker_timeout_margin` — ms added to a request's timeout for the
@@ -125,11 +125,12 @@ defmodule DSPyBridge.Worker do
       A worker without `:pool` calls nothing.
   """
 
-  use GenServer
+  @behaviour :gen_statem
   require Logger
 
-  alias DSPyBridge.{Command, Error, Event, MsgPack, Protocol}
-  alias DSPyBridge.Worker.Replay
+  alias DSPyBridge.{Command, Error, Protocol}
+  alias DSPyBridge.Worker.{Effects, Replay, Requests}
+  import DSPyBridge.Worker.Data
 
   @default_timeout 30_000
   # answered at once by the worker, so never held back by the in-flight bound
@@ -161,12 +162,28 @@ defmodule DSPyBridge.Worker do
     }
   end
 
-  @doc "Starts a worker GenServer linked to the caller; see the module doc for options."
+  @doc "Starts a worker process linked to the caller; see the module doc for options."
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     case Keyword.fetch(opts, :name) do
-      {:ok, name} -> GenServer.start_link(__MODULE__, opts, name: name)
-      :error -> GenServer.start_link(__MODULE__, opts)
+      {:ok, name} when is_atom(name) ->
+        :gen_statem.start_link({:local, name}, __MODULE__, opts, [])
+
+      {:ok, name} ->
+        :gen_statem.start_link(name, __MODULE__, opts, [])
+
+      :error ->
+        :gen_statem.start_link(__MODULE__, opts, [])
+    end
+  end
+
+  @doc "Starts a worker process not linked to the caller (like `start_link/1`)."
+  @spec start(keyword()) :: GenServer.on_start()
+  def start(opts) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, name} when is_atom(name) -> :gen_statem.start({:local, name}, __MODULE__, opts, [])
+      {:ok, name} -> :gen_statem.start(name, __MODULE__, opts, [])
+      :error -> :gen_statem.start(__MODULE__, opts, [])
     end
   end
 
@@ -187,7 +204,7 @@ defmodule DSPyBridge.Worker do
       call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
       # The pool's load counter counts the call from now; the worker releases
       # it when it answers, whatever the outcome.
-      acquire(load)
+      Effects.acquire(load)
 
       try do
         GenServer.call(server, msg, call_timeout)
@@ -197,7 +214,7 @@ defmodule DSPyBridge.Worker do
 
         :exit, {:noproc, _} ->
           # never delivered: safe for the pool to retry on a restarted worker
-          release(load)
+          Effects.release(load)
 
           {:error,
            Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
@@ -285,714 +302,369 @@ defmodule DSPyBridge.Worker do
   @spec prepare_stop(server()) :: :ok
   def prepare_stop(server), do: GenServer.cast(server, :prepare_stop)
 
-  # -- GenServer ----------------------------------------------------------------
+  # -- :gen_statem --------------------------------------------------------------
+  #
+  # States: :starting (port open, waiting for `ready`) -> :replaying (init
+  # commands and replay in flight) -> :ready (serving) -> :draining (asked to
+  # shut down; new requests get :shutting_down). The worker's death, a ready
+  # timeout or an engine failure stops the process from any state. Side
+  # effects of a state (registering with the pool, starting the replay,
+  # answering ready waiters, sending the queue) run on entering it.
+
+  @impl true
+  def callback_mode, do: [:state_functions, :state_enter]
 
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
-    cmd = Command.resolve(opts)
 
-    port_opts =
-      [:binary, {:packet, 4}, :exit_status, :use_stdio, args: cmd.args, env: cmd.env] ++
-        if(cmd.cd, do: [cd: cmd.cd], else: [])
+    case Effects.open(Command.resolve(opts)) do
+      {:error, reason} ->
+        {:stop, reason}
 
-    try do
-      Port.open({:spawn_executable, cmd.python}, port_opts)
-    rescue
-      e -> {:stop, {:spawn_failed, cmd.python, Exception.message(e)}}
-    else
-      port ->
-        {:os_pid, os_pid} = Port.info(port, :os_pid)
+      {:ok, port, os_pid} ->
+        data = new(opts, port, os_pid)
+        Effects.hook(data, :on_start, [])
         ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
-
-        state = %{
-          port: port,
-          os_pid: os_pid,
-          status: :starting,
-          pool: Keyword.get(opts, :pool),
-          on_event: Keyword.get(opts, :on_event),
-          init_commands: Keyword.get(opts, :init_commands, []),
-          replay: Keyword.get(opts, :replay),
-          max_in_flight: Keyword.get(opts, :max_in_flight, 200),
-          max_queue: Keyword.get(opts, :max_queue, 10_000),
-          overflow: Keyword.get(opts, :overflow, :queue),
-          margin: Keyword.get(opts, :worker_timeout_margin, 1_000),
-          grace: Keyword.get(opts, :shutdown_grace, 2_000),
-          kill_after: Keyword.get(opts, :kill_after, 2_000),
-          ready_timer: Process.send_after(self(), :ready_timeout, ready_timeout),
-          ready: nil,
-          ready_waiters: [],
-          limits: Protocol.default_limits(),
-          next_id: 0,
-          # ref => request; ids maps a wire id to its ref while in flight
-          reqs: %{},
-          ids: %{},
-          queue: :queue.new(),
-          queued: 0,
-          # wire ids of timed-out requests still running in the worker
-          abandoned: %{},
-          # wire id => :replay | :cancel | :shutdown
-          internal: %{},
-          replay_state: nil,
-          started_at: System.monotonic_time(:millisecond),
-          counters: %{
-            requests: 0,
-            timeouts: 0,
-            cancels_sent: 0,
-            late_replies_dropped: 0,
-            overloaded: 0,
-            limit_exceeded: 0,
-            unexpected_frames: 0
-          }
-        }
-
-        hook(state, :on_start, [])
-
-        register(state)
-        {:ok, state}
+        {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
   end
 
-  @impl true
-  def handle_call({:request, command, _, _, _, load}, _from, %{status: :stopping} = state) do
-    release(load)
-
-    {:reply, {:error, Error.new(:shutting_down, "worker is stopping; #{command} not sent")},
-     state}
+  @doc false
+  def starting(:enter, _old, data) do
+    Effects.register(data, :starting)
+    :keep_state_and_data
   end
 
-  def handle_call({:request, command, {args_bin, shape}, timeout, record, load}, from, state) do
-    ref = make_ref()
+  def starting(:info, {port, {:data, frame}}, %{port: port} = data) do
+    case Protocol.decode(frame) do
+      {:event, "ready", event} -> on_ready(event, data)
+      decoded -> handle_frame(decoded, :starting, data)
+    end
+  end
 
-    timer =
-      if timeout == :infinity,
-        do: nil,
-        else: :erlang.start_timer(timeout, self(), {:req_timeout, ref})
+  def starting(type, event, data), do: not_ready(type, event, :starting, data)
 
-    deadline =
-      if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
+  @doc false
+  def replaying(:enter, _old, data) do
+    batches = if data.replay_fun, do: data.replay_fun.(), else: []
+    replay = Replay.new(data.init_commands, batches, System.monotonic_time(:millisecond))
+    # the first batch is sent by the step, which may find nothing to replay
+    {:keep_state, %{data | replay: replay}, [{:state_timeout, 0, :step}]}
+  end
 
-    req = %{
-      from: from,
-      command: command,
-      args: args_bin,
-      shape: shape,
-      timer: timer,
-      deadline: deadline,
-      record: record,
-      load: load,
-      started: System.monotonic_time(),
-      id: nil
-    }
+  def replaying(:state_timeout, :step, data), do: replay_step(data)
+  def replaying(type, event, data), do: not_ready(type, event, :replaying, data)
 
-    state = bump(state, :requests)
+  @doc false
+  def ready(:enter, _old, data) do
+    Enum.each(data.ready_waiters, &:gen_statem.reply(&1, :ok))
+    data = %{data | ready_waiters: []}
+    Effects.register(data, :ready)
+    {:keep_state, drain_queue(data), [{{:timeout, :ready}, :cancel}]}
+  end
+
+  def ready({:call, from}, {:request, command, _, _, _, _} = msg, data) do
+    req = new_request(from, msg)
+    data = bump(data, :requests)
 
     cond do
-      state.status == :ready and
-          (map_size(state.ids) < state.max_in_flight or command in @unbounded) ->
-        {:noreply, dispatch(state, ref, req)}
+      Requests.room?(data.requests, data.max_in_flight) or command in @unbounded ->
+        {id, requests} = Requests.new_id(data.requests)
+        {:keep_state, dispatch(%{data | requests: requests}, id, req)}
 
-      state.status == :ready and state.overflow == :error ->
-        cancel_timer(timer)
-        release(load)
-        {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
-
-      state.queued >= state.max_queue ->
-        cancel_timer(timer)
-        release(load)
-        {:reply, {:error, overloaded(state)}, bump(state, :overloaded)}
+      data.overflow == :error ->
+        overloaded(req, data)
 
       true ->
-        state = %{
-          state
-          | reqs: Map.put(state.reqs, ref, req),
-            queue: :queue.in(ref, state.queue),
-            queued: state.queued + 1
-        }
-
-        {:noreply, state}
+        enqueue(req, data)
     end
   end
 
-  def handle_call(:await_ready, _from, %{status: :ready} = state), do: {:reply, :ok, state}
+  def ready({:call, from}, :await_ready, _data), do: {:keep_state_and_data, [{:reply, from, :ok}]}
+  def ready(type, event, data), do: common(type, event, :ready, data)
 
-  def handle_call(:await_ready, from, state),
-    do: {:noreply, %{state | ready_waiters: [from | state.ready_waiters]}}
+  @doc false
+  def draining(:enter, _old, _data), do: :keep_state_and_data
 
-  def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
-
-  def handle_call(:info, _from, state) do
-    info =
-      Map.merge(state.counters, %{
-        status: state.status,
-        os_pid: state.os_pid,
-        worker_id: state.ready && state.ready["worker_id"],
-        in_flight: map_size(state.ids),
-        queued: state.queued,
-        max_in_flight: state.max_in_flight,
-        max_frame_bytes: state.limits.max_frame_bytes,
-        uptime_ms: System.monotonic_time(:millisecond) - state.started_at,
-        ready: state.ready
-      })
-
-    {:reply, info, state}
+  def draining({:call, from}, {:request, command, _, _, _, load}, _data) do
+    Effects.release(load)
+    error = Error.new(:shutting_down, "worker is stopping; #{command} not sent")
+    {:keep_state_and_data, [{:reply, from, {:error, error}}]}
   end
 
-  @impl true
-  def handle_cast(:prepare_stop, %{status: status} = state) when status in [:exited, :stopping],
-    do: {:noreply, state}
+  def draining(:cast, :prepare_stop, _data), do: :keep_state_and_data
 
-  def handle_cast(:prepare_stop, state) do
-    state = sent_state(send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown))
-    {:noreply, %{state | status: :stopping}}
+  def draining(:info, {port, {:exit_status, status}}, %{port: port} = data) do
+    Logger.debug("dspy_bridge worker #{data.os_pid} stopped with status #{status}")
+    {:stop, :shutdown, fail_all(%{data | exited: true}, "worker stopped")}
   end
 
-  @impl true
-  def handle_info({port, {:data, frame}}, %{port: port} = state) do
-    case Protocol.decode(frame) do
-      {:event, name, event} -> handle_event(name, event, state)
-      {:response, id, response} -> {:noreply, handle_response(id, response, state)}
-      {:unexpected, what} -> {:noreply, unexpected(state, what)}
-    end
+  def draining(type, event, data), do: common(type, event, :draining, data)
+
+  # Requests wait in the queue until the worker is ready (up to their timeout).
+  defp not_ready({:call, from}, {:request, _, _, _, _, _} = msg, _state, data) do
+    enqueue(new_request(from, msg), bump(data, :requests))
   end
 
-  def handle_info({port, {:exit_status, status}}, %{port: port, status: :stopping} = state) do
-    Logger.debug("dspy_bridge worker #{state.os_pid} stopped with status #{status}")
-    state = fail_all(%{state | status: :exited}, "worker stopped")
-    {:stop, :shutdown, state}
+  defp not_ready({:timeout, :ready}, nil, state, data) do
+    Logger.error("dspy_bridge worker #{data.os_pid} not ready in time (#{state}); killing it")
+    Effects.kill(data.os_pid)
+    data = fail_all(%{data | exited: true}, "worker did not become ready in time")
+    {:stop, {:shutdown, :ready_timeout}, data}
   end
 
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    in_flight = map_size(state.reqs)
+  defp not_ready(type, event, state, data), do: common(type, event, state, data)
+
+  # Events handled alike in every state.
+  defp common({:call, from}, :await_ready, _state, data),
+    do: {:keep_state, %{data | ready_waiters: [from | data.ready_waiters]}}
+
+  defp common({:call, from}, :os_pid, _state, data),
+    do: {:keep_state_and_data, [{:reply, from, data.os_pid}]}
+
+  defp common({:call, from}, :info, state, data),
+    do: {:keep_state_and_data, [{:reply, from, info_map(state, data)}]}
+
+  defp common(:cast, :prepare_stop, _state, data) do
+    {:next_state, :draining, send_shutdown(data)}
+  end
+
+  defp common(:info, {port, {:data, frame}}, state, %{port: port} = data),
+    do: handle_frame(Protocol.decode(frame), state, data)
+
+  defp common(:info, {port, {:exit_status, status}}, _state, %{port: port} = data) do
+    in_flight = data.requests.in_flight + data.requests.queued
 
     Logger.error(
-      "dspy_bridge worker #{state.os_pid} exited with status #{status}; " <>
+      "dspy_bridge worker #{data.os_pid} exited with status #{status}; " <>
         "failing #{in_flight} pending request(s)"
     )
 
-    state = fail_all(%{state | status: :exited}, "worker exited with status #{status}")
-
-    emit(state, :client, "worker_exited", %{"exit_status" => status, "in_flight" => in_flight})
-    {:stop, {:shutdown, {:worker_exited, status}}, state}
+    data = fail_all(%{data | exited: true}, "worker exited with status #{status}")
+    emit(data, :client, "worker_exited", %{"exit_status" => status, "in_flight" => in_flight})
+    {:stop, {:shutdown, {:worker_exited, status}}, data}
   end
 
-  def handle_info({:timeout, _tref, {:req_timeout, ref}}, state) do
-    case Map.pop(state.reqs, ref) do
-      {nil, _} ->
-        {:noreply, state}
+  defp common(:info, {:timeout, _tref, {:req_timeout, id}}, state, data),
+    do: {:keep_state, request_timeout(id, state, data)}
 
-      {%{id: nil} = req, reqs} ->
-        # still queued: lazily skipped when dequeued
-        reply(req, {:error, timeout_error(req)})
-        {:noreply, bump(%{state | reqs: reqs, queued: state.queued - 1}, :timeouts)}
-
-      {%{id: id} = req, reqs} ->
-        reply(req, {:error, timeout_error(req)})
-
-        state = %{
-          state
-          | reqs: reqs,
-            ids: Map.delete(state.ids, id),
-            abandoned: Map.put(state.abandoned, id, req.command)
-        }
-
-        state = state |> bump(:timeouts) |> send_cancel(id) |> drain_queue()
-        {:noreply, state}
-    end
-  end
-
-  def handle_info(:ready_timeout, %{status: status} = state)
-      when status in [:starting, :replaying] do
-    Logger.error("dspy_bridge worker #{state.os_pid} not ready in time (#{status}); killing it")
-    kill_os_process(state)
-    state = fail_all(%{state | status: :exited}, "worker did not become ready in time")
-    {:stop, {:shutdown, :ready_timeout}, state}
-  end
-
-  def handle_info(:ready_timeout, state), do: {:noreply, state}
   # A write to a dead process can close the port with :epipe and no exit
   # status: that is the worker's death too. The process is killed in case it
   # only closed its stdin.
-  def handle_info({:EXIT, port, reason}, %{port: port, status: status} = state)
-      when status != :exited do
-    in_flight = map_size(state.reqs)
+  defp common(:info, {:EXIT, port, reason}, _state, %{port: port} = data) do
+    in_flight = data.requests.in_flight + data.requests.queued
 
     Logger.error(
-      "dspy_bridge worker #{state.os_pid}: port closed (#{inspect(reason)}); " <>
+      "dspy_bridge worker #{data.os_pid}: port closed (#{inspect(reason)}); " <>
         "failing #{in_flight} pending request(s)"
     )
 
-    kill_os_process(state)
-    state = fail_all(%{state | status: :exited}, "worker port closed: #{inspect(reason)}")
-    emit(state, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
-    {:stop, {:shutdown, {:worker_exited, reason}}, state}
+    Effects.kill(data.os_pid)
+    data = fail_all(%{data | exited: true}, "worker port closed: #{inspect(reason)}")
+    emit(data, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
+    {:stop, {:shutdown, {:worker_exited, reason}}, data}
   end
 
-  def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
-  def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
-  def handle_info(_msg, state), do: {:noreply, state}
+  defp common(:info, {:EXIT, _pid, reason}, _state, _data), do: {:stop, reason}
+  defp common(_type, _event, _state, _data), do: :keep_state_and_data
 
   @impl true
-  def terminate(_reason, %{status: :exited} = state), do: unregister(state)
+  def terminate(_reason, _state, %{exited: true} = data), do: Effects.unregister(data)
 
-  def terminate(reason, state) do
+  def terminate(reason, state, data) do
     # Ask the worker to stop, keep answering callers while it drains, and
     # make sure the OS process is gone before returning.
-    state =
-      if state.status == :stopping,
-        do: state,
-        else:
-          sent_state(send_internal(state, "shutdown", %{"grace_ms" => state.grace}, :shutdown))
+    data = if state == :draining, do: data, else: send_shutdown(data)
+    deadline = System.monotonic_time(:millisecond) + data.grace + data.kill_after
 
-    deadline = System.monotonic_time(:millisecond) + state.grace + state.kill_after
+    data =
+      case Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2) do
+        {:exited, data} ->
+          data
 
-    state =
-      case drain_until_exit(state, deadline) do
-        {:exited, state} ->
-          state
-
-        {:alive, state} ->
+        {:alive, data} ->
           Logger.warning(
-            "dspy_bridge worker #{state.os_pid} still running after shutdown grace; sending SIGKILL"
+            "dspy_bridge worker #{data.os_pid} still running after shutdown grace; sending SIGKILL"
           )
 
-          kill_os_process(state)
+          Effects.kill(data.os_pid)
+          deadline = System.monotonic_time(:millisecond) + 3_000
 
-          case drain_until_exit(state, System.monotonic_time(:millisecond) + 3_000) do
-            {_, state} -> state
-          end
+          elem(
+            Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2),
+            1
+          )
       end
 
-    fail_all(state, "worker stopped (#{inspect(reason)})")
-    unregister(state)
+    fail_all(data, "worker stopped (#{inspect(reason)})")
+    Effects.unregister(data)
   end
 
-  # -- internals ------------------------------------------------------------------
-
-  defp drain_until_exit(%{port: port} = state, deadline) do
-    wait = max(deadline - System.monotonic_time(:millisecond), 0)
-
-    receive do
-      {^port, {:exit_status, _}} ->
-        {:exited, state}
-
-      {:EXIT, ^port, _} ->
-        kill_os_process(state)
-        {:exited, state}
-
-      {^port, {:data, frame}} ->
-        state =
-          case Protocol.decode(frame) do
-            {:response, id, response} -> handle_response(id, response, state)
-            _ -> state
-          end
-
-        drain_until_exit(state, deadline)
-    after
-      wait -> {:alive, state}
+  defp drain_frame(frame, data) do
+    case Protocol.decode(frame) do
+      {:response, id, response} -> data |> handle_response(id, response) |> elem(0)
+      _ -> data
     end
   end
 
-  defp kill_os_process(%{os_pid: os_pid}) do
-    System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
-  rescue
-    _ -> :ok
-  end
+  # -- frames from the worker -----------------------------------------------------
 
-  # Returns a GenServer answer: {:noreply, state} or {:stop, reason, state}.
-  defp handle_event("ready", event, %{status: :starting} = state) do
+  defp on_ready(event, data) do
     if event["protocol_version"] != 1 do
       Logger.warning(
-        "dspy_bridge worker #{state.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
+        "dspy_bridge worker #{data.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
       )
     end
 
     Logger.info(
-      "dspy_bridge worker #{state.os_pid} ready (worker_id=#{text(event["worker_id"])}" <>
-        if(state.pool, do: ", pool=#{inspect(state.pool.name)}[#{state.pool.index}])", else: ")")
+      "dspy_bridge worker #{data.os_pid} ready (worker_id=#{text(event["worker_id"])}" <>
+        if(data.pool, do: ", pool=#{inspect(data.pool.name)}[#{data.pool.index}])", else: ")")
     )
 
-    state = %{
-      state
-      | ready: event,
-        status: :replaying,
-        limits: Protocol.limits_from_ready(event)
-    }
-
-    emit(state, :worker, "ready", event)
-    {:noreply, start_replay(state)}
+    data = %{data | ready: event, limits: Protocol.limits_from_ready(event)}
+    emit(data, :worker, "ready", event)
+    {:next_state, :replaying, data}
   end
 
-  defp handle_event("ready", _event, state) do
-    # `ready` is sent once, first: another one changes nothing
-    {:noreply, unexpected(state, "a ready event while #{state.status}")}
-  end
-
-  defp handle_event("engine_failed", event, state) do
-    error = Error.from_wire(event["error"])
-
-    Logger.error(
-      "dspy_bridge worker #{state.os_pid}: the DSPy engine failed to load: #{error.message}" <>
-        if(state.status == :stopping, do: "", else: "; stopping the worker so it is replaced")
-    )
-
-    emit(state, :worker, "engine_failed", event)
-
-    if state.status == :stopping do
-      {:noreply, state}
-    else
-      # Out of the pool's routing table at once: calls that arrive while this
-      # process drains wait for its replacement instead. terminate/2 lets the
-      # worker answer what is in flight, then fails the rest with :worker_exited.
-      unregister(state)
-      {:stop, {:shutdown, {:engine_failed, error.message}}, state}
+  # A decoded frame in `state`: returns a :gen_statem result.
+  defp handle_frame({:response, id, response}, state, data) do
+    case handle_response(data, id, response) do
+      {data, :replay_answered} when state == :replaying -> replay_step(data)
+      {data, _} -> {:keep_state, if(state == :ready, do: drain_queue(data), else: data)}
     end
   end
 
-  defp handle_event("session_evicted", event, state) do
+  defp handle_frame({:event, "ready", _}, state, data),
+    # `ready` is sent once, first: another one changes nothing
+    do: {:keep_state, unexpected(data, "a ready event while #{status(state)}")}
+
+  defp handle_frame({:event, "engine_failed", event}, state, data) do
+    error = Error.from_wire(event["error"])
+
+    Logger.error(
+      "dspy_bridge worker #{data.os_pid}: the DSPy engine failed to load: #{error.message}" <>
+        if(state == :draining, do: "", else: "; stopping the worker so it is replaced")
+    )
+
+    emit(data, :worker, "engine_failed", event)
+
+    if state == :draining do
+      :keep_state_and_data
+    else
+      # Out of the pool's routing table at once: calls that arrive while this
+      # process drains wait for its replacement instead. terminate/3 lets the
+      # worker answer what is in flight, then fails the rest with :worker_exited.
+      Effects.unregister(data)
+      {:stop, {:shutdown, {:engine_failed, error.message}}}
+    end
+  end
+
+  defp handle_frame({:event, "session_evicted", event}, _state, data) do
     session = event["session_id"]
 
     cond do
       not is_binary(session) ->
-        {:noreply, unexpected(state, "session_evicted without a session_id: #{inspect(event)}")}
+        {:keep_state, unexpected(data, "session_evicted without a session_id: #{inspect(event)}")}
 
-      state.pool != nil and not state.pool.serves_session?.(session) ->
+      data.pool != nil and not data.pool.serves_session?.(session) ->
         # not a session of this worker: its records belong to another one
-        {:noreply,
-         unexpected(state, "session_evicted for #{inspect(session)}, a session it does not serve")}
+        {:keep_state,
+         unexpected(data, "session_evicted for #{inspect(session)}, a session it does not serve")}
 
       true ->
-        Logger.info("dspy_bridge worker #{state.os_pid}: session #{inspect(session)} evicted")
-        hook(state, :on_session_evicted, [session])
-        emit(state, :worker, "session_evicted", event)
-        {:noreply, state}
+        Logger.info("dspy_bridge worker #{data.os_pid}: session #{inspect(session)} evicted")
+        Effects.hook(data, :on_session_evicted, [session])
+        emit(data, :worker, "session_evicted", event)
+        :keep_state_and_data
     end
   end
 
-  defp handle_event(name, event, state) do
+  defp handle_frame({:event, name, event}, _state, data) do
     case name do
       "progress" ->
-        Logger.debug("dspy_bridge worker #{state.os_pid} progress: #{inspect(event)}")
+        Logger.debug("dspy_bridge worker #{data.os_pid} progress: #{inspect(event)}")
 
       _ ->
         Logger.info(
-          "dspy_bridge worker #{state.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
+          "dspy_bridge worker #{data.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
         )
     end
 
-    emit(state, :worker, name, event)
-    {:noreply, state}
+    emit(data, :worker, name, event)
+    :keep_state_and_data
   end
 
-  defp unexpected(state, what) do
-    Logger.warning("dspy_bridge worker #{state.os_pid} sent #{what}")
-    bump(state, :unexpected_frames)
-  end
+  defp handle_frame({:unexpected, what}, _state, data),
+    do: {:keep_state, unexpected(data, what)}
 
-  defp text(s) when is_binary(s), do: s
-  defp text(other), do: inspect(other, limit: 20)
+  # -- replay -----------------------------------------------------------------------
 
-  defp handle_response(id, response, state) do
-    cond do
-      Map.has_key?(state.ids, id) ->
-        {ref, ids} = Map.pop(state.ids, id)
-        {req, reqs} = Map.pop(state.reqs, ref)
-        cancel_timer(req.timer)
-        reply = Protocol.to_reply(response)
-
-        if req.record != nil and match?({:ok, _}, reply),
-          do: hook(state, :on_record, [req.record, reply])
-
-        reply(req, reply)
-        request_telemetry(state, req, reply)
-        drain_queue(%{state | ids: ids, reqs: reqs})
-
-      Map.has_key?(state.internal, id) ->
-        {tag, internal} = Map.pop(state.internal, id)
-        handle_internal(tag, id, response, %{state | internal: internal})
-
-      Map.has_key?(state.abandoned, id) ->
-        {command, abandoned} = Map.pop(state.abandoned, id)
-        outcome = Protocol.outcome(response)
-
-        Logger.debug(
-          "dspy_bridge worker #{state.os_pid}: dropped late #{outcome} reply for timed-out request #{inspect(id)} (#{command})"
-        )
-
-        emit(state, :client, "late_reply_dropped", %{
-          "id" => id,
-          "command" => command,
-          "outcome" => outcome
-        })
-
-        bump(%{state | abandoned: abandoned}, :late_replies_dropped)
-
-      true ->
-        # e.g. an `invalid_frame` answer with `id: nil`: it names no request
-        unexpected(
-          state,
-          "an answer to no pending request (id #{inspect(id)}): #{inspect(response, limit: 10)}"
-        )
-    end
-  end
-
-  defp handle_internal(:replay, id, response, state) do
-    {result, replay} = Replay.answered(state.replay_state, id, response)
-
-    with {:failed, command, error} <- result do
-      Logger.warning(
-        "dspy_bridge worker #{state.os_pid}: replaying #{command} failed: " <>
-          inspect(error, limit: 10)
-      )
-    end
-
-    replay_step(%{state | replay_state: replay})
-  end
-
-  defp handle_internal(tag, _id, response, state) do
-    if match?(%{"success" => false}, response) do
-      Logger.debug(
-        "dspy_bridge worker #{state.os_pid}: #{inspect(tag)} answered #{inspect(response)}"
-      )
-    end
-
-    state
-  end
-
-  defp start_replay(state) do
-    batches =
-      case state.replay do
-        nil -> []
-        fun -> fun.()
-      end
-
-    replay = Replay.new(state.init_commands, batches, System.monotonic_time(:millisecond))
-    replay_step(%{state | replay_state: replay})
-  end
-
-  defp replay_step(state) do
-    case Replay.next(state.replay_state) do
+  defp replay_step(data) do
+    case Replay.next(data.replay) do
       :wait ->
-        state
+        {:keep_state, data}
 
       :done ->
-        summary = Replay.summary(state.replay_state, System.monotonic_time(:millisecond))
+        summary = Replay.summary(data.replay, System.monotonic_time(:millisecond))
 
         if summary["commands"] > 0 do
           Logger.info(
-            "dspy_bridge worker #{state.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
+            "dspy_bridge worker #{data.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
               if(summary["failed"] > 0, do: " (#{summary["failed"]} failed)", else: "")
           )
 
-          emit(state, :client, "replayed", summary)
+          emit(data, :client, "replayed", summary)
         end
 
-        become_ready(%{state | replay_state: nil})
+        {:next_state, :ready, %{data | replay: nil}}
 
       {:send, batch, replay} ->
         batch
-        |> Enum.reduce(%{state | replay_state: replay}, fn {command, args}, state ->
-          case send_internal(state, command, args, :replay) do
-            {:ok, id, state} ->
-              %{state | replay_state: Replay.sent(state.replay_state, id, command)}
+        |> Enum.reduce(%{data | replay: replay}, fn {command, args}, data ->
+          case send_internal(data, command, args, :replay) do
+            {:ok, id, data} ->
+              %{data | replay: Replay.sent(data.replay, id, command)}
 
-            {:error, state} ->
-              Logger.warning("dspy_bridge worker #{state.os_pid}: could not replay #{command}")
-              %{state | replay_state: Replay.not_sent(state.replay_state)}
+            {:error, data} ->
+              Logger.warning("dspy_bridge worker #{data.os_pid}: could not replay #{command}")
+              %{data | replay: Replay.not_sent(data.replay)}
           end
         end)
         |> replay_step()
     end
   end
 
-  defp become_ready(state) do
-    Process.cancel_timer(state.ready_timer)
-    Enum.each(state.ready_waiters, &GenServer.reply(&1, :ok))
-    state = %{state | status: :ready, ready_waiters: []}
-    register(state)
-    drain_queue(state)
-  end
+  # -- requests -----------------------------------------------------------------------
 
-  defp drain_queue(%{status: :ready} = state) do
-    if state.queued > 0 and map_size(state.ids) < state.max_in_flight do
-      {{:value, ref}, queue} = :queue.out(state.queue)
-      state = %{state | queue: queue}
-
-      case Map.fetch(state.reqs, ref) do
-        {:ok, %{id: nil} = req} ->
-          drain_queue(dispatch(%{state | queued: state.queued - 1}, ref, req))
-
-        _ ->
-          # timed out while queued (already answered and counted)
-          drain_queue(state)
-      end
+  defp enqueue(req, data) do
+    if data.requests.queued >= data.max_queue do
+      overloaded(req, data)
     else
-      if state.queued == 0, do: %{state | queue: :queue.new()}, else: state
+      {id, requests} = Requests.new_id(data.requests)
+      req = start_timer(req, id)
+      {:keep_state, %{data | requests: Requests.put(requests, id, {:queued, req})}}
     end
   end
 
-  defp drain_queue(state), do: state
+  defp overloaded(req, data) do
+    Effects.release(req.load)
+    %{in_flight: in_flight, queued: queued} = data.requests
 
-  defp dispatch(state, ref, req) do
-    id = state.next_id
+    error =
+      Error.new(
+        :overloaded,
+        "worker #{data.os_pid} has #{in_flight} requests in flight and #{queued} queued",
+        details: %{"in_flight" => in_flight, "queued" => queued}
+      )
 
-    timeout_ms =
-      case req.deadline do
-        :infinity -> nil
-        deadline -> max(deadline - System.monotonic_time(:millisecond), 1) + state.margin
-      end
-
-    case Protocol.encode_request(state.limits, id, req.command, {req.args, req.shape}, timeout_ms) do
-      {:ok, frame} ->
-        # If the OS process just died the port may be closed already; the
-        # request then stays pending and fails with :worker_exited on the
-        # exit status.
-        port_command(state.port, frame)
-
-        %{
-          state
-          | next_id: id + 1,
-            reqs: Map.put(state.reqs, ref, %{req | id: id}),
-            ids: Map.put(state.ids, id, ref)
-        }
-
-      {:error, error} ->
-        # The worker would answer `invalid_frame` with no id (it cannot read
-        # the frame), which no caller could be matched with: refuse it here.
-        cancel_timer(req.timer)
-        reply = {:error, error}
-        reply(req, reply)
-        request_telemetry(state, req, reply)
-        bump(%{state | reqs: Map.delete(state.reqs, ref)}, :limit_exceeded)
-    end
+    {:keep_state, bump(data, :overloaded), [{:reply, req.from, {:error, error}}]}
   end
 
-  # Commands of the client's own (init commands, replay, cancel, shutdown).
-  # One that cannot be sent leaves the state as it was (the replay counts it
-  # as failed).
-  defp send_internal(state, command, args, tag) do
-    id = state.next_id
-    encoded = {MsgPack.encode!(args), Protocol.shape(args)}
+  # -- helpers ------------------------------------------------------------------------
 
-    case Protocol.encode_request(state.limits, id, command, encoded, nil) do
-      {:ok, frame} ->
-        port_command(state.port, frame)
-        {:ok, id, %{state | next_id: id + 1, internal: Map.put(state.internal, id, tag)}}
+  defp text(s) when is_binary(s), do: s
+  defp text(other), do: inspect(other, limit: 20)
 
-      {:error, error} ->
-        Logger.error("dspy_bridge worker #{state.os_pid}: #{command} not sent: #{error.message}")
-        {:error, state}
-    end
-  rescue
-    ArgumentError -> {:error, state}
-  end
-
-  defp sent_state({:ok, _id, state}), do: state
-  defp sent_state({:error, state}), do: state
-
-  defp port_command(port, data) do
-    Port.command(port, data)
-  rescue
-    ArgumentError -> false
-  end
-
-  defp send_cancel(state, id) do
-    state
-    |> send_internal("cancel", %{"request_id" => id}, :cancel)
-    |> sent_state()
-    |> bump(:cancels_sent)
-  end
-
-  defp request_telemetry(state, req, reply) do
-    outcome =
-      case reply do
-        {:ok, _} -> :ok
-        {:error, %Error{type: type}} -> type
-      end
-
-    DSPyBridge.Telemetry.execute(
-      [:dspy_bridge, :request, :stop],
-      %{duration: System.monotonic_time() - req.started},
-      %{
-        command: req.command,
-        outcome: outcome,
-        pool: state.pool && state.pool.name,
-        worker: state.pool && state.pool.index
-      }
-    )
-  end
-
-  defp fail_all(state, message) do
-    error = Error.new(:worker_exited, message)
-
-    for {_ref, req} <- state.reqs do
-      cancel_timer(req.timer)
-      reply(req, {:error, error})
-    end
-
-    Enum.each(state.ready_waiters, &GenServer.reply(&1, {:error, error}))
-
-    %{state | reqs: %{}, ids: %{}, queue: :queue.new(), queued: 0, ready_waiters: []}
-  end
-
-  defp timeout_error(req) do
-    Error.new(:timeout, "#{req.command} did not complete within its timeout; cancelled")
-  end
-
-  defp overloaded(state) do
-    Error.new(
-      :overloaded,
-      "worker #{state.os_pid} has #{map_size(state.ids)} requests in flight and #{state.queued} queued",
-      details: %{"in_flight" => map_size(state.ids), "queued" => state.queued}
-    )
-  end
-
-  defp cancel_timer(nil), do: :ok
-  defp cancel_timer(timer), do: :erlang.cancel_timer(timer, async: true, info: false)
-
-  defp bump(state, key), do: %{state | counters: Map.update!(state.counters, key, &(&1 + 1))}
-
-  defp reply(req, reply) do
-    GenServer.reply(req.from, reply)
-    release(req.load)
-  end
-
-  defp acquire(nil), do: :ok
-  defp acquire({load, index}), do: :atomics.add(load, index + 1, 1)
-
-  defp release(nil), do: :ok
-  defp release({load, index}), do: :atomics.sub(load, index + 1, 1)
-
-  defp register(state), do: hook(state, :on_status, [self(), state.os_pid, state.status])
-  defp unregister(state), do: hook(state, :on_down, [self()])
-
-  # The pool's callbacks (see the `:pool` option): a standalone worker has none.
-  defp hook(%{pool: nil}, _name, _args), do: :ok
-  defp hook(%{pool: pool}, name, args), do: apply(Map.fetch!(pool, name), args)
-
-  defp emit(state, source, name, data) do
-    event = %Event{
-      name: name,
-      source: source,
-      data: data,
-      pool: state.pool && state.pool.name,
-      worker: state.pool && state.pool.index,
-      os_pid: state.os_pid
-    }
-
-    case state.on_event do
-      nil -> :ok
-      fun when is_function(fun, 1) -> safe_call(fun, event)
-      pid when is_pid(pid) -> send(pid, {:dspy_bridge_event, event})
-    end
-
-    DSPyBridge.Telemetry.execute([:dspy_bridge, :event], %{count: 1}, %{event: event})
-  end
-
-  defp safe_call(fun, event) do
-    fun.(event)
-  catch
-    kind, reason ->
-      Logger.warning("dspy_bridge event handler failed: #{Exception.format(kind, reason)}")
-  end
+  defp emit(data, source, name, event_data), do: Effects.emit(data, source, name, event_data)
 end

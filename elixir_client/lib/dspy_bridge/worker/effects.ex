@@ -1,0 +1,132 @@
+defmodule DSPyBridge.Worker.Effects do
+  @moduledoc false
+  # The side effects of DSPyBridge.Worker, in one place: the port and the OS
+  # process, the callers' replies and the pool's load counter, the pool's
+  # callbacks, events and telemetry. `data` is the worker's state data.
+
+  require Logger
+
+  alias DSPyBridge.{Error, Event, Telemetry}
+
+  @doc "Opens the worker's port: `{:ok, port, os_pid}` or `{:error, reason}`."
+  def open(cmd) do
+    port_opts =
+      [:binary, {:packet, 4}, :exit_status, :use_stdio, args: cmd.args, env: cmd.env] ++
+        if(cmd.cd, do: [cd: cmd.cd], else: [])
+
+    try do
+      Port.open({:spawn_executable, cmd.python}, port_opts)
+    rescue
+      e -> {:error, {:spawn_failed, cmd.python, Exception.message(e)}}
+    else
+      port ->
+        {:os_pid, os_pid} = Port.info(port, :os_pid)
+        {:ok, port, os_pid}
+    end
+  end
+
+  @doc "Writes a frame; a closed port (the process just died) is not an error here."
+  def send_frame(port, frame) do
+    Port.command(port, frame)
+  rescue
+    ArgumentError -> false
+  end
+
+  @doc "SIGKILL by OS pid."
+  def kill(os_pid) do
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
+  rescue
+    _ -> :ok
+  end
+
+  @doc """
+  Waits until the port's process exits or `deadline` (monotonic ms) passes,
+  giving each frame that arrives meanwhile to `on_frame.(frame, acc)`:
+  `{:exited | :alive, acc}`.
+  """
+  def drain_until_exit(port, os_pid, deadline, acc, on_frame) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:exit_status, _}} ->
+        {:exited, acc}
+
+      {:EXIT, ^port, _} ->
+        kill(os_pid)
+        {:exited, acc}
+
+      {^port, {:data, frame}} ->
+        drain_until_exit(port, os_pid, deadline, on_frame.(frame, acc), on_frame)
+    after
+      wait -> {:alive, acc}
+    end
+  end
+
+  def cancel_timer(nil), do: :ok
+  def cancel_timer(timer), do: :erlang.cancel_timer(timer, async: true, info: false)
+
+  @doc "Answers a request's caller and releases its count on the pool's load counter."
+  def reply(req, reply) do
+    GenServer.reply(req.from, reply)
+    release(req.load)
+  end
+
+  def acquire(nil), do: :ok
+  def acquire({load, index}), do: :atomics.add(load, index + 1, 1)
+
+  def release(nil), do: :ok
+  def release({load, index}), do: :atomics.sub(load, index + 1, 1)
+
+  @doc "Calls the pool's callback `name` (see the worker's `:pool` option); none without a pool."
+  def hook(%{pool: nil}, _name, _args), do: :ok
+  def hook(%{pool: pool}, name, args), do: apply(Map.fetch!(pool, name), args)
+
+  def register(data, status), do: hook(data, :on_status, [self(), data.os_pid, status])
+  def unregister(data), do: hook(data, :on_down, [self()])
+
+  def request_telemetry(data, req, reply) do
+    outcome =
+      case reply do
+        {:ok, _} -> :ok
+        {:error, %Error{type: type}} -> type
+      end
+
+    Telemetry.execute(
+      [:dspy_bridge, :request, :stop],
+      %{duration: System.monotonic_time() - req.started},
+      %{
+        command: req.command,
+        outcome: outcome,
+        pool: data.pool && data.pool.name,
+        worker: data.pool && data.pool.index
+      }
+    )
+  end
+
+  @doc "Delivers an event to `:on_event` and to telemetry."
+  def emit(data, source, name, event_data) do
+    event = %Event{
+      name: name,
+      source: source,
+      data: event_data,
+      pool: data.pool && data.pool.name,
+      worker: data.pool && data.pool.index,
+      os_pid: data.os_pid
+    }
+
+    case data.on_event do
+      nil -> :ok
+      fun when is_function(fun, 1) -> safe_call(fun, event)
+      pid when is_pid(pid) -> send(pid, {:dspy_bridge_event, event})
+    end
+
+    Telemetry.execute([:dspy_bridge, :event], %{count: 1}, %{event: event})
+  end
+
+  defp safe_call(fun, event) do
+    fun.(event)
+  catch
+    kind, reason ->
+      Logger.warning("dspy_bridge event handler failed: #{Exception.format(kind, reason)}")
+  end
+end
