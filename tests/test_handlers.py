@@ -1,0 +1,103 @@
+"""Command handlers in-process, against the narrow RequestContext: no worker process.
+
+The context's parts are the real ones (options, session store, the DSPy engine module
+with the mock LM); only the control port, which belongs to a serving worker, is a
+plain object holding the figures a handler reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from bridge import control, programs
+from bridge.commands import RequestContext
+from bridge.logs import LogQueue
+from bridge.options import WorkerOptions
+from bridge.outbox import OutboxBudget
+from bridge.sessions import SessionStore
+from bridge.stats import Stats
+from protocol.errors import BridgeError, ErrorType
+
+engine_module = pytest.importorskip("bridge.engine")
+
+
+@dataclass
+class Port:
+    worker_id: str = "in-process"
+    uptime_s: float = 1.0
+    shutting_down: bool = False
+    work_in_flight: int = 0
+    engine_state: str = "ready"
+    stats: Stats = field(default_factory=Stats)
+    outbox_budget: OutboxBudget = field(default_factory=lambda: OutboxBudget(1024))
+    log_queue: LogQueue | None = None
+    shutdowns: list[int] = field(default_factory=list)
+
+    def cancel(self, request_id: int | str) -> bool:
+        return False
+
+    def begin_shutdown(self, grace_ms: int) -> None:
+        self.shutting_down = True
+        self.shutdowns.append(grace_ms)
+
+
+def context(store: SessionStore, port: Port | None = None, request_id: int = 1) -> RequestContext:
+    async def engine() -> ModuleType:
+        return engine_module
+
+    events: list[dict[str, Any]] = []
+    options = store.options
+    return RequestContext(request_id, options, store, engine,
+                          lambda name, **fields: events.append({"event": name, **fields}),
+                          port or Port())
+
+
+def run(handler: Any, ctx: RequestContext, args_model: Any, args: dict[str, Any]) -> Any:
+    return asyncio.run(handler(ctx, args_model.model_validate(args)))
+
+
+def test_a_program_runs_through_the_handlers_alone() -> None:
+    store = SessionStore(WorkerOptions(), lambda *_a, **_k: None)
+    ctx = context(store)
+    run(programs.configure_lm, ctx, programs.ConfigureLmArgs,
+        {"session_id": "s", "model": "mock", "extra": {"default": "42"}})
+    created = run(programs.create_program, ctx, programs.CreateProgramArgs,
+                  {"session_id": "s", "program_id": "p", "signature": "q -> a"})
+    assert created["program_id"] == "p"
+    result = run(programs.execute_program, ctx, programs.ExecuteProgramArgs,
+                 {"session_id": "s", "program_id": "p", "inputs": {"q": "?"}})
+    assert result["outputs"] == {"a": "42"} and result["lm_source"] == "session"
+    assert store.get("s") is not None and store.get("s").stored_bytes > 0  # type: ignore[union-attr]
+
+
+def test_handlers_raise_typed_errors() -> None:
+    store = SessionStore(WorkerOptions(max_session_bytes=100), lambda *_a, **_k: None)
+    ctx = context(store)
+    with pytest.raises(BridgeError) as missing:
+        run(programs.get_program, ctx, programs.ProgramRef, {"program_id": "nope"})
+    assert missing.value.type is ErrorType.NOT_FOUND
+    with pytest.raises(BridgeError) as too_big:
+        run(programs.create_program, ctx, programs.CreateProgramArgs,
+            {"signature": "q -> a", "instructions": "x" * 500})
+    assert too_big.value.type is ErrorType.LIMIT_EXCEEDED
+    assert too_big.value.details is not None
+    assert too_big.value.details["limit"] == "max_session_bytes"
+
+
+def test_control_handlers_read_and_ask_the_port() -> None:
+    store = SessionStore(WorkerOptions(default_grace_ms=750), lambda *_a, **_k: None)
+    port = Port(engine_state="failed", work_in_flight=3)
+    ctx = context(store, port, request_id=9)
+    ping = run(control.ping, ctx, control.NoArgs, {})
+    assert (ping["status"], ping["in_flight"], ping["dspy_loaded"]) == ("engine_failed", 3, False)
+    with pytest.raises(BridgeError) as own:
+        run(control.cancel, ctx, control.CancelArgs, {"request_id": 9})
+    assert own.value.type is ErrorType.INVALID_ARGS
+    result = run(control.shutdown, ctx, control.ShutdownArgs, {})
+    assert result == {"shutting_down": True, "grace_ms": 750, "in_flight": 3}
+    assert port.shutdowns == [750]
