@@ -131,6 +131,7 @@ defmodule DSPyBridge.Worker do
   alias DSPyBridge.{Command, Error, Protocol}
   alias DSPyBridge.Worker.{Effects, Replay, Requests}
   import DSPyBridge.Worker.Data
+  import DSPyBridge.Worker.Frames
 
   @default_timeout 30_000
   # answered at once by the worker, so never held back by the in-flight bound
@@ -237,16 +238,6 @@ defmodule DSPyBridge.Worker do
   def send_request(server, command, args \\ %{}, opts \\ []) do
     with {:ok, msg} <- request_message(command, args, opts, nil) do
       {:ok, :gen_server.send_request(server, msg)}
-    end
-  end
-
-  # The message request/4 and send_request/4 hand to the worker process. The
-  # args are encoded and measured here, in the caller, so the worker process
-  # only compares numbers.
-  defp request_message(command, args, opts, load) do
-    with {:ok, encoded} <- Protocol.encode_args(args) do
-      timeout = Keyword.get(opts, :timeout, @default_timeout)
-      {:ok, {:request, to_string(command), encoded, timeout, Keyword.get(opts, :record), load}}
     end
   end
 
@@ -442,7 +433,12 @@ defmodule DSPyBridge.Worker do
     )
 
     data = fail_all(%{data | exited: true}, "worker exited with status #{status}")
-    emit(data, :client, "worker_exited", %{"exit_status" => status, "in_flight" => in_flight})
+
+    Effects.emit(data, :client, "worker_exited", %{
+      "exit_status" => status,
+      "in_flight" => in_flight
+    })
+
     {:stop, {:shutdown, {:worker_exited, status}}, data}
   end
 
@@ -462,7 +458,9 @@ defmodule DSPyBridge.Worker do
 
     Effects.kill(data.os_pid)
     data = fail_all(%{data | exited: true}, "worker port closed: #{inspect(reason)}")
-    emit(data, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
+
+    Effects.emit(data, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
+
     {:stop, {:shutdown, {:worker_exited, reason}}, data}
   end
 
@@ -500,171 +498,4 @@ defmodule DSPyBridge.Worker do
     fail_all(data, "worker stopped (#{inspect(reason)})")
     Effects.unregister(data)
   end
-
-  defp drain_frame(frame, data) do
-    case Protocol.decode(frame) do
-      {:response, id, response} -> data |> handle_response(id, response) |> elem(0)
-      _ -> data
-    end
-  end
-
-  # -- frames from the worker -----------------------------------------------------
-
-  defp on_ready(event, data) do
-    if event["protocol_version"] != 1 do
-      Logger.warning(
-        "dspy_bridge worker #{data.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
-      )
-    end
-
-    Logger.info(
-      "dspy_bridge worker #{data.os_pid} ready (worker_id=#{text(event["worker_id"])}" <>
-        if(data.pool, do: ", pool=#{inspect(data.pool.name)}[#{data.pool.index}])", else: ")")
-    )
-
-    data = %{data | ready: event, limits: Protocol.limits_from_ready(event)}
-    emit(data, :worker, "ready", event)
-    {:next_state, :replaying, data}
-  end
-
-  # A decoded frame in `state`: returns a :gen_statem result.
-  defp handle_frame({:response, id, response}, state, data) do
-    case handle_response(data, id, response) do
-      {data, :replay_answered} when state == :replaying -> replay_step(data)
-      {data, _} -> {:keep_state, if(state == :ready, do: drain_queue(data), else: data)}
-    end
-  end
-
-  defp handle_frame({:event, "ready", _}, state, data),
-    # `ready` is sent once, first: another one changes nothing
-    do: {:keep_state, unexpected(data, "a ready event while #{status(state)}")}
-
-  defp handle_frame({:event, "engine_failed", event}, state, data) do
-    error = Error.from_wire(event["error"])
-
-    Logger.error(
-      "dspy_bridge worker #{data.os_pid}: the DSPy engine failed to load: #{error.message}" <>
-        if(state == :draining, do: "", else: "; stopping the worker so it is replaced")
-    )
-
-    emit(data, :worker, "engine_failed", event)
-
-    if state == :draining do
-      :keep_state_and_data
-    else
-      # Out of the pool's routing table at once: calls that arrive while this
-      # process drains wait for its replacement instead. terminate/3 lets the
-      # worker answer what is in flight, then fails the rest with :worker_exited.
-      Effects.unregister(data)
-      {:stop, {:shutdown, {:engine_failed, error.message}}}
-    end
-  end
-
-  defp handle_frame({:event, "session_evicted", event}, _state, data) do
-    session = event["session_id"]
-
-    cond do
-      not is_binary(session) ->
-        {:keep_state, unexpected(data, "session_evicted without a session_id: #{inspect(event)}")}
-
-      data.pool != nil and not data.pool.serves_session?.(session) ->
-        # not a session of this worker: its records belong to another one
-        {:keep_state,
-         unexpected(data, "session_evicted for #{inspect(session)}, a session it does not serve")}
-
-      true ->
-        Logger.info("dspy_bridge worker #{data.os_pid}: session #{inspect(session)} evicted")
-        Effects.hook(data, :on_session_evicted, [session])
-        emit(data, :worker, "session_evicted", event)
-        :keep_state_and_data
-    end
-  end
-
-  defp handle_frame({:event, name, event}, _state, data) do
-    case name do
-      "progress" ->
-        Logger.debug("dspy_bridge worker #{data.os_pid} progress: #{inspect(event)}")
-
-      _ ->
-        Logger.info(
-          "dspy_bridge worker #{data.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
-        )
-    end
-
-    emit(data, :worker, name, event)
-    :keep_state_and_data
-  end
-
-  defp handle_frame({:unexpected, what}, _state, data),
-    do: {:keep_state, unexpected(data, what)}
-
-  # -- replay -----------------------------------------------------------------------
-
-  defp replay_step(data) do
-    case Replay.next(data.replay) do
-      :wait ->
-        {:keep_state, data}
-
-      :done ->
-        summary = Replay.summary(data.replay, System.monotonic_time(:millisecond))
-
-        if summary["commands"] > 0 do
-          Logger.info(
-            "dspy_bridge worker #{data.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
-              if(summary["failed"] > 0, do: " (#{summary["failed"]} failed)", else: "")
-          )
-
-          emit(data, :client, "replayed", summary)
-        end
-
-        {:next_state, :ready, %{data | replay: nil}}
-
-      {:send, batch, replay} ->
-        batch
-        |> Enum.reduce(%{data | replay: replay}, fn {command, args}, data ->
-          case send_internal(data, command, args, :replay) do
-            {:ok, id, data} ->
-              %{data | replay: Replay.sent(data.replay, id, command)}
-
-            {:error, data} ->
-              Logger.warning("dspy_bridge worker #{data.os_pid}: could not replay #{command}")
-              %{data | replay: Replay.not_sent(data.replay)}
-          end
-        end)
-        |> replay_step()
-    end
-  end
-
-  # -- requests -----------------------------------------------------------------------
-
-  defp enqueue(req, data) do
-    if data.requests.queued >= data.max_queue do
-      overloaded(req, data)
-    else
-      {id, requests} = Requests.new_id(data.requests)
-      req = start_timer(req, id)
-      {:keep_state, %{data | requests: Requests.put(requests, id, {:queued, req})}}
-    end
-  end
-
-  defp overloaded(req, data) do
-    Effects.release(req.load)
-    %{in_flight: in_flight, queued: queued} = data.requests
-
-    error =
-      Error.new(
-        :overloaded,
-        "worker #{data.os_pid} has #{in_flight} requests in flight and #{queued} queued",
-        details: %{"in_flight" => in_flight, "queued" => queued}
-      )
-
-    {:keep_state, bump(data, :overloaded), [{:reply, req.from, {:error, error}}]}
-  end
-
-  # -- helpers ------------------------------------------------------------------------
-
-  defp text(s) when is_binary(s), do: s
-  defp text(other), do: inspect(other, limit: 20)
-
-  defp emit(data, source, name, event_data), do: Effects.emit(data, source, name, event_data)
 end

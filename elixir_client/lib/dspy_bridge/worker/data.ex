@@ -263,4 +263,46 @@ defmodule DSPyBridge.Worker.Data do
   end
 
   def bump(data, key), do: %{data | counters: Map.update!(data.counters, key, &(&1 + 1))}
+
+  def enqueue(req, data) do
+    if data.requests.queued >= data.max_queue do
+      overloaded(req, data)
+    else
+      {id, requests} = Requests.new_id(data.requests)
+      req = start_timer(req, id)
+      {:keep_state, %{data | requests: Requests.put(requests, id, {:queued, req})}}
+    end
+  end
+
+  def overloaded(req, data) do
+    Effects.release(req.load)
+    %{in_flight: in_flight, queued: queued} = data.requests
+
+    error =
+      Error.new(
+        :overloaded,
+        "worker #{data.os_pid} has #{in_flight} requests in flight and #{queued} queued",
+        details: %{"in_flight" => in_flight, "queued" => queued}
+      )
+
+    {:keep_state, bump(data, :overloaded), [{:reply, req.from, {:error, error}}]}
+  end
+
+  # The message request/4 and send_request/4 hand to the worker process. The
+  # args are encoded and measured here, in the caller, so the worker process
+  # only compares numbers.
+  def request_message(command, args, opts, load) do
+    with {:ok, encoded} <- Protocol.encode_args(args) do
+      timeout = Keyword.get(opts, :timeout, 30_000)
+      {:ok, {:request, to_string(command), encoded, timeout, Keyword.get(opts, :record), load}}
+    end
+  end
+
+  # A frame read while the worker drains in terminate/3.
+  def drain_frame(frame, data) do
+    case Protocol.decode(frame) do
+      {:response, id, response} -> data |> handle_response(id, response) |> elem(0)
+      _ -> data
+    end
+  end
 end

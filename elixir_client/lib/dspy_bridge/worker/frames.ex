@@ -1,0 +1,138 @@
+defmodule DSPyBridge.Worker.Frames do
+  @moduledoc false
+  # What DSPyBridge.Worker does with a decoded frame from the worker (an
+  # event, a response) and how its replay advances, as :gen_statem results.
+
+  require Logger
+
+  alias DSPyBridge.{Error, Protocol}
+  alias DSPyBridge.Worker.{Effects, Replay}
+  import DSPyBridge.Worker.Data
+
+  def on_ready(event, data) do
+    if event["protocol_version"] != 1 do
+      Logger.warning(
+        "dspy_bridge worker #{data.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
+      )
+    end
+
+    Logger.info(
+      "dspy_bridge worker #{data.os_pid} ready (worker_id=#{text(event["worker_id"])}" <>
+        if(data.pool, do: ", pool=#{inspect(data.pool.name)}[#{data.pool.index}])", else: ")")
+    )
+
+    data = %{data | ready: event, limits: Protocol.limits_from_ready(event)}
+    Effects.emit(data, :worker, "ready", event)
+    {:next_state, :replaying, data}
+  end
+
+  # A decoded frame in `state`: returns a :gen_statem result.
+  def handle_frame({:response, id, response}, state, data) do
+    case handle_response(data, id, response) do
+      {data, :replay_answered} when state == :replaying -> replay_step(data)
+      {data, _} -> {:keep_state, if(state == :ready, do: drain_queue(data), else: data)}
+    end
+  end
+
+  def handle_frame({:event, "ready", _}, state, data),
+    # `ready` is sent once, first: another one changes nothing
+    do: {:keep_state, unexpected(data, "a ready event while #{status(state)}")}
+
+  def handle_frame({:event, "engine_failed", event}, state, data) do
+    error = Error.from_wire(event["error"])
+
+    Logger.error(
+      "dspy_bridge worker #{data.os_pid}: the DSPy engine failed to load: #{error.message}" <>
+        if(state == :draining, do: "", else: "; stopping the worker so it is replaced")
+    )
+
+    Effects.emit(data, :worker, "engine_failed", event)
+
+    if state == :draining do
+      :keep_state_and_data
+    else
+      # Out of the pool's routing table at once: calls that arrive while this
+      # process drains wait for its replacement instead. terminate/3 lets the
+      # worker answer what is in flight, then fails the rest with :worker_exited.
+      Effects.unregister(data)
+      {:stop, {:shutdown, {:engine_failed, error.message}}}
+    end
+  end
+
+  def handle_frame({:event, "session_evicted", event}, _state, data) do
+    session = event["session_id"]
+
+    cond do
+      not is_binary(session) ->
+        {:keep_state, unexpected(data, "session_evicted without a session_id: #{inspect(event)}")}
+
+      data.pool != nil and not data.pool.serves_session?.(session) ->
+        # not a session of this worker: its records belong to another one
+        {:keep_state,
+         unexpected(data, "session_evicted for #{inspect(session)}, a session it does not serve")}
+
+      true ->
+        Logger.info("dspy_bridge worker #{data.os_pid}: session #{inspect(session)} evicted")
+        Effects.hook(data, :on_session_evicted, [session])
+        Effects.emit(data, :worker, "session_evicted", event)
+        :keep_state_and_data
+    end
+  end
+
+  def handle_frame({:event, name, event}, _state, data) do
+    case name do
+      "progress" ->
+        Logger.debug("dspy_bridge worker #{data.os_pid} progress: #{inspect(event)}")
+
+      _ ->
+        Logger.info(
+          "dspy_bridge worker #{data.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
+        )
+    end
+
+    Effects.emit(data, :worker, name, event)
+    :keep_state_and_data
+  end
+
+  def handle_frame({:unexpected, what}, _state, data),
+    do: {:keep_state, unexpected(data, what)}
+
+  def replay_step(data) do
+    case Replay.next(data.replay) do
+      :wait ->
+        {:keep_state, data}
+
+      :done ->
+        summary = Replay.summary(data.replay, System.monotonic_time(:millisecond))
+
+        if summary["commands"] > 0 do
+          Logger.info(
+            "dspy_bridge worker #{data.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
+              if(summary["failed"] > 0, do: " (#{summary["failed"]} failed)", else: "")
+          )
+
+          Effects.emit(data, :client, "replayed", summary)
+        end
+
+        {:next_state, :ready, %{data | replay: nil}}
+
+      {:send, batch, replay} ->
+        batch
+        |> Enum.reduce(%{data | replay: replay}, fn {command, args}, data ->
+          case send_internal(data, command, args, :replay) do
+            {:ok, id, data} ->
+              %{data | replay: Replay.sent(data.replay, id, command)}
+
+            {:error, data} ->
+              Logger.warning("dspy_bridge worker #{data.os_pid}: could not replay #{command}")
+              %{data | replay: Replay.not_sent(data.replay)}
+          end
+        end)
+        |> replay_step()
+    end
+  end
+
+  defp text(s) when is_binary(s), do: s
+
+  defp text(other), do: inspect(other, limit: 20)
+end
