@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from bridge.admission import refusal, unknown_command
 from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.engine_loader import EngineLoader
 from bridge.logs import LogQueue
@@ -41,7 +42,7 @@ from protocol.envelope import (
     ok_response,
     validate,
 )
-from protocol.errors import BridgeError, ErrorType, field_errors
+from protocol.errors import BridgeError, ErrorType
 from protocol.framing import HEADER_SIZE
 
 ENGINE_MODULE = "bridge.engine"
@@ -403,61 +404,21 @@ class Worker:
 
     def _dispatch(self, request: Request, received: float) -> None:
         spec = self.table.get(request.command)
-        if spec is None:
-            self._reply_error(
-                request.id,
-                request.command,
-                BridgeError(
-                    ErrorType.UNKNOWN_COMMAND,
-                    f"unknown command {request.command!r}",
-                    details={"command": request.command, "known": self.table.names()},
-                ),
-                received,
-            )
+        error = (
+            unknown_command(request, self.table.names())
+            if spec is None
+            else refusal(request, spec, self)
+        )
+        if error is not None:
+            self._reply_error(request.id, request.command, error, received)
             return
-        if self._exit.done() or (self.shutting_down and not spec.control):
-            self._reply_error(
-                request.id,
-                request.command,
-                BridgeError(
-                    ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
-                ),
-                received,
-            )
-            return
-        if request.id in self.in_flight:
-            self._reply_error(
-                request.id,
-                request.command,
-                BridgeError(
-                    ErrorType.INVALID_REQUEST,
-                    f"request id {request.id!r} is already in flight",
-                    details=field_errors([("id", "already in flight")]),
-                ),
-                received,
-            )
-            return
-        if spec.needs_engine and self.engine_loader.state == "failed":
-            self._reply_error(request.id, request.command, self.engine_loader.error(), received)
-            return
-        if not spec.control and self.work_in_flight >= self.options.max_in_flight:
-            self._reply_error(
-                request.id,
-                request.command,
-                BridgeError(
-                    ErrorType.LIMIT_EXCEEDED,
-                    f"{self.options.max_in_flight} requests already in flight",
-                    details={"limit": "max_in_flight", "max_in_flight": self.options.max_in_flight},
-                ),
-                received,
-            )
-            return
+        assert spec is not None
         try:
             args = validate(
                 spec.args_model, request.args, context=f"invalid arguments for {request.command}: "
             )
-        except BridgeError as error:
-            self._reply_error(request.id, request.command, error, received)
+        except BridgeError as invalid:
+            self._reply_error(request.id, request.command, invalid, received)
             return
         entry = InFlight(request.command, spec.control, started=received)
         self.in_flight[request.id] = entry
@@ -467,6 +428,22 @@ class Worker:
     @property
     def work_in_flight(self) -> int:
         return sum(1 for entry in self.in_flight.values() if not entry.control)
+
+    # ----- what admission reads (bridge.admission.AdmissionState) -----
+
+    @property
+    def exiting(self) -> bool:
+        return self._exit.done()
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.options.max_in_flight
+
+    def is_in_flight(self, request_id: int | str) -> bool:
+        return request_id in self.in_flight
+
+    def engine_error(self) -> BridgeError:
+        return self.engine_loader.error()
 
     async def _serve(
         self, request: Request, spec: CommandSpec[Any], args: Any, entry: InFlight
