@@ -107,7 +107,7 @@ def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
 def test_the_memory_cache_dspy_uses_is_bounded_in_bytes() -> None:
     """BridgeCache swaps DSPy's memory tier for a byte-bounded one; this fails if DSPy
     stops reading `Cache.memory_cache` for get/put."""
-    from bridge.engine.runtime import BoundedMemoryCache, BridgeCache
+    from bridge.engine.scope import BoundedMemoryCache, BridgeCache
 
     cache = BridgeCache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None,
                         memory_max_entries=100, memory_max_bytes=10_000)

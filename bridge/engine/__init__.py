@@ -18,9 +18,9 @@ import dspy
 from bridge.engine.runtime import (
     LITELLM_LOGGERS,
     Engine,
-    install_history_sink,
     install_log_redaction,
 )
+from bridge.engine.scope import install_history_sink
 
 
 def _quiet_libraries() -> None:

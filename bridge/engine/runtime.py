@@ -1,126 +1,49 @@
 """Everything the bridge asks of DSPy: LMs, programs, execution, state, cache.
 
 Isolation between requests rests on three per-call pieces, none of them process-global:
-`dspy.context(lm=...)` (a contextvar) chooses the LM; a `CallScope` contextvar
+`dspy.context(lm=...)` (a contextvar) chooses the LM; a `CallScope` contextvar (`scope`)
 partitions the response cache by session and LM config and collects the call's LM
-history entries; a fresh `UsageTracker` in that context counts its tokens.
+history entries; a fresh `UsageTracker` in that context counts its tokens. Provider
+failures and hostile answers become typed errors in `errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import functools
 import hashlib
 import inspect
 import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
-import dspy.clients.base_lm as dspy_base_lm
-from cachetools import LRUCache
-from dspy.clients.cache import Cache
 from dspy.utils.usage_tracker import UsageTracker
 
+from bridge.engine.errors import (
+    check_outputs,
+    invalid_output,
+    parse_error,
+    provider_error,
+    truncate,
+)
 from bridge.engine.mock import AsyncMockEngine, MockEngine
+from bridge.engine.scope import SCOPE, BridgeCache, CallScope
 from bridge.options import CacheLimits
 from bridge.redaction import book, scrub
 from bridge.sessions import BreakerSettings, ModelUsage
 from protocol import codec
-from protocol.codec import limit_problem
 from protocol.errors import BridgeError, ErrorType, invalid_field
 
 if TYPE_CHECKING:
     from bridge.domain.lm import CheckedLm
     from bridge.domain.signatures import SignatureSpec
 
-# Outputs sit 3 levels down in a reply (reply, result, outputs): 100 leaves room.
-OUTPUT_MAX_DEPTH = 100
-RAW_EXCERPT_CHARS = 500
-MESSAGE_CHARS = 1000
-
-
-# ----- per-call scope: cache partition, history capture -----
-
-
-@dataclass(slots=True)
-class CallScope:
-    partition: str
-    cache_hits: int = 0
-    entries: list[dict[str, Any]] = field(default_factory=list)
-
-
-SCOPE: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
-    "bridge_call_scope", default=None
-)
-
-
-class BridgeCache(Cache):  # type: ignore[misc]
-    """DSPy's cache with keys partitioned by the calling session and LM config, so two
-    tenants never share a cached answer (DSPy's own key ignores api_key and api_base),
-    and a memory tier bounded in bytes (DSPy bounds it in entries only)."""
-
-    def __init__(self, *, memory_max_bytes: int, **settings: Any) -> None:
-        super().__init__(**settings)
-        if self.enable_memory_cache:
-            # DSPy's put/get index `self.memory_cache` (tests/test_engine_runtime.py checks).
-            self.memory_cache = BoundedMemoryCache(settings["memory_max_entries"],
-                                                   memory_max_bytes)
-
-    def cache_key(self, request: dict[str, Any],
-                  ignored_args_for_cache_key: list[str] | None = None) -> str:
-        scope = SCOPE.get()
-        partitioned = {**request, "_bridge_partition": scope.partition if scope else ""}
-        return str(super().cache_key(partitioned, ignored_args_for_cache_key))
-
-    def get(self, request: dict[str, Any],
-            ignored_args_for_cache_key: list[str] | None = None) -> Any:
-        value = super().get(request, ignored_args_for_cache_key)
-        scope = SCOPE.get()
-        if value is not None and scope is not None:
-            scope.cache_hits += 1
-        return value
-
-
-def answer_size(value: Any) -> int:
-    """Bytes a cached answer stands for: its pickled size (what the disk cache stores)."""
-    try:
-        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:  # noqa: BLE001 - an unpicklable answer is sized by its text
-        return len(repr(value))
-
-
-class BoundedMemoryCache(LRUCache[Any, Any]):
-    """DSPy's memory cache bounded in bytes as well as entries, least recent first out.
-    An answer larger than the whole budget is not cached (never an error for the call)."""
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        super().__init__(maxsize=max_bytes, getsizeof=answer_size)
-        self.max_entries = max_entries
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if answer_size(value) > self.maxsize:
-            return
-        while key not in self and len(self) >= self.max_entries:
-            self.popitem()
-        super().__setitem__(key, value)
-
-
-class HistorySink(list):  # type: ignore[type-arg]
-    """Replaces DSPy's process-wide LM history: each entry goes to the scope of the call
-    that made it (for its cost), and nothing accumulates in the worker."""
-
-    def append(self, entry: Any) -> None:
-        scope = SCOPE.get()
-        if scope is not None:
-            scope.entries.append(entry)
 
 
 # ----- handles -----
@@ -221,62 +144,6 @@ def fingerprint(checked: CheckedLm) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def truncate(text: str, limit: int, secrets: frozenset[str] = frozenset()) -> str:
-    """Scrubbed first, then cut: a secret cut at the limit must not leave a fragment."""
-    text = scrub(text, secrets | book.operator)
-    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
-
-
-def _class_path(exc: BaseException) -> str:
-    cls = type(exc)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def provider_error(exc: Exception, model: str, secrets: frozenset[str]) -> BridgeError:
-    chain: list[str] = []
-    cause: BaseException | None = exc.__cause__
-    while cause is not None and len(chain) < 5:
-        chain.append(_class_path(cause))
-        cause = cause.__cause__
-    retryable = bool(dspy.is_retryable_lm_error(exc))
-    text = getattr(exc, "message", "") or str(exc)
-    return BridgeError(
-        ErrorType.LM_ERROR,
-        f"{model}: {type(exc).__name__}: {truncate(text, MESSAGE_CHARS, secrets)}",
-        retryable=retryable,
-        details={
-            "reason": "provider_error",
-            "error_class": type(exc).__name__,
-            "provider_error_class": chain[-1].rsplit(".", 1)[-1] if chain else type(exc).__name__,
-            "cause_chain": chain,
-            "code": getattr(exc, "code", None),
-            "status": getattr(exc, "status", None),
-            "provider": getattr(exc, "provider", None),
-            "retry_after_s": getattr(exc, "retry_after", None),
-            "model": model,
-        },
-    )
-
-
-def invalid_output(model: str, field_name: str | None, problem: str) -> BridgeError:
-    where = "answer" if field_name is None else f"answer for {field_name!r}"
-    return BridgeError(
-        ErrorType.LM_ERROR,
-        f"{model}: the LM's {where} cannot be sent back: it {problem}",
-        retryable=False,
-        details={"reason": "invalid_output", "field": field_name, "problem": problem,
-                 "model": model},
-    )
-
-
-def check_outputs(outputs: dict[str, Any], model: str) -> None:
-    """A hostile provider's answer never becomes a reply the host's decoder refuses."""
-    for name, value in outputs.items():
-        problem = limit_problem(value, OUTPUT_MAX_DEPTH)
-        if problem is not None:
-            raise invalid_output(model, name, problem[1])
-
-
 @functools.cache
 def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
     """Names an input or demo field cannot have: the named parameters of every function
@@ -299,24 +166,6 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
         for function in functions
         for parameter in inspect.signature(function, follow_wrapped=False).parameters.values()
         if parameter.kind in named
-    )
-
-
-def parse_error(exc: Any, model: str, secrets: frozenset[str]) -> BridgeError:
-    raw = str(exc.lm_response or "")
-    return BridgeError(
-        ErrorType.LM_ERROR,
-        f"{model}: the LM's answer could not be parsed into the output fields",
-        retryable=False,
-        details={
-            "reason": "unparseable_answer",
-            "error_class": type(exc).__name__,
-            "adapter": exc.adapter_name,
-            "expected_fields": list(exc.signature.output_fields),
-            "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS, secrets),
-            "raw_length": len(raw),
-            "model": model,
-        },
     )
 
 
@@ -663,7 +512,3 @@ def _import_litellm() -> Any:
     for name in LITELLM_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     return litellm
-
-
-def install_history_sink() -> None:
-    dspy_base_lm.GLOBAL_HISTORY = HistorySink()

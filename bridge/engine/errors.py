@@ -1,0 +1,90 @@
+"""Provider failures and hostile answers as typed `lm_error`s, scrubbed then truncated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dspy
+
+from bridge.redaction import book, scrub
+from protocol.codec import limit_problem
+from protocol.errors import BridgeError, ErrorType
+
+# Outputs sit 3 levels down in a reply (reply, result, outputs): 100 leaves room.
+OUTPUT_MAX_DEPTH = 100
+RAW_EXCERPT_CHARS = 500
+MESSAGE_CHARS = 1000
+
+
+def truncate(text: str, limit: int, secrets: frozenset[str] = frozenset()) -> str:
+    """Scrubbed first, then cut: a secret cut at the limit must not leave a fragment."""
+    text = scrub(text, secrets | book.operator)
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
+
+
+def _class_path(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def provider_error(exc: Exception, model: str, secrets: frozenset[str]) -> BridgeError:
+    chain: list[str] = []
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and len(chain) < 5:
+        chain.append(_class_path(cause))
+        cause = cause.__cause__
+    retryable = bool(dspy.is_retryable_lm_error(exc))
+    text = getattr(exc, "message", "") or str(exc)
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: {type(exc).__name__}: {truncate(text, MESSAGE_CHARS, secrets)}",
+        retryable=retryable,
+        details={
+            "reason": "provider_error",
+            "error_class": type(exc).__name__,
+            "provider_error_class": chain[-1].rsplit(".", 1)[-1] if chain else type(exc).__name__,
+            "cause_chain": chain,
+            "code": getattr(exc, "code", None),
+            "status": getattr(exc, "status", None),
+            "provider": getattr(exc, "provider", None),
+            "retry_after_s": getattr(exc, "retry_after", None),
+            "model": model,
+        },
+    )
+
+
+def invalid_output(model: str, field_name: str | None, problem: str) -> BridgeError:
+    where = "answer" if field_name is None else f"answer for {field_name!r}"
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: the LM's {where} cannot be sent back: it {problem}",
+        retryable=False,
+        details={"reason": "invalid_output", "field": field_name, "problem": problem,
+                 "model": model},
+    )
+
+
+def check_outputs(outputs: dict[str, Any], model: str) -> None:
+    """A hostile provider's answer never becomes a reply the host's decoder refuses."""
+    for name, value in outputs.items():
+        problem = limit_problem(value, OUTPUT_MAX_DEPTH)
+        if problem is not None:
+            raise invalid_output(model, name, problem[1])
+
+
+def parse_error(exc: Any, model: str, secrets: frozenset[str]) -> BridgeError:
+    raw = str(exc.lm_response or "")
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: the LM's answer could not be parsed into the output fields",
+        retryable=False,
+        details={
+            "reason": "unparseable_answer",
+            "error_class": type(exc).__name__,
+            "adapter": exc.adapter_name,
+            "expected_fields": list(exc.signature.output_fields),
+            "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS, secrets),
+            "raw_length": len(raw),
+            "model": model,
+        },
+    )

@@ -1,0 +1,94 @@
+"""The per-call scope and DSPy's response cache as the bridge runs them.
+
+A `CallScope` contextvar carries one call's cache partition (its session and LM config,
+so tenants never share a cached answer) and collects its LM history entries (for usage
+and cost), instead of DSPy's process-wide history.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy.clients.base_lm as dspy_base_lm
+from cachetools import LRUCache
+from dspy.clients.cache import Cache
+
+
+@dataclass(slots=True)
+class CallScope:
+    partition: str
+    cache_hits: int = 0
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+SCOPE: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
+    "bridge_call_scope", default=None
+)
+
+
+class BridgeCache(Cache):  # type: ignore[misc]
+    """DSPy's cache with keys partitioned by the calling session and LM config, so two
+    tenants never share a cached answer (DSPy's own key ignores api_key and api_base),
+    and a memory tier bounded in bytes (DSPy bounds it in entries only)."""
+
+    def __init__(self, *, memory_max_bytes: int, **settings: Any) -> None:
+        super().__init__(**settings)
+        if self.enable_memory_cache:
+            # DSPy's put/get index `self.memory_cache` (tests/test_engine_runtime.py checks).
+            self.memory_cache = BoundedMemoryCache(settings["memory_max_entries"],
+                                                   memory_max_bytes)
+
+    def cache_key(self, request: dict[str, Any],
+                  ignored_args_for_cache_key: list[str] | None = None) -> str:
+        scope = SCOPE.get()
+        partitioned = {**request, "_bridge_partition": scope.partition if scope else ""}
+        return str(super().cache_key(partitioned, ignored_args_for_cache_key))
+
+    def get(self, request: dict[str, Any],
+            ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        value = super().get(request, ignored_args_for_cache_key)
+        scope = SCOPE.get()
+        if value is not None and scope is not None:
+            scope.cache_hits += 1
+        return value
+
+
+def answer_size(value: Any) -> int:
+    """Bytes a cached answer stands for: its pickled size (what the disk cache stores)."""
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - an unpicklable answer is sized by its text
+        return len(repr(value))
+
+
+class BoundedMemoryCache(LRUCache[Any, Any]):
+    """DSPy's memory cache bounded in bytes as well as entries, least recent first out.
+    An answer larger than the whole budget is not cached (never an error for the call)."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=answer_size)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if answer_size(value) > self.maxsize:
+            return
+        while key not in self and len(self) >= self.max_entries:
+            self.popitem()
+        super().__setitem__(key, value)
+
+
+class HistorySink(list):  # type: ignore[type-arg]
+    """Replaces DSPy's process-wide LM history: each entry goes to the scope of the call
+    that made it (for its cost), and nothing accumulates in the worker."""
+
+    def append(self, entry: Any) -> None:
+        scope = SCOPE.get()
+        if scope is not None:
+            scope.entries.append(entry)
+
+
+def install_history_sink() -> None:
+    dspy_base_lm.GLOBAL_HISTORY = HistorySink()
