@@ -18,7 +18,8 @@ from bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
 from bridge.domain.lm import CheckedLm, LmConfig, check_lm
 from bridge.domain.models import Args, invalid_from
 from bridge.domain.signatures import SignatureSpec, check_demos, check_inputs, parse_signature
-from bridge.sessions import ModelUsage, Session, merge_usage
+from bridge.domain.usage import ModelUsage, merge_usage
+from bridge.sessions import Session
 from protocol import codec
 from protocol.errors import BridgeError, ErrorType
 

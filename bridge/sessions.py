@@ -1,4 +1,4 @@
-"""Sessions: per-tenant LM, program pool and usage book, plus the circuit breakers.
+"""Sessions: per-tenant LM, program pool and usage book; the worker default LM; breakers.
 
 Nothing here imports DSPy: the LM and program objects the engine builds are held as
 opaque handles, so the store (and `get_stats`, which reads it) works before DSPy loads.
@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
+from bridge.domain.usage import UsageBook
 from bridge.options import WorkerOptions
 from protocol.errors import BridgeError, ErrorType
 
 DEFAULT_SESSION = "default"
-DEFAULT_FAILURE_THRESHOLD = 5
-DEFAULT_COOLDOWN_S = 30.0
-MAX_BREAKERS = 10_000
 
 
 class LmLike(Protocol):
@@ -44,181 +42,6 @@ class ProgramLike(Protocol):
 
     @property
     def stored_bytes(self) -> int: ...
-
-
-# ----- usage -----
-
-
-@dataclass(slots=True)
-class ModelUsage:
-    """Counters for one model: what a host bills and watches."""
-
-    requests: int = 0
-    cached_requests: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cost_usd: float | None = None
-
-    def add(self, other: ModelUsage) -> None:
-        self.requests += other.requests
-        self.cached_requests += other.cached_requests
-        self.errors += other.errors
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.total_tokens += other.total_tokens
-        if other.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
-
-    def to_wire(self) -> dict[str, Any]:
-        wire = asdict(self)
-        if self.cost_usd is not None:
-            wire["cost_usd"] = round(self.cost_usd, 10)
-        return wire
-
-
-def merge_usage(per_model: dict[str, ModelUsage]) -> ModelUsage:
-    total = ModelUsage()
-    for usage in per_model.values():
-        total.add(usage)
-    return total
-
-
-class UsageBook:
-    """Usage of one session, per model."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, ModelUsage] = {}
-        self.since = time.time()
-
-    def add(self, per_model: dict[str, ModelUsage]) -> None:
-        for model, usage in per_model.items():
-            self.models.setdefault(model, ModelUsage()).add(usage)
-
-    def reset(self) -> None:
-        self.models = {}
-        self.since = time.time()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "models": {model: usage.to_wire() for model, usage in sorted(self.models.items())},
-            "total": merge_usage(self.models).to_wire(),
-            "since": self.since,
-        }
-
-
-# ----- circuit breakers -----
-
-
-@dataclass(slots=True)
-class BreakerSettings:
-    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
-    cooldown_s: float = DEFAULT_COOLDOWN_S
-
-
-class CircuitBreaker:
-    """Consecutive retryable provider failures open it; after the cool-down one probe
-    call is let through, and its outcome closes or re-opens it."""
-
-    def __init__(self, label: str, settings: BreakerSettings) -> None:
-        self.label = label
-        self.settings = settings
-        self.state = "closed"
-        self.consecutive_failures = 0
-        self.opened_at: float | None = None
-        self.times_opened = 0
-        self.rejected = 0
-        self._probe_in_flight = False
-
-    def before_call(self, model: str) -> bool:
-        """Raise circuit_open if the call may not go ahead; True if it is the probe."""
-        if self.state == "closed":
-            return False
-        now = time.monotonic()
-        assert self.opened_at is not None
-        remaining = self.opened_at + self.settings.cooldown_s - now
-        if self.state == "open" and remaining <= 0:
-            self.state = "half_open"
-        if self.state == "half_open" and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
-        self.rejected += 1
-        raise BridgeError(
-            ErrorType.LM_ERROR,
-            f"the circuit breaker for {model} is open after {self.consecutive_failures} "
-            "consecutive provider failures; calls fail fast until the cool-down ends",
-            retryable=True,
-            details={
-                "reason": "circuit_open",
-                "model": model,
-                "consecutive_failures": self.consecutive_failures,
-                "retry_after_ms": max(0, round(remaining * 1000)),
-            },
-        )
-
-    def on_success(self) -> None:
-        self.state = "closed"
-        self.consecutive_failures = 0
-        self.opened_at = None
-        self._probe_in_flight = False
-
-    def on_failure(self, *, retryable_provider_failure: bool) -> None:
-        self._probe_in_flight = False
-        if not retryable_provider_failure:
-            # The provider answered (or the failure is ours): it is not down.
-            if self.state != "open":
-                self.on_success()
-            return
-        self.consecutive_failures += 1
-        if self.state == "half_open" or (
-            self.state == "closed" and self.consecutive_failures >= self.settings.failure_threshold
-        ):
-            self.state = "open"
-            self.opened_at = time.monotonic()
-            self.times_opened += 1
-
-    def on_abandoned(self) -> None:
-        """The call was cancelled or timed out before an outcome: no verdict."""
-        self._probe_in_flight = False
-
-    def to_wire(self) -> dict[str, Any]:
-        remaining = None
-        if self.state == "open" and self.opened_at is not None:
-            remaining = max(0, round((self.opened_at + self.settings.cooldown_s
-                                      - time.monotonic()) * 1000))
-        return {
-            "model": self.label,
-            "state": self.state,
-            "consecutive_failures": self.consecutive_failures,
-            "failure_threshold": self.settings.failure_threshold,
-            "cooldown_ms": round(self.settings.cooldown_s * 1000),
-            "times_opened": self.times_opened,
-            "rejected_calls": self.rejected,
-            "cooldown_remaining_ms": remaining,
-        }
-
-
-class BreakerRegistry:
-    """One breaker per LM configuration (keyed by its fingerprint), least recent dropped."""
-
-    def __init__(self, limit: int = MAX_BREAKERS) -> None:
-        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
-        self._limit = limit
-
-    def get(self, fingerprint: str, label: str, settings: BreakerSettings) -> CircuitBreaker:
-        breaker = self._breakers.get(fingerprint)
-        if breaker is None:
-            breaker = CircuitBreaker(label, settings)
-            self._breakers[fingerprint] = breaker
-            while len(self._breakers) > self._limit:
-                self._breakers.popitem(last=False)
-        else:
-            self._breakers.move_to_end(fingerprint)
-        return breaker
-
-    def to_wire(self) -> dict[str, Any]:
-        return {fingerprint: breaker.to_wire() for fingerprint, breaker in self._breakers.items()}
 
 
 # ----- sessions -----

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.domain.lm import LmConfig, check_lm
 from bridge.domain.signatures import parse_signature
-from bridge.sessions import ModelUsage
+from bridge.domain.usage import ModelUsage
 from protocol.errors import BridgeError
 
 engine_module = pytest.importorskip("bridge.engine")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bridge.domain.breakers import BreakerSettings, CircuitBreaker
 from bridge.domain.signatures import (
     SCALAR_TYPES,
     SignatureSpec,
@@ -18,7 +19,6 @@ from bridge.domain.signatures import (
     parse_signature,
     parse_string_signature,
 )
-from bridge.sessions import BreakerSettings, CircuitBreaker
 from protocol.errors import BridgeError
 
 

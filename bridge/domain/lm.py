@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from bridge.domain.breakers import BreakerSettings
 from bridge.domain.models import Args, invalid_from
 from bridge.options import DEFAULT_API_KEY_ENV_ALLOW
 from bridge.redaction import REDACTED, redact, secret_values
-from bridge.sessions import BreakerSettings
 from protocol import codec
 from protocol.errors import invalid_field
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
+from bridge.domain.breakers import BreakerSettings
+from bridge.domain.usage import ModelUsage
 from bridge.engine.errors import (
     check_outputs,
     invalid_output,
@@ -36,7 +38,6 @@ from bridge.engine.mock import AsyncMockEngine, MockEngine
 from bridge.engine.scope import SCOPE, BridgeCache, CallScope
 from bridge.options import CacheLimits
 from bridge.redaction import book, scrub
-from bridge.sessions import BreakerSettings, ModelUsage
 from protocol import codec
 from protocol.errors import BridgeError, ErrorType, invalid_field
 
