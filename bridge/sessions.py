@@ -11,40 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
+from bridge.domain.engine_port import LmHandle, ProgramHandle
 from bridge.domain.usage import UsageBook
 from bridge.options import WorkerOptions
 from protocol.errors import BridgeError, ErrorType
 
 DEFAULT_SESSION = "default"
-
-
-class LmLike(Protocol):
-    """What the store needs of an engine LM handle."""
-
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    @property
-    def stored_bytes(self) -> int: ...
-
-
-class ProgramLike(Protocol):
-    """What the store needs of an engine program handle."""
-
-    @property
-    def program_id(self) -> str: ...
-
-    @property
-    def stored_bytes(self) -> int: ...
-
-
-# ----- sessions -----
 
 
 @dataclass(slots=True)
@@ -160,7 +135,7 @@ class SessionStore:
                          "stored_bytes": self.stored_bytes, "size": added},
             )
 
-    def set_lm(self, session: Session | None, lm: LmLike | None) -> None:
+    def set_lm(self, session: Session | None, lm: LmHandle | None) -> None:
         """Make `lm` the session's LM (or, without a session, the worker default)."""
         old = session.lm if session is not None else self.default_lm
         removed = 0 if old is None else old.stored_bytes
@@ -173,7 +148,7 @@ class SessionStore:
             session.stored_bytes += added - removed
         self.stored_bytes += added - removed
 
-    def add_program(self, session: Session, program: ProgramLike) -> None:
+    def add_program(self, session: Session, program: ProgramHandle) -> None:
         """Store a program whose id the caller checked is free (no await in between)."""
         self.check_program_room(session)
         self.check_room(session, program.stored_bytes)
