@@ -100,3 +100,23 @@ def test_circuit_breaker_lets_one_probe_through_after_the_cooldown() -> None:
     assert raised.value.details == {**raised.value.details, "reason": "circuit_open"}
     breaker.on_success()
     assert breaker.state == "closed" and breaker.before_call("m") is False
+
+
+def test_the_mock_options_are_named_once() -> None:
+    """LmConfig takes the mock's options at its top level too: the same names."""
+    from bridge.domain.lm import MOCK_OPTION_NAMES, LmConfig
+
+    assert set(MOCK_OPTION_NAMES) <= set(LmConfig.model_fields)
+    assert MOCK_OPTION_NAMES == ("responses", "default", "sequence", "latency_ms", "fail")
+
+
+def test_every_wire_type_has_an_annotation_and_a_check() -> None:
+    from bridge.domain.signatures import WIRE_TYPES, annotation_of
+
+    samples = {"str": "s", "int": 1, "float": 1.5, "bool": True, "list[str]": ["a"],
+               "list[int]": [1], "list[float]": [1.0, 2], "dict": {"k": 1}}
+    assert set(samples) == set(WIRE_TYPES) == set(SCALAR_TYPES)
+    for name, value in samples.items():
+        assert check_value(value, name) is None
+        assert annotation_of(name) is WIRE_TYPES[name].annotation
+    assert check_value(True, "int") is not None  # a bool is not an int

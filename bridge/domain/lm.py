@@ -30,7 +30,6 @@ EXTRA_RESERVED = frozenset({
 })
 EXTRA_ENGINES = ("auto", "litellm", "lm15")
 EXTRA_MODEL_TYPES = ("chat", "responses")
-MOCK_OPTION_NAMES = ("responses", "default", "sequence", "latency_ms", "fail")
 MockError = Literal[
     "rate_limit", "server", "timeout", "transport", "auth", "billing", "invalid_request",
     "context_length",
@@ -66,6 +65,10 @@ class MockOptions(Args):
     def stateful(self) -> bool:
         """Answers that depend on the call's order, which a response cache would defeat."""
         return bool(self.sequence) or self.fail is not None
+
+
+# The mock's options, also accepted at the top level of an LM config (see LmConfig).
+MOCK_OPTION_NAMES = tuple(MockOptions.model_fields)
 
 
 class BreakerConfig(Args):

@@ -8,14 +8,53 @@ import keyword
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.domain.models import Args, invalid_from
 from protocol.errors import invalid_field, invalid_fields
 
-SCALAR_TYPES = ("str", "int", "float", "bool", "list[str]", "list[int]", "list[float]", "dict")
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class WireType:
+    """A type a signature field may declare: the Python annotation DSPy is given, and
+    whether a wire value fits it."""
+
+    annotation: Any
+    fits: Callable[[Any], bool]
+
+
+# The one table of wire types (the enum form, `{type: enum, choices}`, is apart).
+WIRE_TYPES: dict[str, WireType] = {
+    "str": WireType(str, lambda v: isinstance(v, str)),
+    "int": WireType(int, _is_int),
+    "float": WireType(float, _is_number),
+    "bool": WireType(bool, lambda v: isinstance(v, bool)),
+    "list[str]": WireType(list[str], lambda v: isinstance(v, list)
+                          and all(isinstance(i, str) for i in v)),
+    "list[int]": WireType(list[int], lambda v: isinstance(v, list) and all(map(_is_int, v))),
+    "list[float]": WireType(list[float],
+                            lambda v: isinstance(v, list) and all(map(_is_number, v))),
+    "dict": WireType(dict[str, Any], lambda v: isinstance(v, dict)),
+}
+SCALAR_TYPES = tuple(WIRE_TYPES)
+
+
+def annotation_of(wire_type: str | dict[str, Any]) -> Any:
+    """The annotation a checked wire type stands for (an enum is a `Literal`)."""
+    if isinstance(wire_type, dict):
+        return Literal.__getitem__(tuple(wire_type["choices"]))
+    return WIRE_TYPES[wire_type].annotation
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 MAX_FIELDS = 64
 MAX_SIGNATURE_CHARS = 20_000
@@ -191,19 +230,9 @@ def check_value(value: Any, declared: Any) -> str | None:
     if isinstance(declared, dict):
         return None if value in declared["choices"] else (
             f"must be one of {declared['choices']!r}")
-    checks: dict[str, Callable[[Any], bool]] = {
-        "str": lambda v: isinstance(v, str),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
-        "list[int]": lambda v: isinstance(v, list) and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in v),
-        "list[float]": lambda v: isinstance(v, list) and all(
-            isinstance(i, int | float) and not isinstance(i, bool) for i in v),
-        "dict": lambda v: isinstance(v, dict),
-    }
-    return None if checks[declared](value) else f"expected {declared}, got {type_name(value)}"
+    if WIRE_TYPES[declared].fits(value):
+        return None
+    return f"expected {declared}, got {type_name(value)}"
 
 
 def check_inputs(spec: SignatureSpec, inputs: dict[str, Any], field: str = "inputs") -> None:

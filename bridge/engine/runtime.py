@@ -20,12 +20,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
 from bridge.domain.breakers import BreakerSettings
+from bridge.domain.signatures import annotation_of
 from bridge.domain.usage import ModelUsage
 from bridge.engine.errors import (
     check_outputs,
@@ -173,15 +174,6 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
 # ----- the engine -----
 
 
-def _annotation(wire_type: Any) -> Any:
-    if isinstance(wire_type, dict):
-        return Literal.__getitem__(tuple(wire_type["choices"]))
-    return {
-        "str": str, "int": int, "float": float, "bool": bool, "list[str]": list[str],
-        "list[int]": list[int], "list[float]": list[float], "dict": dict[str, Any],
-    }[wire_type]
-
-
 class Engine:
     dspy_version: str = dspy.__version__
 
@@ -294,7 +286,7 @@ class Engine:
     @staticmethod
     def _field(spec_field: Any, kind: Any) -> tuple[Any, Any]:
         info = kind(desc=spec_field.desc) if spec_field.desc else kind()
-        return (_annotation(spec_field.type), info)
+        return (annotation_of(spec_field.type), info)
 
     def build_program(self, program_id: str, session_id: str, spec: SignatureSpec,
                       type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
