@@ -78,8 +78,7 @@ def replays(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future[Replay
 def test_transcript(path: Path, replays: dict[Path, Future[ReplayResult]]) -> None:
     future = replays.get(path)
     if future is None:
-        future_result = replay_file(path, cwd=REPO, timeout=EXPECT_TIMEOUT_S)
+        result = replay_file(path, cwd=REPO, timeout=EXPECT_TIMEOUT_S)
     else:
-        future_result = future.result()
-    result = future_result
+        result = future.result()
     assert result.passed, result.report()
