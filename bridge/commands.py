@@ -13,9 +13,9 @@ from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.domain.models import Args
+from bridge.io.outbox import OutboxBudget
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
-from bridge.outbox import OutboxBudget
 from bridge.sessions import SessionStore
 from bridge.stats import Stats
 

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
         from bridge.replay import main as replay_main
 
         sys.exit(replay_main(args[1:]))
-    from bridge.stdio import claim_protocol_fds
+    from bridge.io.channel import claim_protocol_fds
 
     channel = claim_protocol_fds()
     from bridge.options import parse_options

@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
-import select
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -26,13 +23,14 @@ import structlog
 from bridge.admission import refusal, unknown_command
 from bridge.commands import CommandSpec, CommandTable, RequestContext
 from bridge.engine_loader import EngineLoader
+from bridge.io.channel import HostChannel
+from bridge.io.outbox import OutboxBudget
+from bridge.io.pipes import HostPipes
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
-from bridge.outbox import OutboxBudget
 from bridge.redaction import book, scrub
 from bridge.sessions import SessionStore
 from bridge.stats import Stats
-from bridge.stdio import HostChannel
 from protocol.codec import MAX_DEPTH, EncodeError, limit_problem
 from protocol.connection import Connection, Rejected
 from protocol.envelope import (
@@ -46,8 +44,6 @@ from protocol.errors import BridgeError, ErrorType
 from protocol.framing import HEADER_SIZE
 
 ENGINE_MODULE = "bridge.engine"
-READ_CHUNK = 256 * 1024
-PARENT_POLL_S = 0.1
 EXIT_DEADLINE_S = 0.9
 ABANDON_REPLY_S = 0.5
 
@@ -88,21 +84,16 @@ class Worker:
         self.worker_id: str = ready["worker_id"]
         self._ready = ready
         self.started_at = time.monotonic()
-        self._host_pid = channel.host_pid
         self.in_flight: dict[int | str, InFlight] = {}
         self.shutting_down = False
-        self._in_fd, self._out_fd = channel.protocol_in, channel.protocol_out
         self._connection = Connection(options.max_frame_bytes, options.max_frame_items)
         self.outbox_budget = OutboxBudget(options.max_outbox_bytes)
-        self._dispatched = threading.Event()
+        self._pipes = HostPipes(channel, self._connection, self.outbox_budget)
         self._observers = observers or []
         self.log_queue = log_queue
         # Signals that arrived before the loop could handle them (bridge.startup holds them).
         self._held_signals = held_signals if held_signals is not None else []
         self._log = structlog.get_logger("bridge")
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        # Written once when the exit is decided: the reader and the parent watcher stop.
-        self._stop_reader, self._stop_writer = os.pipe()
         self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_loaded, self._engine_failed)
         self._loop: asyncio.AbstractEventLoop
         self._exit: asyncio.Future[int]
@@ -113,49 +104,28 @@ class Worker:
         """Serve until shutdown or until the host is gone; returns the exit code."""
         self._loop = asyncio.get_running_loop()
         self._exit = self._loop.create_future()
-        writer = self._start_thread(self._write_frames, "frame-writer")
         self._observe("outgoing", self._ready)  # `ready` itself went out in bridge.startup
-        reader = self._start_thread(self._read_frames, "frame-reader")
+        reader, writer = self._pipes.start(self._loop, self._on_items, self._on_eof, self.host_gone)
         self.engine_loader.start(self._loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         for held in list(self._held_signals):
             self._on_signal(held)
-        self._start_thread(self._watch_parent, "parent-watcher")
         self._log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         code = await self._exit
         # Every frame read gets its one reply: read no more, answer what was read (it gets
         # `shutting_down` now), let replies still in flight out, then flush and stop.
         # Threads are awaited through futures, never `to_thread`: the default executor may
         # be full of threads blocked in DSPy calls.
-        os.write(self._stop_writer, b"x")
-        self.outbox_budget.close()
+        self._pipes.stop_reading()
         await reader
         await asyncio.sleep(0)  # run the reader's last scheduled _on_items callbacks
         replying = [entry.task for entry in self.in_flight.values() if entry.task is not None]
         if replying:
             await asyncio.wait(replying, timeout=ABANDON_REPLY_S)
-        self._outbox.put(None)
+        self._pipes.finish_writing()
         await writer
         return code
-
-    def _start_thread(self, target: Callable[[], None], name: str) -> asyncio.Future[None]:
-        """Run `target` in a daemon thread; the future is done when it returns."""
-        done: asyncio.Future[None] = self._loop.create_future()
-
-        def settle() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def run() -> None:
-            try:
-                target()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop already closed
-                    self._loop.call_soon_threadsafe(settle)
-
-        threading.Thread(target=run, name=name, daemon=True).start()
-        return done
 
     def _decide_exit(self, code: int) -> None:
         """The exit is decided: whatever threads are doing, the process ends within
@@ -211,24 +181,6 @@ class Worker:
         self._log.info("signal", signal=signal.Signals(signum).name)
         self.begin_shutdown(self.options.default_grace_ms)
 
-    def _watch_parent(self) -> None:
-        """Wait (in its own thread) for the host process to exit: by a pidfd where the
-        system has them, else by polling the parent pid."""
-        try:
-            pidfd: int | None = os.pidfd_open(self._host_pid)
-        except (OSError, AttributeError):
-            pidfd = None
-        while os.getppid() == self._host_pid:
-            watched = [self._stop_reader] if pidfd is None else [pidfd, self._stop_reader]
-            timeout = PARENT_POLL_S if pidfd is None else None
-            readable, _, _ = select.select(watched, [], [], timeout)
-            if self._stop_reader in readable:
-                return
-            if pidfd is not None and pidfd in readable:
-                break
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self.host_gone, "parent process exited")
-
     # ----- DSPy, loaded in the background so `ready` comes at once -----
 
     def _engine_loaded(self, module: ModuleType) -> None:
@@ -247,53 +199,6 @@ class Worker:
         return await self.engine_loader.get()
 
     # ----- I/O threads -----
-
-    def _read_frames(self) -> None:
-        """Reads and decodes frames (off the loop: a large frame never stalls replies),
-        pausing while the replies the host has not yet read exceed the outbox budget."""
-        while self.outbox_budget.wait_for_room():
-            readable, _, _ = select.select([self._in_fd, self._stop_reader], [], [])
-            if self._stop_reader in readable:
-                return
-            try:
-                data = os.read(self._in_fd, READ_CHUNK)
-            except OSError as exc:
-                self._loop.call_soon_threadsafe(self.host_gone, f"stdin error: {exc}")
-                return
-            if not data:
-                partial = self._connection.has_partial_frame
-                self._loop.call_soon_threadsafe(self._on_eof, partial)
-                return
-            received = time.perf_counter()  # every request's duration counts from here
-            items = self._connection.receive_data(data)
-            if items:
-                # Read on only once the loop has admitted these: the reader never runs
-                # ahead of the loop, so the outbox check above sees their replies.
-                self._dispatched.clear()
-                self._loop.call_soon_threadsafe(self._on_items, items, received)
-                self._dispatched.wait()
-
-    def _write_frames(self) -> None:
-        while True:
-            frame = self._outbox.get()
-            batch = [frame]
-            # Coalesce whatever else is queued into one write.
-            while frame is not None and not self._outbox.empty():
-                frame = self._outbox.get()
-                batch.append(frame)
-            data = b"".join(item for item in batch if item is not None)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._out_fd, view)
-                    view = view[written:]
-                    self.outbox_budget.release(written)
-            except OSError as exc:
-                self.outbox_budget.close()
-                self._loop.call_soon_threadsafe(self.host_gone, f"stdout error: {exc}")
-                return
-            if batch[-1] is None:
-                return
 
     def _on_eof(self, partial_frame: bool) -> None:
         if partial_frame:
@@ -318,8 +223,7 @@ class Worker:
             message = error_response(message["id"], _unsendable(problem))
             frame = self._connection.encode(message)
         self._observe("outgoing", message)
-        self.outbox_budget.take(len(frame))
-        self._outbox.put(frame)
+        self._pipes.send(frame)
 
     def _outgoing_problem(self, message: dict[str, Any], frame: bytes) -> tuple[str, str] | None:
         """The worker holds its replies to the limits it enforces on what it reads."""
@@ -369,7 +273,7 @@ class Worker:
         try:
             self._handle_items(items, received)
         finally:
-            self._dispatched.set()
+            self._pipes.items_handled()
 
     def _handle_items(self, items: list[Request | Rejected], received: float) -> None:
         for item in items:

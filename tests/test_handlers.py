@@ -16,9 +16,9 @@ import pytest
 
 from bridge import control, programs
 from bridge.commands import RequestContext
+from bridge.io.outbox import OutboxBudget
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
-from bridge.outbox import OutboxBudget
 from bridge.sessions import SessionStore
 from bridge.stats import Stats
 from protocol.errors import BridgeError, ErrorType

@@ -1,0 +1,158 @@
+"""The threads that own the protocol descriptors, below the serving loop.
+
+A reader decodes frames off the loop (a large frame never stalls replies) and hands
+them over in batches, pausing while unread replies are over the outbox budget; a writer
+coalesces queued frames into one write; a watcher waits for the host process to exit.
+The loop hears of them only through the callbacks given to `start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from bridge.io.channel import HostChannel
+from bridge.io.outbox import OutboxBudget
+from protocol.connection import Connection, Rejected
+from protocol.envelope import Request
+
+READ_CHUNK = 256 * 1024
+PARENT_POLL_S = 0.1
+
+Items = list[Request | Rejected]
+
+
+class HostPipes:
+    def __init__(self, channel: HostChannel, connection: Connection, budget: OutboxBudget) -> None:
+        self._in_fd, self._out_fd = channel.protocol_in, channel.protocol_out
+        self._host_pid = channel.host_pid
+        self._connection = connection
+        self.outbox_budget = budget
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._dispatched = threading.Event()
+        # Written once when the exit is decided: the reader and the parent watcher stop.
+        self._stop_reader, self._stop_writer = os.pipe()
+        self._loop: asyncio.AbstractEventLoop
+        self._on_items: Callable[[Items, float], None]
+        self._on_eof: Callable[[bool], None]
+        self._on_gone: Callable[[str], None]
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_items: Callable[[Items, float], None],
+        on_eof: Callable[[bool], None],
+        on_gone: Callable[[str], None],
+    ) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        """Start the threads; the futures are done when the reader and the writer end.
+        `on_items` must call `items_handled()` when it is done with a batch."""
+        self._loop, self._on_items, self._on_eof, self._on_gone = loop, on_items, on_eof, on_gone
+        writer = self._start_thread(self._write_frames, "frame-writer")
+        reader = self._start_thread(self._read_frames, "frame-reader")
+        self._start_thread(self._watch_parent, "parent-watcher")
+        return reader, writer
+
+    def send(self, frame: bytes) -> None:
+        self.outbox_budget.take(len(frame))
+        self._outbox.put(frame)
+
+    def items_handled(self) -> None:
+        self._dispatched.set()
+
+    def stop_reading(self) -> None:
+        """Read no more frames (the exit is decided); the watcher stops too."""
+        os.write(self._stop_writer, b"x")
+        self.outbox_budget.close()
+
+    def finish_writing(self) -> None:
+        """The writer writes what is queued, then ends."""
+        self._outbox.put(None)
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> asyncio.Future[None]:
+        """Run `target` in a daemon thread; the future is done when it returns."""
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop already closed
+                    self._loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return done
+
+    def _read_frames(self) -> None:
+        """Reads and decodes frames (off the loop: a large frame never stalls replies),
+        pausing while the replies the host has not yet read exceed the outbox budget."""
+        while self.outbox_budget.wait_for_room():
+            readable, _, _ = select.select([self._in_fd, self._stop_reader], [], [])
+            if self._stop_reader in readable:
+                return
+            try:
+                data = os.read(self._in_fd, READ_CHUNK)
+            except OSError as exc:
+                self._loop.call_soon_threadsafe(self._on_gone, f"stdin error: {exc}")
+                return
+            if not data:
+                partial = self._connection.has_partial_frame
+                self._loop.call_soon_threadsafe(self._on_eof, partial)
+                return
+            received = time.perf_counter()  # every request's duration counts from here
+            items = self._connection.receive_data(data)
+            if items:
+                # Read on only once the loop has admitted these: the reader never runs
+                # ahead of the loop, so the outbox check above sees their replies.
+                self._dispatched.clear()
+                self._loop.call_soon_threadsafe(self._on_items, items, received)
+                self._dispatched.wait()
+
+    def _write_frames(self) -> None:
+        while True:
+            frame = self._outbox.get()
+            batch = [frame]
+            # Coalesce whatever else is queued into one write.
+            while frame is not None and not self._outbox.empty():
+                frame = self._outbox.get()
+                batch.append(frame)
+            data = b"".join(item for item in batch if item is not None)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._out_fd, view)
+                    view = view[written:]
+                    self.outbox_budget.release(written)
+            except OSError as exc:
+                self.outbox_budget.close()
+                self._loop.call_soon_threadsafe(self._on_gone, f"stdout error: {exc}")
+                return
+            if batch[-1] is None:
+                return
+
+    def _watch_parent(self) -> None:
+        """Wait (in its own thread) for the host process to exit: by a pidfd where the
+        system has them, else by polling the parent pid."""
+        try:
+            pidfd: int | None = os.pidfd_open(self._host_pid)
+        except (OSError, AttributeError):
+            pidfd = None
+        while os.getppid() == self._host_pid:
+            watched = [self._stop_reader] if pidfd is None else [pidfd, self._stop_reader]
+            timeout = PARENT_POLL_S if pidfd is None else None
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self._stop_reader in readable:
+                return
+            if pidfd is not None and pidfd in readable:
+                break
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_gone, "parent process exited")
