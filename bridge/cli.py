@@ -32,7 +32,7 @@ def run_worker(
     table = build_table(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []
     if record_to is not None:
-        from bridge.record import Recorder, worker_args_without_record
+        from bridge.tools.record import Recorder, worker_args_without_record
 
         observers.append(Recorder.on_stream(record_to, worker_args_without_record(argv)))
     worker = Worker(

@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["replay"]:
-        from bridge.replay import main as replay_main
+        from bridge.tools.replay import main as replay_main
 
         sys.exit(replay_main(args[1:]))
     from bridge.io.channel import claim_protocol_fds

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.client import WorkerClient
+from bridge.tools.client import WorkerClient
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 30.0

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.client import WorkerExited
+from bridge.tools.client import WorkerExited
 from protocol.errors import ErrorType
 from tests.conftest import WorkerProcess
 

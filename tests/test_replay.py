@@ -1,6 +1,6 @@
 """The transcript format, the recorder and the replay tool.
 
-Unit tests of the sans-I/O parts (`bridge.transcript`, `bridge.record`'s core), then
+Unit tests of the sans-I/O parts (`bridge.tools.transcript`, `bridge.tools.record`'s core), then
 replays against real workers: failure reports, and the round trip the issue asks for —
 record a session driven by a client, replay it as-is, and see that changing any
 expected value in it fails the replay with a diff pointing at that value.
@@ -24,9 +24,9 @@ from conftest import WorkerProcess
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import transcript as tx
-from bridge.record import TranscriptRecorder, worker_args_without_record
-from bridge.replay import (
+from bridge.tools import transcript as tx
+from bridge.tools.record import TranscriptRecorder, worker_args_without_record
+from bridge.tools.replay import (
     ReplayResult,
     WorkerClient,
     main,

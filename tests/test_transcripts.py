@@ -15,9 +15,9 @@ from typing import Any, cast
 
 import pytest
 
-from bridge import transcript as tx
 from bridge.registry import command_names
-from bridge.replay import ReplayResult, replay_file
+from bridge.tools import transcript as tx
+from bridge.tools.replay import ReplayResult, replay_file
 from protocol.errors import ErrorType
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"

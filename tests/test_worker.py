@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from bridge.client import WorkerExited
+from bridge.tools.client import WorkerExited
 from tests.conftest import REPO, WorkerProcess
 
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from bridge import __version__
-from bridge import transcript as tx
 from bridge.redaction import REDACTED, book, is_secret_key, redact
+from bridge.tools import transcript as tx
 
 # Keys whose value differs from run to run, wherever they appear in a reply.
 VOLATILE_KEYS = frozenset(

@@ -1,7 +1,7 @@
 """The transcript format: reading and writing JSON Lines, `$bin`, matching, diffs.
 
-Sans-I/O: pure functions over text and values. `bridge.replay` drives a worker with
-these; `bridge.record` writes them.
+Sans-I/O: pure functions over text and values. `bridge.tools.replay` drives a worker with
+these; `bridge.tools.record` writes them.
 
 A transcript is UTF-8 JSON Lines, read top to bottom; blank lines and lines starting
 with `#` are comments. Each other line is one object with exactly one of these keys:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import transcript as tx
-from bridge.client import WorkerClient, WorkerExited, default_worker_command
+from bridge.tools import transcript as tx
+from bridge.tools.client import WorkerClient, WorkerExited, default_worker_command
 from protocol import codec
 from protocol.envelope import request_id_of
 from protocol.errors import BridgeError

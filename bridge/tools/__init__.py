@@ -1,0 +1,1 @@
+"""Host-side tools: a Python host client, transcripts, --record and replay."""
