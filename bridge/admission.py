@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bridge.commands import CommandSpec
+from bridge.commands.table import CommandSpec
 from protocol.envelope import Request
 from protocol.errors import BridgeError, ErrorType, field_errors
 

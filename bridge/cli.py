@@ -6,10 +6,10 @@ import asyncio
 import os
 from typing import Any, TextIO
 
+from bridge.commands.registry import build_table
 from bridge.io.channel import HostChannel
 from bridge.logs import LogQueue, configure_logging, route_std_streams
 from bridge.options import WorkerOptions
-from bridge.registry import build_table
 from bridge.worker import FrameObserver, Worker
 
 # The last log lines get this long to reach stderr (a stderr nobody drains gets no more;

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge import __version__
+from bridge.commands.registry import command_names
 from bridge.options import WorkerOptions
-from bridge.registry import command_names
 from protocol import PROTOCOL_VERSION, codec
 from protocol.framing import encode_frame
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from bridge.admission import refusal, unknown_command
-from bridge.commands import CommandSpec, CommandTable, RequestContext
+from bridge.commands.table import CommandSpec, CommandTable, RequestContext
 from bridge.engine_loader import EngineLoader
 from bridge.io.channel import HostChannel
 from bridge.io.outbox import OutboxBudget

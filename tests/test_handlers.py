@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bridge import control, programs
-from bridge.commands import RequestContext
+from bridge.commands import common, control, execute, lm, programs
+from bridge.commands.table import RequestContext
 from bridge.io.outbox import OutboxBudget
 from bridge.logs import LogQueue
 from bridge.options import WorkerOptions
@@ -64,12 +64,12 @@ def run(handler: Any, ctx: RequestContext, args_model: Any, args: dict[str, Any]
 def test_a_program_runs_through_the_handlers_alone() -> None:
     store = SessionStore(WorkerOptions(), lambda *_a, **_k: None)
     ctx = context(store)
-    run(programs.configure_lm, ctx, programs.ConfigureLmArgs,
+    run(lm.configure_lm, ctx, lm.ConfigureLmArgs,
         {"session_id": "s", "model": "mock", "extra": {"default": "42"}})
     created = run(programs.create_program, ctx, programs.CreateProgramArgs,
                   {"session_id": "s", "program_id": "p", "signature": "q -> a"})
     assert created["program_id"] == "p"
-    result = run(programs.execute_program, ctx, programs.ExecuteProgramArgs,
+    result = run(execute.execute_program, ctx, execute.ExecuteProgramArgs,
                  {"session_id": "s", "program_id": "p", "inputs": {"q": "?"}})
     assert result["outputs"] == {"a": "42"} and result["lm_source"] == "session"
     assert store.get("s") is not None and store.get("s").stored_bytes > 0  # type: ignore[union-attr]
@@ -79,7 +79,7 @@ def test_handlers_raise_typed_errors() -> None:
     store = SessionStore(WorkerOptions(max_session_bytes=100), lambda *_a, **_k: None)
     ctx = context(store)
     with pytest.raises(BridgeError) as missing:
-        run(programs.get_program, ctx, programs.ProgramRef, {"program_id": "nope"})
+        run(programs.get_program, ctx, common.ProgramRef, {"program_id": "nope"})
     assert missing.value.type is ErrorType.NOT_FOUND
     with pytest.raises(BridgeError) as too_big:
         run(programs.create_program, ctx, programs.CreateProgramArgs,

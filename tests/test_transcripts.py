@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from bridge.registry import command_names
+from bridge.commands.registry import command_names
 from bridge.tools import transcript as tx
 from bridge.tools.replay import ReplayResult, replay_file
 from protocol.errors import ErrorType

@@ -423,7 +423,7 @@ def test_bad_flag_values_are_refused_at_start() -> None:
 
 
 def test_registry_names_every_command_its_tables_define() -> None:
-    from bridge.registry import build_table, command_names
+    from bridge.commands.registry import build_table, command_names
 
     full = build_table(include_test_only=True)
     assert sorted(full.names()) == sorted(command_names(include_test_only=True))

@@ -12,34 +12,34 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bridge.commands import CommandTable
+    from bridge.commands.table import CommandTable
 
 COMMANDS: dict[str, str] = {
-    "ping": "bridge.control",
-    "get_stats": "bridge.control",
-    "cancel": "bridge.control",
-    "shutdown": "bridge.control",
-    "configure_lm": "bridge.programs",
-    "create_program": "bridge.programs",
-    "execute_program": "bridge.programs",
-    "get_program": "bridge.programs",
-    "list_programs": "bridge.programs",
-    "delete_program": "bridge.programs",
-    "list_sessions": "bridge.programs",
-    "end_session": "bridge.programs",
-    "export_program": "bridge.programs",
-    "import_program": "bridge.programs",
-    "get_usage": "bridge.programs",
-    "reset_usage": "bridge.programs",
-    "configure_cache": "bridge.programs",
+    "ping": "bridge.commands.control",
+    "get_stats": "bridge.commands.control",
+    "cancel": "bridge.commands.control",
+    "shutdown": "bridge.commands.control",
+    "configure_lm": "bridge.commands.lm",
+    "create_program": "bridge.commands.programs",
+    "execute_program": "bridge.commands.execute",
+    "get_program": "bridge.commands.programs",
+    "list_programs": "bridge.commands.programs",
+    "delete_program": "bridge.commands.programs",
+    "list_sessions": "bridge.commands.sessions",
+    "end_session": "bridge.commands.sessions",
+    "export_program": "bridge.commands.programs",
+    "import_program": "bridge.commands.programs",
+    "get_usage": "bridge.commands.sessions",
+    "reset_usage": "bridge.commands.sessions",
+    "configure_cache": "bridge.commands.lm",
 }
 
 # Enabled only by --enable-test-commands (this list alone decides which those are).
 TEST_COMMANDS: dict[str, str] = {
-    "sleep": "bridge.control",
-    "echo": "bridge.control",
-    "fail": "bridge.control",
-    "stdout_noise": "bridge.control",
+    "sleep": "bridge.commands.testing",
+    "echo": "bridge.commands.testing",
+    "fail": "bridge.commands.testing",
+    "stdout_noise": "bridge.commands.testing",
 }
 
 
@@ -48,7 +48,7 @@ def command_names(*, include_test_only: bool) -> list[str]:
 
 
 def build_table(*, include_test_only: bool) -> CommandTable:
-    from bridge.commands import CommandTable
+    from bridge.commands.table import CommandTable
 
     declared = {**COMMANDS, **TEST_COMMANDS}
     modules = dict.fromkeys(declared.values())
@@ -56,7 +56,7 @@ def build_table(*, include_test_only: bool) -> CommandTable:
     table = CommandTable.merged(tables)
     if set(table.names()) != set(declared):
         raise RuntimeError(
-            "bridge.registry disagrees with the command tables: "
+            "bridge.commands.registry disagrees with the command tables: "
             f"missing here {sorted(set(table.names()) - set(declared))}, "
             f"missing in tables {sorted(set(declared) - set(table.names()))}"
         )

@@ -2,7 +2,7 @@
 
 Adding a command is adding an entry: declare an `Args` model, decorate the handler with
 `@table.command("name", ArgsModel)` in the module's table, and name the command in
-`bridge.registry`, which merges the tables and decides which commands are enabled.
+`bridge.commands.registry`, which merges the tables and decides which commands are enabled.
 """
 
 from __future__ import annotations

@@ -1,0 +1,83 @@
+"""What the DSPy command families share: ids, references, lookups, replies."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from bridge.commands.table import RequestContext
+from bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
+from bridge.domain.lm import CheckedLm, LmConfig, check_lm
+from bridge.domain.models import Args
+from bridge.sessions import Session
+from protocol.errors import BridgeError, ErrorType
+
+SessionId = Annotated[str, Field(min_length=1, max_length=256)]
+ProgramId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ProgramRef(Args):
+    session_id: SessionId | None = None
+    program_id: ProgramId
+
+
+class SessionRef(Args):
+    session_id: SessionId | None = None
+
+
+async def engine_of(ctx: RequestContext) -> Engine:
+    module = await ctx.engine()
+    engine: Engine = module.ENGINE
+    return engine
+
+
+def check_optional_lm(
+    ctx: RequestContext, config: LmConfig | None, prefix: str
+) -> CheckedLm | None:
+    if config is None:
+        return None
+    return check_lm(config, prefix, ctx.options.api_key_env_allow)
+
+
+def program_not_found(session_id: str, program_id: str) -> BridgeError:
+    return BridgeError(
+        ErrorType.NOT_FOUND,
+        f"no program {program_id!r} in session {session_id!r}",
+        details={"session_id": session_id, "program_id": program_id},
+    )
+
+
+def find_program(ctx: RequestContext, session_id: str | None, program_id: str) -> ProgramHandle:
+    store = ctx.sessions
+    session = store.get(session_id)
+    program = None if session is None else session.programs.get(program_id)
+    if program is None:
+        raise program_not_found(store.resolve_id(session_id), program_id)
+    found: ProgramHandle = program
+    return found
+
+
+def new_program_id(session: Session) -> str:
+    while True:
+        candidate = "prog_" + secrets.token_hex(6)
+        if candidate not in session.programs:
+            return candidate
+
+
+def lm_summary(lm: LmHandle | None) -> dict[str, Any] | None:
+    return None if lm is None else lm.checked.public()
+
+
+def describe(program: ProgramHandle) -> dict[str, Any]:
+    return {
+        "program_id": program.program_id,
+        "session_id": program.session_id,
+        "program_type": program.program_type,
+        "signature": program.spec.to_wire(),
+        "lm": lm_summary(program.lm),
+        "demos": len(program.demos()),
+        "instructions": program.instructions(),
+        "created_at": program.created_at,
+    }

@@ -1,0 +1,115 @@
+"""`execute_program`: the LM by precedence, the circuit breaker, the call, its usage."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from bridge.commands.common import (
+    ProgramId,
+    SessionId,
+    check_optional_lm,
+    engine_of,
+    find_program,
+)
+from bridge.commands.table import CommandTable, RequestContext
+from bridge.domain.engine_port import LmHandle, ProgramHandle
+from bridge.domain.lm import LmConfig
+from bridge.domain.models import Args
+from bridge.domain.signatures import check_inputs
+from bridge.domain.usage import ModelUsage, merge_usage
+from bridge.sessions import Session
+from protocol import codec
+from protocol.errors import BridgeError, ErrorType
+
+table = CommandTable(needs_engine=True)
+
+
+class CallConfig(Args):
+    """Per-call LM settings; they override the LM's own for this call only."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=10_000_000)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+    seed: int | None = None
+    cache: bool | None = None
+    rollout_id: Annotated[int, Field(ge=0)] | None = None
+
+
+class ExecuteProgramArgs(Args):
+    session_id: SessionId | None = None
+    program_id: ProgramId
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    lm: LmConfig | None = None
+    config: CallConfig | None = None
+
+
+@table.command("execute_program", ExecuteProgramArgs)
+async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict[str, Any]:
+    started = time.perf_counter()
+    store = ctx.sessions
+    program = find_program(ctx, args.session_id, args.program_id)
+    session = store.require(args.session_id)
+    limit = ctx.options.max_input_bytes
+    size = len(codec.pack(args.inputs))
+    if size > limit:
+        raise BridgeError(
+            ErrorType.LIMIT_EXCEEDED,
+            f"the inputs take {size} bytes, over the limit of {limit}",
+            details={"limit": "max_input_bytes", "max_input_bytes": limit, "size": size},
+        )
+    check_inputs(program.spec, args.inputs)
+    override = check_optional_lm(ctx, args.lm, "lm")
+    config = args.config.model_dump(exclude_none=True) if args.config else {}
+    usage: dict[str, ModelUsage] = {}
+
+    def record(per_model: dict[str, ModelUsage]) -> None:
+        usage.update(per_model)
+        session.usage.add(per_model)
+
+    with store.using(session):  # from here on the session is never evicted under us
+        engine = await engine_of(ctx)
+        call_lm = await engine.lm(override, "lm.model") if override is not None else None
+        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        breaker = store.breaker_for(lm)
+        breaker.before_call(lm.model)
+        try:
+            outputs = await engine.execute(program, lm, args.inputs, config, record)
+        except BridgeError as error:
+            details = error.details or {}
+            breaker.on_failure(retryable_provider_failure=error.type is ErrorType.LM_ERROR
+                               and details.get("reason") == "provider_error" and error.retryable)
+            raise
+        except BaseException:
+            breaker.on_abandoned()
+            raise
+        breaker.on_success()
+    return {
+        "outputs": outputs,
+        "lm": lm.model,
+        "lm_source": source,
+        "usage": merge_usage(usage).to_wire(),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+def resolve_lm(call_lm: LmHandle | None, program: ProgramHandle,
+               session: Session, default: Any) -> tuple[LmHandle, str]:
+    """The call's `lm` > the program's > the session's > the worker default."""
+    if call_lm is not None:
+        return call_lm, "call"
+    if program.lm is not None:
+        return program.lm, "program"
+    if session.lm is not None:
+        return session.lm, "session"
+    if default is not None:
+        return default, "worker"
+    raise BridgeError(
+        ErrorType.LM_NOT_CONFIGURED,
+        "no LM configured: pass `lm` with the call, create the program with one, or call "
+        "configure_lm for this session or for the worker",
+        details={"session_id": session.session_id, "program_id": program.program_id},
+    )
