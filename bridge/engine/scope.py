@@ -73,11 +73,12 @@ class BoundedMemoryCache(LRUCache[Any, Any]):
         self.max_entries = max_entries
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if answer_size(value) > self.maxsize:
+        try:
+            super().__setitem__(key, value)  # sizes the answer once (pickling is not free)
+        except ValueError:  # cachetools: "value too large" for the whole byte budget
             return
-        while key not in self and len(self) >= self.max_entries:
+        while len(self) > self.max_entries:  # the new answer is the most recent: it stays
             self.popitem()
-        super().__setitem__(key, value)
 
 
 class HistorySink(list):  # type: ignore[type-arg]
