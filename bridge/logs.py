@@ -14,7 +14,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -50,9 +49,9 @@ class LogQueue:
 
     def drain(self, timeout: float) -> None:
         """Wait, at most `timeout`, for the queued lines to be written."""
-        deadline = time.monotonic() + timeout
-        while self._lines.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.005)
+        done = self._lines.all_tasks_done  # the queue's own condition, notified by task_done
+        with done:
+            done.wait_for(lambda: not self._lines.unfinished_tasks, timeout)
 
     def _write_lines(self) -> None:
         while True:

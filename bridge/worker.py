@@ -283,7 +283,8 @@ class Worker:
                 request_id = item.request_id if isinstance(item, Rejected) else item.id
                 if request_id is not None and request_id in self.in_flight:
                     continue  # it was admitted: its task answers it
-                self._log.exception("frame_handling_failed", id=request_id)
+                with contextlib.suppress(Exception):  # the reply matters more than the line
+                    self._log.exception("frame_handling_failed", id=request_id)
                 self._send(
                     error_response(
                         request_id,
