@@ -5,17 +5,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+DEPS := $(VENV)/.deps
+# The editable install maps bridge/ and protocol/ to the import name dspy_bridge by a tree
+# of links (setuptools' strict mode, which mypy can read); a file added or removed needs a
+# relink, so the list of package files is one of the install's inputs.
+PACKAGE_FILES := $(VENV)/.package-files
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # No test may reach the internet: keep litellm from fetching its cost map or phoning home.
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export LITELLM_TELEMETRY := False
 
-.PHONY: venv elixir test test-python test-elixir lint demo bench clean
+.PHONY: FORCE venv elixir test test-python test-elixir lint demo bench clean
 
-$(INSTALLED): pyproject.toml
+$(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	touch $(DEPS)
+
+$(PACKAGE_FILES): FORCE
+	@mkdir -p $(VENV)
+	@find bridge protocol -type f \( -name '*.py' -o -name '*.md' -o -name '*.json' -o -name py.typed \) \
+		-not -path '*/__pycache__/*' | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(INSTALLED): $(DEPS) $(PACKAGE_FILES)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . \
+		--config-settings editable_mode=strict
 	touch $(INSTALLED)
 
 venv: $(INSTALLED)

@@ -1,3 +1,3 @@
-from bridge.entry import main
+from dspy_bridge.entry import main
 
 main()

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bridge.commands.table import CommandSpec
-from protocol.envelope import Request
-from protocol.errors import BridgeError, ErrorType, field_errors
+from dspy_bridge.commands.table import CommandSpec
+from dspy_bridge.protocol.envelope import Request
+from dspy_bridge.protocol.errors import BridgeError, ErrorType, field_errors
 
 
 class AdmissionState(Protocol):

@@ -6,11 +6,11 @@ import asyncio
 import os
 from typing import Any, TextIO
 
-from bridge.commands.registry import build_table
-from bridge.io.channel import HostChannel
-from bridge.logs import LogQueue, configure_logging, route_std_streams
-from bridge.options import WorkerOptions
-from bridge.worker import FrameObserver, Worker
+from dspy_bridge.commands.registry import build_table
+from dspy_bridge.io.channel import HostChannel
+from dspy_bridge.logs import LogQueue, configure_logging, route_std_streams
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.worker import FrameObserver, Worker
 
 # The last log lines get this long to reach stderr (a stderr nobody drains gets no more;
 # the exit's one-second deadline, armed when it was decided, bounds it anyway).
@@ -32,7 +32,7 @@ def run_worker(
     table = build_table(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []
     if record_to is not None:
-        from bridge.tools.record import Recorder, worker_args_without_record
+        from dspy_bridge.tools.record import Recorder, worker_args_without_record
 
         observers.append(Recorder.on_stream(record_to, worker_args_without_record(argv)))
     worker = Worker(

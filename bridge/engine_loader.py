@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
 
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 EngineState = Literal["loading", "ready", "failed"]
 

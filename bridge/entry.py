@@ -1,4 +1,4 @@
-"""Console entry point: `dspy-bridge` and `python -m bridge`."""
+"""Console entry point: `dspy-bridge` and `python -m dspy_bridge`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["replay"]:
-        from bridge.tools.replay import main as replay_main
+        from dspy_bridge.tools.replay import main as replay_main
 
         sys.exit(replay_main(args[1:]))
-    from bridge.io.channel import claim_protocol_fds
+    from dspy_bridge.io.channel import claim_protocol_fds
 
     channel = claim_protocol_fds()
-    from bridge.options import parse_options
-    from bridge.startup import HeldSignals, announce, open_record_file
+    from dspy_bridge.options import parse_options
+    from dspy_bridge.startup import HeldSignals, announce, open_record_file
 
     options = parse_options(args)
     record_to = open_record_file(options.record)
@@ -25,6 +25,6 @@ def main(argv: list[str] | None = None) -> None:
     # pydantic would scan every installed distribution for plugins at its first model;
     # the worker uses none, and the scan delays serving the first request.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from bridge.cli import run_worker
+    from dspy_bridge.cli import run_worker
 
     run_worker(options, args, channel, ready, record_to, held.received)

@@ -6,8 +6,8 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from protocol.codec import DEFAULT_MAX_ITEMS
-from protocol.framing import DEFAULT_MAX_FRAME_BYTES
+from dspy_bridge.protocol.codec import DEFAULT_MAX_ITEMS
+from dspy_bridge.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_API_KEY_ENV_ALLOW = ("*_API_KEY",)
 

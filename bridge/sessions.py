@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
-from bridge.domain.engine_port import LmHandle, ProgramHandle
-from bridge.domain.usage import UsageBook
-from bridge.options import WorkerOptions
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
+from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.usage import UsageBook
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 DEFAULT_SESSION = "default"
 

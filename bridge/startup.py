@@ -17,11 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge import __version__
-from bridge.commands.registry import command_names
-from bridge.options import WorkerOptions
-from protocol import PROTOCOL_VERSION, codec
-from protocol.framing import encode_frame
+from dspy_bridge import __version__
+from dspy_bridge.commands.registry import command_names
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.protocol import PROTOCOL_VERSION, codec
+from dspy_bridge.protocol.framing import encode_frame
 
 
 class HeldSignals:

@@ -20,30 +20,30 @@ from typing import Any, Protocol
 
 import structlog
 
-from bridge.admission import refusal, unknown_command
-from bridge.commands.table import CommandSpec, CommandTable, RequestContext
-from bridge.engine_loader import EngineLoader
-from bridge.io.channel import HostChannel
-from bridge.io.outbox import OutboxBudget
-from bridge.io.pipes import HostPipes
-from bridge.logs import LogQueue
-from bridge.options import WorkerOptions
-from bridge.redaction import book, scrub
-from bridge.sessions import SessionStore
-from bridge.stats import Stats
-from protocol.codec import MAX_DEPTH, EncodeError, limit_problem
-from protocol.connection import Connection, Rejected
-from protocol.envelope import (
+from dspy_bridge.admission import refusal, unknown_command
+from dspy_bridge.commands.table import CommandSpec, CommandTable, RequestContext
+from dspy_bridge.engine_loader import EngineLoader
+from dspy_bridge.io.channel import HostChannel
+from dspy_bridge.io.outbox import OutboxBudget
+from dspy_bridge.io.pipes import HostPipes
+from dspy_bridge.logs import LogQueue
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.protocol.codec import MAX_DEPTH, EncodeError, limit_problem
+from dspy_bridge.protocol.connection import Connection, Rejected
+from dspy_bridge.protocol.envelope import (
     Request,
     error_response,
     event,
     ok_response,
     validate,
 )
-from protocol.errors import BridgeError, ErrorType
-from protocol.framing import HEADER_SIZE
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.framing import HEADER_SIZE
+from dspy_bridge.redaction import book, scrub
+from dspy_bridge.sessions import SessionStore
+from dspy_bridge.stats import Stats
 
-ENGINE_MODULE = "bridge.engine"
+ENGINE_MODULE = "dspy_bridge.engine"
 EXIT_DEADLINE_S = 0.9
 ABANDON_REPLY_S = 0.5
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 MAX_DEPTH = 128
 # Every map key, map value and array element counts one item, and so does each container:

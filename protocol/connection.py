@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import codec, envelope
-from protocol.errors import BridgeError, ErrorType
-from protocol.framing import (
+from dspy_bridge.protocol import codec, envelope
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     Frame,
     FrameDecoder,

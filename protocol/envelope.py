@@ -6,7 +6,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from protocol.errors import MAX_FIELD_ERRORS, BridgeError, ErrorType, invalid_fields
+from dspy_bridge.protocol.errors import MAX_FIELD_ERRORS, BridgeError, ErrorType, invalid_fields
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.tools.client import WorkerClient
+from dspy_bridge.tools.client import WorkerClient
 
 MOCK_LATENCY_MS = 50
 

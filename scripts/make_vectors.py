@@ -16,8 +16,8 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol import codec, jsonvalue
-from protocol.framing import encode_frame
+from dspy_bridge.protocol import codec, jsonvalue
+from dspy_bridge.protocol.framing import encode_frame
 
 OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "vectors.json"
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from bridge.tools.client import WorkerClient
+from dspy_bridge.tools.client import WorkerClient
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 30.0
 
 
 class WorkerProcess:
-    """A spawned `python -m bridge` (a `WorkerClient`), with conveniences for tests.
+    """A spawned `python -P -m dspy_bridge` (a `WorkerClient`), with conveniences for tests.
 
     Responses are kept by id and events in arrival order as they are read; the worker's
     stderr is kept in full so tests can inspect the log lines.

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from bridge.domain.lm import LmConfig, check_lm
-from bridge.domain.signatures import parse_signature
-from bridge.domain.usage import ModelUsage
-from protocol.errors import BridgeError
+from dspy_bridge.domain.lm import LmConfig, check_lm
+from dspy_bridge.domain.signatures import parse_signature
+from dspy_bridge.domain.usage import ModelUsage
+from dspy_bridge.protocol.errors import BridgeError
 
-engine_module = pytest.importorskip("bridge.engine")
+engine_module = pytest.importorskip("dspy_bridge.engine")
 dspy = engine_module.dspy
 ENGINE = engine_module.ENGINE
 
@@ -98,7 +98,7 @@ def test_provider_error_keeps_dspy_classification() -> None:
 def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
     """If a DSPy upgrade renames these parameters, the refusal at create_program must
     follow: this fails loudly so the change is looked at."""
-    from bridge.engine.runtime import PROGRAM_TYPES, call_parameter_names
+    from dspy_bridge.engine.runtime import PROGRAM_TYPES, call_parameter_names
 
     for program_type in PROGRAM_TYPES.values():
         assert {"self", "instance", "base"} <= call_parameter_names(program_type)
@@ -107,7 +107,7 @@ def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
 def test_the_memory_cache_dspy_uses_is_bounded_in_bytes() -> None:
     """BridgeCache swaps DSPy's memory tier for a byte-bounded one; this fails if DSPy
     stops reading `Cache.memory_cache` for get/put."""
-    from bridge.engine.scope import BoundedMemoryCache, BridgeCache
+    from dspy_bridge.engine.scope import BoundedMemoryCache, BridgeCache
 
     cache = BridgeCache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None,
                         memory_max_entries=100, memory_max_bytes=10_000)

@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.domain.breakers import BreakerSettings, CircuitBreaker
-from bridge.domain.signatures import (
+from dspy_bridge.domain.breakers import BreakerSettings, CircuitBreaker
+from dspy_bridge.domain.signatures import (
     SCALAR_TYPES,
     SignatureSpec,
     check_value,
     parse_signature,
     parse_string_signature,
 )
-from protocol.errors import BridgeError
+from dspy_bridge.protocol.errors import BridgeError
 
 
 def test_string_signature_forms() -> None:
@@ -104,14 +104,14 @@ def test_circuit_breaker_lets_one_probe_through_after_the_cooldown() -> None:
 
 def test_the_mock_options_are_named_once() -> None:
     """LmConfig takes the mock's options at its top level too: the same names."""
-    from bridge.domain.lm import MOCK_OPTION_NAMES, LmConfig
+    from dspy_bridge.domain.lm import MOCK_OPTION_NAMES, LmConfig
 
     assert set(MOCK_OPTION_NAMES) <= set(LmConfig.model_fields)
     assert MOCK_OPTION_NAMES == ("responses", "default", "sequence", "latency_ms", "fail")
 
 
 def test_every_wire_type_has_an_annotation_and_a_check() -> None:
-    from bridge.domain.signatures import WIRE_TYPES, annotation_of
+    from dspy_bridge.domain.signatures import WIRE_TYPES, annotation_of
 
     samples = {"str": "s", "int": 1, "float": 1.5, "bool": True, "list[str]": ["a"],
                "list[int]": [1], "list[float]": [1.0, 2], "dict": {"k": 1}}

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.tools.client import WorkerExited
-from protocol.errors import ErrorType
+from dspy_bridge.protocol.errors import ErrorType
+from dspy_bridge.tools.client import WorkerExited
 from tests.conftest import WorkerProcess
 
 ERROR_TYPES = {member.value for member in ErrorType}

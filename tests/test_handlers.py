@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from bridge.commands import common, control, execute, lm, programs
-from bridge.commands.table import RequestContext
-from bridge.io.outbox import OutboxBudget
-from bridge.logs import LogQueue
-from bridge.options import WorkerOptions
-from bridge.sessions import SessionStore
-from bridge.stats import Stats
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.commands import common, control, execute, lm, programs
+from dspy_bridge.commands.table import RequestContext
+from dspy_bridge.io.outbox import OutboxBudget
+from dspy_bridge.logs import LogQueue
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.sessions import SessionStore
+from dspy_bridge.stats import Stats
 
-engine_module = pytest.importorskip("bridge.engine")
+engine_module = pytest.importorskip("dspy_bridge.engine")
 
 
 @dataclass

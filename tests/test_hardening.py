@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.framing import FrameDecoder, encode_frame
+from dspy_bridge.protocol.framing import FrameDecoder, encode_frame
 from tests.conftest import REPO
 from tests.test_worker import assert_error, assert_serving
 
@@ -125,7 +125,7 @@ def test_a_host_that_reads_replies_slowly_stops_the_worker_reading(tmp_path: Pat
     reads no more requests (the host's writes block) until the host reads."""
     limit = 1024 * 1024
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--enable-test-commands", "--max-outbox-bytes",
+        [sys.executable, "-m", "dspy_bridge", "--enable-test-commands", "--max-outbox-bytes",
          str(limit)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
     )
@@ -172,7 +172,7 @@ def test_a_host_that_reads_replies_slowly_stops_the_worker_reading(tmp_path: Pat
 
 def test_a_host_that_never_drains_stderr_cannot_freeze_the_worker() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "--enable-test-commands", "--max-in-flight", "5000",
+        [sys.executable, "-m", "dspy_bridge", "--enable-test-commands", "--max-in-flight", "5000",
          "--max-log-queue", "100"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
     )
@@ -206,7 +206,7 @@ def test_eof_exits_within_a_second_while_threads_are_blocked(worker: Any) -> Non
 
 def test_record_to_an_unwritable_path_exits_2_before_ready(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge", "--record", str(tmp_path / "missing" / "x.jsonl")],
+        [sys.executable, "-m", "dspy_bridge", "--record", str(tmp_path / "missing" / "x.jsonl")],
         cwd=REPO, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import codec, jsonvalue
-from protocol.connection import Connection, Rejected
-from protocol.envelope import Request, parse_request
-from protocol.errors import BridgeError, ErrorType
-from protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
+from dspy_bridge.protocol import codec, jsonvalue
+from dspy_bridge.protocol.connection import Connection, Rejected
+from dspy_bridge.protocol.envelope import Request, parse_request
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parent.parent / "protocol/vectors/vectors.json").read_text()

@@ -8,8 +8,8 @@ import os
 
 import structlog
 
-from bridge.logs import LogQueue, configure_logging
-from bridge.redaction import REDACTED, SecretBook, book, redact, scrub, secret_values
+from dspy_bridge.logs import LogQueue, configure_logging
+from dspy_bridge.redaction import REDACTED, SecretBook, book, redact, scrub, secret_values
 
 
 class Owner:

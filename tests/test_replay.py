@@ -24,9 +24,9 @@ from conftest import WorkerProcess
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.tools import transcript as tx
-from bridge.tools.record import TranscriptRecorder, worker_args_without_record
-from bridge.tools.replay import (
+from dspy_bridge.tools import transcript as tx
+from dspy_bridge.tools.record import TranscriptRecorder, worker_args_without_record
+from dspy_bridge.tools.replay import (
     ReplayResult,
     WorkerClient,
     main,
@@ -540,7 +540,7 @@ def test_trace_shows_every_frame_in_and_out() -> None:
     result = replay('{"send": {"id": 1, "command": "ping"}}\n{"expect": {"id": 1}}\n',
                     trace=lines.append)
     assert result.passed, result.report()
-    assert lines[0].startswith("  (line 1) start: ") and lines[0].endswith("-m bridge")
+    assert lines[0].startswith("  (line 1) start: ") and lines[0].endswith("-m dspy_bridge")
     assert lines[1].startswith('  < {"event": "ready"')
     assert lines[2] == '  (line 1) > {"id": 1, "command": "ping"}'
     assert lines[3].startswith('  < {"id": 1, "success": true')
@@ -549,7 +549,7 @@ def test_trace_shows_every_frame_in_and_out() -> None:
 def test_the_console_script_runs_replay() -> None:
     transcript = REPO / "tests" / "transcripts" / "ping.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "bridge", "replay", str(transcript), "--timeout", "10"],
+        [sys.executable, "-m", "dspy_bridge", "replay", str(transcript), "--timeout", "10"],
         capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr

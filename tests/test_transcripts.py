@@ -15,10 +15,10 @@ from typing import Any, cast
 
 import pytest
 
-from bridge.commands.registry import command_names
-from bridge.tools import transcript as tx
-from bridge.tools.replay import ReplayResult, replay_file
-from protocol.errors import ErrorType
+from dspy_bridge.commands.registry import command_names
+from dspy_bridge.protocol.errors import ErrorType
+from dspy_bridge.tools import transcript as tx
+from dspy_bridge.tools.replay import ReplayResult, replay_file
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 FILES = sorted(TRANSCRIPTS.glob("*.jsonl"))

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from bridge.tools.client import WorkerExited
+from dspy_bridge.tools.client import WorkerExited
 from tests.conftest import REPO, WorkerProcess
 
 
@@ -355,7 +355,7 @@ def test_worker_exits_when_its_parent_dies_without_closing_stdin(tmp_path: Any) 
         [
             sys.executable,
             "-c",
-            "import subprocess, sys; p = subprocess.Popen([sys.executable, '-m', 'bridge']); "
+            "import subprocess, sys; p = subprocess.Popen([sys.executable, '-m', 'dspy_bridge']); "
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); p.wait()",
         ],
         cwd=REPO,
@@ -411,7 +411,7 @@ def test_log_level_flag_filters(spawn: Any) -> None:
 
 def test_bad_flag_values_are_refused_at_start() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge", "--max-in-flight", "0"],
+        [sys.executable, "-m", "dspy_bridge", "--max-in-flight", "0"],
         cwd=REPO,
         capture_output=True,
         timeout=30,
@@ -423,7 +423,7 @@ def test_bad_flag_values_are_refused_at_start() -> None:
 
 
 def test_registry_names_every_command_its_tables_define() -> None:
-    from bridge.commands.registry import build_table, command_names
+    from dspy_bridge.commands.registry import build_table, command_names
 
     full = build_table(include_test_only=True)
     assert sorted(full.names()) == sorted(command_names(include_test_only=True))
@@ -435,7 +435,7 @@ def test_registry_names_every_command_its_tables_define() -> None:
 def test_worker_serves_and_exits_when_its_stderr_is_gone() -> None:
     """Logging to a stderr nobody reads any more must never block replies or the exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge"],
+        [sys.executable, "-m", "dspy_bridge"],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

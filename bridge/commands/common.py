@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands.table import RequestContext
-from bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
-from bridge.domain.lm import CheckedLm, LmConfig, check_lm
-from bridge.domain.models import Args
-from bridge.sessions import Session
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.commands.table import RequestContext
+from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
+from dspy_bridge.domain.lm import CheckedLm, LmConfig, check_lm
+from dspy_bridge.domain.models import Args
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.sessions import Session
 
 SessionId = Annotated[str, Field(min_length=1, max_length=256)]
 ProgramId = Annotated[str, Field(min_length=1, max_length=256)]

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.models import Args
-from bridge.redaction import book
-from bridge.stats import rss_bytes
-from protocol.errors import invalid_field
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.models import Args
+from dspy_bridge.protocol.errors import invalid_field
+from dspy_bridge.redaction import book
+from dspy_bridge.stats import rss_bytes
 
 table = CommandTable()
 

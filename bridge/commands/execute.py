@@ -7,22 +7,22 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands.common import (
+from dspy_bridge.commands.common import (
     ProgramId,
     SessionId,
     check_optional_lm,
     engine_of,
     find_program,
 )
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.engine_port import LmHandle, ProgramHandle
-from bridge.domain.lm import LmConfig
-from bridge.domain.models import Args
-from bridge.domain.signatures import check_inputs
-from bridge.domain.usage import ModelUsage, merge_usage
-from bridge.sessions import Session
-from protocol import codec
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.signatures import check_inputs
+from dspy_bridge.domain.usage import ModelUsage, merge_usage
+from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.sessions import Session
 
 table = CommandTable(needs_engine=True)
 

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands.common import (
+from dspy_bridge.commands.common import (
     SessionId,
     engine_of,
 )
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.lm import LmConfig, check_lm
-from bridge.domain.models import Args
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.lm import LmConfig, check_lm
+from dspy_bridge.domain.models import Args
 
 table = CommandTable(needs_engine=True)
 

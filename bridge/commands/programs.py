@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
-from bridge.commands.common import (
+from dspy_bridge.commands.common import (
     ProgramId,
     ProgramRef,
     SessionId,
@@ -21,11 +21,11 @@ from bridge.commands.common import (
     find_program,
     new_program_id,
 )
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.lm import LmConfig
-from bridge.domain.models import Args, invalid_from
-from bridge.domain.signatures import SignatureSpec, check_demos, parse_signature
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.domain.signatures import SignatureSpec, check_demos, parse_signature
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 table = CommandTable(needs_engine=True)
 

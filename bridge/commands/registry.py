@@ -12,34 +12,34 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bridge.commands.table import CommandTable
+    from dspy_bridge.commands.table import CommandTable
 
 COMMANDS: dict[str, str] = {
-    "ping": "bridge.commands.control",
-    "get_stats": "bridge.commands.control",
-    "cancel": "bridge.commands.control",
-    "shutdown": "bridge.commands.control",
-    "configure_lm": "bridge.commands.lm",
-    "create_program": "bridge.commands.programs",
-    "execute_program": "bridge.commands.execute",
-    "get_program": "bridge.commands.programs",
-    "list_programs": "bridge.commands.programs",
-    "delete_program": "bridge.commands.programs",
-    "list_sessions": "bridge.commands.sessions",
-    "end_session": "bridge.commands.sessions",
-    "export_program": "bridge.commands.programs",
-    "import_program": "bridge.commands.programs",
-    "get_usage": "bridge.commands.sessions",
-    "reset_usage": "bridge.commands.sessions",
-    "configure_cache": "bridge.commands.lm",
+    "ping": "dspy_bridge.commands.control",
+    "get_stats": "dspy_bridge.commands.control",
+    "cancel": "dspy_bridge.commands.control",
+    "shutdown": "dspy_bridge.commands.control",
+    "configure_lm": "dspy_bridge.commands.lm",
+    "create_program": "dspy_bridge.commands.programs",
+    "execute_program": "dspy_bridge.commands.execute",
+    "get_program": "dspy_bridge.commands.programs",
+    "list_programs": "dspy_bridge.commands.programs",
+    "delete_program": "dspy_bridge.commands.programs",
+    "list_sessions": "dspy_bridge.commands.sessions",
+    "end_session": "dspy_bridge.commands.sessions",
+    "export_program": "dspy_bridge.commands.programs",
+    "import_program": "dspy_bridge.commands.programs",
+    "get_usage": "dspy_bridge.commands.sessions",
+    "reset_usage": "dspy_bridge.commands.sessions",
+    "configure_cache": "dspy_bridge.commands.lm",
 }
 
 # Enabled only by --enable-test-commands (this list alone decides which those are).
 TEST_COMMANDS: dict[str, str] = {
-    "sleep": "bridge.commands.testing",
-    "echo": "bridge.commands.testing",
-    "fail": "bridge.commands.testing",
-    "stdout_noise": "bridge.commands.testing",
+    "sleep": "dspy_bridge.commands.testing",
+    "echo": "dspy_bridge.commands.testing",
+    "fail": "dspy_bridge.commands.testing",
+    "stdout_noise": "dspy_bridge.commands.testing",
 }
 
 
@@ -48,7 +48,7 @@ def command_names(*, include_test_only: bool) -> list[str]:
 
 
 def build_table(*, include_test_only: bool) -> CommandTable:
-    from bridge.commands.table import CommandTable
+    from dspy_bridge.commands.table import CommandTable
 
     declared = {**COMMANDS, **TEST_COMMANDS}
     modules = dict.fromkeys(declared.values())
@@ -56,7 +56,7 @@ def build_table(*, include_test_only: bool) -> CommandTable:
     table = CommandTable.merged(tables)
     if set(table.names()) != set(declared):
         raise RuntimeError(
-            "bridge.commands.registry disagrees with the command tables: "
+            "dspy_bridge.commands.registry disagrees with the command tables: "
             f"missing here {sorted(set(table.names()) - set(declared))}, "
             f"missing in tables {sorted(set(declared) - set(table.names()))}"
         )

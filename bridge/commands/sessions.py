@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.commands.common import (
+from dspy_bridge.commands.common import (
     SessionRef,
 )
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.usage import ModelUsage
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.usage import ModelUsage
 
 table = CommandTable(needs_engine=True)
 

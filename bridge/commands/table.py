@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
-from bridge.domain.models import Args
-from bridge.io.outbox import OutboxBudget
-from bridge.logs import LogQueue
-from bridge.options import WorkerOptions
-from bridge.sessions import SessionStore
-from bridge.stats import Stats
+from dspy_bridge.domain.models import Args
+from dspy_bridge.io.outbox import OutboxBudget
+from dspy_bridge.logs import LogQueue
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.sessions import SessionStore
+from dspy_bridge.stats import Stats
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bridge.commands.control import NoArgs
-from bridge.commands.table import CommandTable, RequestContext
-from bridge.domain.models import Args
+from dspy_bridge.commands.control import NoArgs
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.models import Args
 
 table = CommandTable()
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_COOLDOWN_S = 30.0

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bridge.domain.breakers import BreakerSettings
-from bridge.domain.lm import CheckedLm
-from bridge.domain.signatures import SignatureSpec
-from bridge.domain.usage import ModelUsage
+from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.lm import CheckedLm
+from dspy_bridge.domain.signatures import SignatureSpec
+from dspy_bridge.domain.usage import ModelUsage
 
 
 class LmHandle(Protocol):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from protocol.envelope import validation_errors
-from protocol.errors import BridgeError, invalid_fields
+from dspy_bridge.protocol.envelope import validation_errors
+from dspy_bridge.protocol.errors import BridgeError, invalid_fields
 
 
 class Args(BaseModel):

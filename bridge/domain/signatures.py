@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from bridge.domain.models import Args, invalid_from
-from protocol.errors import invalid_field, invalid_fields
+from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.protocol.errors import invalid_field, invalid_fields
 
 
 def _is_int(value: Any) -> bool:

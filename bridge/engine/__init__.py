@@ -15,12 +15,12 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import dspy
 
-from bridge.engine.runtime import (
+from dspy_bridge.engine.runtime import (
     LITELLM_LOGGERS,
     Engine,
     install_log_redaction,
 )
-from bridge.engine.scope import install_history_sink
+from dspy_bridge.engine.scope import install_history_sink
 
 
 def _quiet_libraries() -> None:

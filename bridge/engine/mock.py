@@ -21,7 +21,7 @@ from dspy import lm15
 from dspy.clients.engines.base import validate_request
 
 if TYPE_CHECKING:
-    from bridge.domain.lm import MockOptions
+    from dspy_bridge.domain.lm import MockOptions
 
 MISSING: Any = object()
 RAW_KEY = "__raw__"

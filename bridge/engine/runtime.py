@@ -25,26 +25,26 @@ from typing import TYPE_CHECKING, Any
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
-from bridge.domain.breakers import BreakerSettings
-from bridge.domain.signatures import annotation_of
-from bridge.domain.usage import ModelUsage
-from bridge.engine.errors import (
+from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.signatures import annotation_of
+from dspy_bridge.domain.usage import ModelUsage
+from dspy_bridge.engine.errors import (
     check_outputs,
     invalid_output,
     parse_error,
     provider_error,
     truncate,
 )
-from bridge.engine.mock import AsyncMockEngine, MockEngine
-from bridge.engine.scope import SCOPE, BridgeCache, CallScope
-from bridge.options import CacheLimits
-from bridge.redaction import book, scrub
-from protocol import codec
-from protocol.errors import BridgeError, ErrorType, invalid_field
+from dspy_bridge.engine.mock import AsyncMockEngine, MockEngine
+from dspy_bridge.engine.scope import SCOPE, BridgeCache, CallScope
+from dspy_bridge.options import CacheLimits
+from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
+from dspy_bridge.redaction import book, scrub
 
 if TYPE_CHECKING:
-    from bridge.domain.lm import CheckedLm
-    from bridge.domain.signatures import SignatureSpec
+    from dspy_bridge.domain.lm import CheckedLm
+    from dspy_bridge.domain.signatures import SignatureSpec
 
 
 

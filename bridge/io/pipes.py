@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from bridge.io.channel import HostChannel
-from bridge.io.outbox import OutboxBudget
-from protocol.connection import Connection, Rejected
-from protocol.envelope import Request
+from dspy_bridge.io.channel import HostChannel
+from dspy_bridge.io.outbox import OutboxBudget
+from dspy_bridge.protocol.connection import Connection, Rejected
+from dspy_bridge.protocol.envelope import Request
 
 READ_CHUNK = 256 * 1024
 PARENT_POLL_S = 0.1

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import codec
-from protocol.errors import BridgeError
-from protocol.framing import MAX_LENGTH, Frame, FrameDecoder, encode_frame
+from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.errors import BridgeError
+from dspy_bridge.protocol.framing import MAX_LENGTH, Frame, FrameDecoder, encode_frame
 
 DEFAULT_TIMEOUT_S = 10.0
 READER_JOIN_S = 2.0
@@ -29,7 +29,8 @@ READ_CHUNK = 256 * 1024
 
 
 def default_worker_command() -> list[str]:
-    return [sys.executable, "-m", "bridge"]
+    # -P: the working directory is not on sys.path, so no stray module there shadows ours
+    return [sys.executable, "-P", "-m", "dspy_bridge"]
 
 
 class WorkerExited(Exception):

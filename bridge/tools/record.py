@@ -26,9 +26,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from bridge import __version__
-from bridge.redaction import REDACTED, book, is_secret_key, redact
-from bridge.tools import transcript as tx
+from dspy_bridge import __version__
+from dspy_bridge.redaction import REDACTED, book, is_secret_key, redact
+from dspy_bridge.tools import transcript as tx
 
 # Keys whose value differs from run to run, wherever they appear in a reply.
 VOLATILE_KEYS = frozenset(

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.tools import transcript as tx
-from bridge.tools.client import WorkerClient, WorkerExited, default_worker_command
-from protocol import codec
-from protocol.envelope import request_id_of
-from protocol.errors import BridgeError
+from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.envelope import request_id_of
+from dspy_bridge.protocol.errors import BridgeError
+from dspy_bridge.tools import transcript as tx
+from dspy_bridge.tools.client import WorkerClient, WorkerExited, default_worker_command
 
 DEFAULT_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 10.0

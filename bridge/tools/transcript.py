@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from protocol.jsonvalue import from_json, to_json
+from dspy_bridge.protocol.jsonvalue import from_json, to_json
 
 ANY = "<any>"
 _CAPTURE = re.compile(r"<any:([A-Za-z_][A-Za-z0-9_.-]*)>")

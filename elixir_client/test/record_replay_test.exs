@@ -60,7 +60,7 @@ defmodule DSPyBridge.RecordReplayTest do
   defp replay(path) do
     worker = Command.resolve([])
 
-    System.cmd(worker.python, ["-m", "bridge", "replay", path],
+    System.cmd(worker.python, ["-P", "-m", "dspy_bridge", "replay", path],
       cd: Command.repo_root(),
       stderr_to_stdout: true
     )

@@ -130,7 +130,7 @@ class Worker:
             full_env.update(env)
         self.flags = list(flags)
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "bridge", *flags],
+            [PYTHON, "-m", "dspy_bridge", *flags],
             cwd=str(cwd or ROOT),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

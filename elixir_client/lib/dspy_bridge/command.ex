@@ -12,10 +12,10 @@ defmodule DSPyBridge.Command do
        beyond `make`);
     5. `python3` on the `PATH`.
 
-  The default arguments are `["-m", "bridge"]`; `:extra_args` are appended
-  (e.g. `["--enable-test-commands"]`). When the repository's virtualenv is
-  used, the worker runs with the repository root as its working directory so
-  `-m bridge` resolves to the repository's package.
+  The default arguments are `["-P", "-m", "dspy_bridge"]`; `:extra_args` are
+  appended (e.g. `["--enable-test-commands"]`). `-P` keeps the working
+  directory off Python's module path, so a stray `protocol.py` (or `dspy.py`)
+  there cannot shadow the worker's modules.
   """
 
   @repo_root Path.expand("../../..", __DIR__)
@@ -48,7 +48,7 @@ defmodule DSPyBridge.Command do
 
     python = System.find_executable(python) || python
 
-    args = Keyword.get(opts, :args, ["-m", "bridge"])
+    args = Keyword.get(opts, :args, ["-P", "-m", "dspy_bridge"])
 
     log_args =
       case Keyword.get(opts, :log_level) do
@@ -56,16 +56,11 @@ defmodule DSPyBridge.Command do
         level -> ["--log-level", to_string(level)]
       end
 
-    cd =
-      Keyword.get_lazy(opts, :cd, fn ->
-        if Path.expand(python) == venv_python, do: @repo_root
-      end)
-
     %{
       python: python,
       args: Enum.map(args ++ log_args ++ Keyword.get(opts, :extra_args, []), &to_string/1),
       env: opts |> Keyword.get(:env, []) |> Enum.map(&env_pair/1),
-      cd: cd
+      cd: Keyword.get(opts, :cd)
     }
   end
 
