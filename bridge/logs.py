@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from dspy_bridge.redaction import book, redact
+from dspy_bridge.domain.redaction import book, redact
 
 DEFAULT_MAX_QUEUED = 10_000
 

@@ -6,20 +6,9 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from dspy_bridge.domain.limits import DEFAULT_API_KEY_ENV_ALLOW, CacheLimits, SessionLimits
 from dspy_bridge.protocol.codec import DEFAULT_MAX_ITEMS
 from dspy_bridge.protocol.framing import DEFAULT_MAX_FRAME_BYTES
-
-DEFAULT_API_KEY_ENV_ALLOW = ("*_API_KEY",)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheLimits:
-    """What the operator lets callers of configure_cache ask for (worker flags)."""
-
-    max_entries: int = 10_000
-    max_bytes: int = 256 * 1024 * 1024
-    disk_root: str | None = None
-    max_disk_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +35,14 @@ class WorkerOptions:
     record: Path | None = None
     max_log_queue: int = 10_000
     api_key_env_allow: tuple[str, ...] = DEFAULT_API_KEY_ENV_ALLOW
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(
+            self.max_sessions,
+            self.max_programs_per_session,
+            self.max_session_bytes,
+            self.max_stored_bytes,
+        )
 
     def cache_limits(self) -> CacheLimits:
         return CacheLimits(

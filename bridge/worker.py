@@ -22,6 +22,8 @@ import structlog
 
 from dspy_bridge.admission import refusal, unknown_command
 from dspy_bridge.commands.table import CommandSpec, CommandTable, RequestContext
+from dspy_bridge.domain.redaction import book, scrub
+from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.engine_loader import EngineLoader
 from dspy_bridge.io.channel import HostChannel
 from dspy_bridge.io.outbox import OutboxBudget
@@ -39,8 +41,7 @@ from dspy_bridge.protocol.envelope import (
 )
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.protocol.framing import HEADER_SIZE
-from dspy_bridge.redaction import book, scrub
-from dspy_bridge.sessions import SessionStore
+from dspy_bridge.serve.sweeper import IdleSweeper
 from dspy_bridge.stats import Stats
 
 ENGINE_MODULE = "dspy_bridge.engine"
@@ -80,7 +81,7 @@ class Worker:
         self.options = options
         self.table = table
         self.stats = Stats()
-        self.sessions = SessionStore(options, self.emit_event)
+        self.sessions = SessionStore(options.session_limits())
         self.worker_id: str = ready["worker_id"]
         self._ready = ready
         self.started_at = time.monotonic()
@@ -107,6 +108,10 @@ class Worker:
         self._observe("outgoing", self._ready)  # `ready` itself went out in bridge.startup
         reader, writer = self._pipes.start(self._loop, self._on_items, self._on_eof, self.host_gone)
         self.engine_loader.start(self._loop)
+        if self.options.session_idle_ttl_s is not None:
+            IdleSweeper(self.sessions, self.options.session_idle_ttl_s, self.emit_event).start(
+                self._loop
+            )
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._on_signal, signum)
         for held in list(self._held_signals):

@@ -16,11 +16,11 @@ import pytest
 
 from dspy_bridge.commands import common, control, execute, lm, programs
 from dspy_bridge.commands.table import RequestContext
+from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.io.outbox import OutboxBudget
 from dspy_bridge.logs import LogQueue
 from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-from dspy_bridge.sessions import SessionStore
 from dspy_bridge.stats import Stats
 
 engine_module = pytest.importorskip("dspy_bridge.engine")
@@ -46,13 +46,15 @@ class Port:
         self.shutdowns.append(grace_ms)
 
 
-def context(store: SessionStore, port: Port | None = None, request_id: int = 1) -> RequestContext:
+def context(
+    store: SessionStore, port: Port | None = None, request_id: int = 1,
+    options: WorkerOptions | None = None,
+) -> RequestContext:
     async def engine() -> ModuleType:
         return engine_module
 
     events: list[dict[str, Any]] = []
-    options = store.options
-    return RequestContext(request_id, options, store, engine,
+    return RequestContext(request_id, options or WorkerOptions(), store, engine,
                           lambda name, **fields: events.append({"event": name, **fields}),
                           port or Port())
 
@@ -62,7 +64,7 @@ def run(handler: Any, ctx: RequestContext, args_model: Any, args: dict[str, Any]
 
 
 def test_a_program_runs_through_the_handlers_alone() -> None:
-    store = SessionStore(WorkerOptions(), lambda *_a, **_k: None)
+    store = SessionStore(WorkerOptions().session_limits())
     ctx = context(store)
     run(lm.configure_lm, ctx, lm.ConfigureLmArgs,
         {"session_id": "s", "model": "mock", "extra": {"default": "42"}})
@@ -76,7 +78,7 @@ def test_a_program_runs_through_the_handlers_alone() -> None:
 
 
 def test_handlers_raise_typed_errors() -> None:
-    store = SessionStore(WorkerOptions(max_session_bytes=100), lambda *_a, **_k: None)
+    store = SessionStore(WorkerOptions(max_session_bytes=100).session_limits())
     ctx = context(store)
     with pytest.raises(BridgeError) as missing:
         run(programs.get_program, ctx, common.ProgramRef, {"program_id": "nope"})
@@ -90,9 +92,10 @@ def test_handlers_raise_typed_errors() -> None:
 
 
 def test_control_handlers_read_and_ask_the_port() -> None:
-    store = SessionStore(WorkerOptions(default_grace_ms=750), lambda *_a, **_k: None)
+    options = WorkerOptions(default_grace_ms=750)
+    store = SessionStore(options.session_limits())
     port = Port(engine_state="failed", work_in_flight=3)
-    ctx = context(store, port, request_id=9)
+    ctx = context(store, port, request_id=9, options=options)
     ping = run(control.ping, ctx, control.NoArgs, {})
     assert (ping["status"], ping["in_flight"], ping["dspy_loaded"]) == ("engine_failed", 3, False)
     with pytest.raises(BridgeError) as own:

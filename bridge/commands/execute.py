@@ -18,11 +18,11 @@ from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import ModelUsage, merge_usage
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-from dspy_bridge.sessions import Session
 
 table = CommandTable(needs_engine=True)
 

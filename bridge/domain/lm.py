@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.limits import DEFAULT_API_KEY_ENV_ALLOW
 from dspy_bridge.domain.models import Args, invalid_from
-from dspy_bridge.options import DEFAULT_API_KEY_ENV_ALLOW
+from dspy_bridge.domain.redaction import REDACTED, redact, secret_values
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import invalid_field
-from dspy_bridge.redaction import REDACTED, redact, secret_values
 
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/\S+$")
 MOCK_PATTERN = re.compile(r"^mock(/[A-Za-z0-9_.\-:]{1,100})?$")

@@ -6,9 +6,9 @@ from typing import Any
 
 import dspy
 
+from dspy_bridge.domain.redaction import book, scrub
 from dspy_bridge.protocol.codec import limit_problem
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-from dspy_bridge.redaction import book, scrub
 
 # Outputs sit 3 levels down in a reply (reply, result, outputs): 100 leaves room.
 OUTPUT_MAX_DEPTH = 100

@@ -26,6 +26,8 @@ import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
 from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.limits import CacheLimits
+from dspy_bridge.domain.redaction import book, scrub
 from dspy_bridge.domain.signatures import annotation_of
 from dspy_bridge.domain.usage import ModelUsage
 from dspy_bridge.engine.errors import (
@@ -37,10 +39,8 @@ from dspy_bridge.engine.errors import (
 )
 from dspy_bridge.engine.mock import AsyncMockEngine, MockEngine
 from dspy_bridge.engine.scope import SCOPE, BridgeCache, CallScope
-from dspy_bridge.options import CacheLimits
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
-from dspy_bridge.redaction import book, scrub
 
 if TYPE_CHECKING:
     from dspy_bridge.domain.lm import CheckedLm

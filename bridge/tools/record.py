@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from dspy_bridge import __version__
-from dspy_bridge.redaction import REDACTED, book, is_secret_key, redact
+from dspy_bridge.domain.redaction import REDACTED, book, is_secret_key, redact
 from dspy_bridge.tools import transcript as tx
 
 # Keys whose value differs from run to run, wherever they appear in a reply.

@@ -6,17 +6,16 @@ opaque handles, so the store (and `get_stats`, which reads it) works before DSPy
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.limits import SessionLimits
 from dspy_bridge.domain.usage import UsageBook
-from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 DEFAULT_SESSION = "default"
@@ -55,15 +54,13 @@ class Session:
 class SessionStore:
     """Every session of the worker, the worker-wide default LM and the breakers."""
 
-    def __init__(self, options: WorkerOptions, emit: Callable[..., None]) -> None:
-        self.options = options
-        self._emit = emit
+    def __init__(self, limits: SessionLimits) -> None:
+        self.limits = limits
         self.sessions: dict[str, Session] = {}
         self.default_lm: Any = None
         self.breakers = BreakerRegistry()
         self.evicted = 0
         self.stored_bytes = 0  # every session's, and the default LM's
-        self._sweeper: asyncio.TimerHandle | None = None
 
     @staticmethod
     def resolve_id(session_id: str | None) -> str:
@@ -78,16 +75,15 @@ class SessionStore:
         if session is not None:
             session.touch()
             return session
-        if len(self.sessions) >= self.options.max_sessions:
+        if len(self.sessions) >= self.limits.max_sessions:
             raise BridgeError(
                 ErrorType.LIMIT_EXCEEDED,
-                f"the worker already holds {self.options.max_sessions} sessions; "
+                f"the worker already holds {self.limits.max_sessions} sessions; "
                 "end one (end_session) before starting another",
-                details={"limit": "max_sessions", "max_sessions": self.options.max_sessions},
+                details={"limit": "max_sessions", "max_sessions": self.limits.max_sessions},
             )
         session = Session(sid)
         self.sessions[sid] = session
-        self._ensure_sweeper()
         return session
 
     def require(self, session_id: str | None) -> Session:
@@ -114,8 +110,8 @@ class SessionStore:
         """Raise limit_exceeded if storing `added` bytes (in place of `removed`) would take
         the session or the worker past its byte limit."""
         growth = added - removed
-        if session is not None and session.stored_bytes + growth > self.options.max_session_bytes:
-            limit = self.options.max_session_bytes
+        if session is not None and session.stored_bytes + growth > self.limits.max_session_bytes:
+            limit = self.limits.max_session_bytes
             raise BridgeError(
                 ErrorType.LIMIT_EXCEEDED,
                 f"session {session.session_id!r} would store {session.stored_bytes + growth} "
@@ -125,8 +121,8 @@ class SessionStore:
                          "session_id": session.session_id, "stored_bytes": session.stored_bytes,
                          "size": added},
             )
-        if self.stored_bytes + growth > self.options.max_stored_bytes:
-            limit = self.options.max_stored_bytes
+        if self.stored_bytes + growth > self.limits.max_stored_bytes:
+            limit = self.limits.max_stored_bytes
             raise BridgeError(
                 ErrorType.LIMIT_EXCEEDED,
                 f"the worker's sessions would store {self.stored_bytes + growth} bytes, over "
@@ -173,7 +169,7 @@ class SessionStore:
             session.touch()
 
     def check_program_room(self, session: Session) -> None:
-        limit = self.options.max_programs_per_session
+        limit = self.limits.max_programs_per_session
         if len(session.programs) >= limit:
             raise BridgeError(
                 ErrorType.LIMIT_EXCEEDED,
@@ -197,39 +193,16 @@ class SessionStore:
             "circuit_breakers": self.breakers.to_wire(),
         }
 
-    # ----- idle eviction -----
+    # ----- idle eviction (the serve layer's sweeper decides when) -----
 
-    def _ensure_sweeper(self) -> None:
-        ttl = self.options.session_idle_ttl_s
-        if ttl is None or self._sweeper is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._sweeper = loop.call_later(self._sweep_interval(ttl), self._sweep)
-
-    @staticmethod
-    def _sweep_interval(ttl: float) -> float:
-        return min(max(ttl / 4, 0.02), 5.0)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        ttl = self.options.session_idle_ttl_s
-        if ttl is None:
-            return
-        now = time.monotonic()
+    def evict_idle(self, ttl_s: float, now: float) -> list[tuple[Session, float]]:
+        """Drop the sessions unused for `ttl_s` seconds and not busy; each with its idle
+        time (monotonic seconds)."""
+        evicted = []
         for session in list(self.sessions.values()):
             idle = now - session.last_used_monotonic
-            if session.busy == 0 and idle >= ttl:
+            if session.busy == 0 and idle >= ttl_s:
                 self._drop(session)
                 self.evicted += 1
-                self._emit(
-                    "session_evicted",
-                    session_id=session.session_id,
-                    reason="idle",
-                    idle_s=round(idle, 3),
-                    programs=len(session.programs),
-                )
-        if self.sessions:
-            self._ensure_sweeper()
+                evicted.append((session, idle))
+        return evicted

@@ -1,0 +1,1 @@
+"""Serving: the worker loop, admission, the request session, lifecycle and timers."""
