@@ -129,13 +129,20 @@ defmodule DSPyBridge.Worker do
   require Logger
 
   alias DSPyBridge.{Command, Error, Protocol}
-  alias DSPyBridge.Worker.{Effects, Replay, Requests}
-  import DSPyBridge.Worker.Data
-  import DSPyBridge.Worker.Frames
+
+  alias DSPyBridge.Worker.{
+    Admission,
+    Data,
+    Effects,
+    Frames,
+    Outbound,
+    Replayer,
+    Replies,
+    Request,
+    Shutdown
+  }
 
   @default_timeout 30_000
-  # answered at once by the worker, so never held back by the in-flight bound
-  @unbounded ["ping", "get_stats", "cancel", "shutdown"]
   @call_margin 5_000
 
   @typedoc "A worker: pid or registered name."
@@ -201,7 +208,7 @@ defmodule DSPyBridge.Worker do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     load = Keyword.get(opts, :load)
 
-    with {:ok, msg} <- request_message(command, args, opts, load) do
+    with {:ok, msg} <- Request.message(command, args, opts, load) do
       call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
       # The pool's load counter counts the call from now; the worker releases
       # it when it answers, whatever the outcome.
@@ -236,7 +243,7 @@ defmodule DSPyBridge.Worker do
   @spec send_request(server(), String.t(), map(), [request_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
   def send_request(server, command, args \\ %{}, opts \\ []) do
-    with {:ok, msg} <- request_message(command, args, opts, nil) do
+    with {:ok, msg} <- Request.message(command, args, opts, nil) do
       {:ok, :gen_server.send_request(server, msg)}
     end
   end
@@ -301,6 +308,13 @@ defmodule DSPyBridge.Worker do
   # timeout or an engine failure stops the process from any state. Side
   # effects of a state (registering with the pool, starting the replay,
   # answering ready waiters, sending the queue) run on entering it.
+  #
+  # The state data is a Worker.Data; a caller's request becomes a
+  # Worker.Request in the Worker.Requests table. Requests come in through
+  # Worker.Admission and go out through Worker.Outbound; frames from the
+  # worker are handled by Worker.Frames, responses by Worker.Replies, the
+  # replay is driven by Worker.Replayer, and the end of the process is
+  # Worker.Shutdown's. All I/O is in Worker.Effects.
 
   @impl true
   def callback_mode, do: [:state_functions, :state_enter]
@@ -314,7 +328,7 @@ defmodule DSPyBridge.Worker do
         {:stop, reason}
 
       {:ok, port, os_pid} ->
-        data = new(opts, port, os_pid)
+        data = Data.new(opts, port, os_pid)
         Effects.hook(data, :on_start, [])
         ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
@@ -327,10 +341,10 @@ defmodule DSPyBridge.Worker do
     :keep_state_and_data
   end
 
-  def starting(:info, {port, {:data, frame}}, %{port: port} = data) do
+  def starting(:info, {port, {:data, frame}}, %Data{port: port} = data) do
     case Protocol.decode(frame) do
-      {:event, "ready", event} -> on_ready(event, data)
-      decoded -> handle_frame(decoded, :starting, data)
+      {:event, "ready", event} -> Frames.ready(event, data)
+      decoded -> Frames.handle(decoded, :starting, data)
     end
   end
 
@@ -338,13 +352,11 @@ defmodule DSPyBridge.Worker do
 
   @doc false
   def replaying(:enter, _old, data) do
-    batches = if data.replay_fun, do: data.replay_fun.(), else: []
-    replay = Replay.new(data.init_commands, batches, System.monotonic_time(:millisecond))
     # the first batch is sent by the step, which may find nothing to replay
-    {:keep_state, %{data | replay: replay}, [{:state_timeout, 0, :step}]}
+    {:keep_state, Replayer.start(data), [{:state_timeout, 0, :step}]}
   end
 
-  def replaying(:state_timeout, :step, data), do: replay_step(data)
+  def replaying(:state_timeout, :step, data), do: Replayer.step(data)
   def replaying(type, event, data), do: not_ready(type, event, :replaying, data)
 
   @doc false
@@ -352,25 +364,11 @@ defmodule DSPyBridge.Worker do
     Enum.each(data.ready_waiters, &:gen_statem.reply(&1, :ok))
     data = %{data | ready_waiters: []}
     Effects.register(data, :ready)
-    {:keep_state, drain_queue(data), [{{:timeout, :ready}, :cancel}]}
+    {:keep_state, Outbound.drain_queue(data), [{{:timeout, :ready}, :cancel}]}
   end
 
-  def ready({:call, from}, {:request, command, _, _, _, _} = msg, data) do
-    req = new_request(from, msg)
-    data = bump(data, :requests)
-
-    cond do
-      Requests.room?(data.requests, data.max_in_flight) or command in @unbounded ->
-        {id, requests} = Requests.new_id(data.requests)
-        {:keep_state, dispatch(%{data | requests: requests}, id, req)}
-
-      data.overflow == :error ->
-        overloaded(req, data)
-
-      true ->
-        enqueue(req, data)
-    end
-  end
+  def ready({:call, from}, {:request, _, _, _, _, _} = msg, data),
+    do: Admission.admit(data, from, msg)
 
   def ready({:call, from}, :await_ready, _data), do: {:keep_state_and_data, [{:reply, from, :ok}]}
   def ready(type, event, data), do: common(type, event, :ready, data)
@@ -386,22 +384,21 @@ defmodule DSPyBridge.Worker do
 
   def draining(:cast, :prepare_stop, _data), do: :keep_state_and_data
 
-  def draining(:info, {port, {:exit_status, status}}, %{port: port} = data) do
+  def draining(:info, {port, {:exit_status, status}}, %Data{port: port} = data) do
     Logger.debug("dspy_bridge worker #{data.os_pid} stopped with status #{status}")
-    {:stop, :shutdown, fail_all(%{data | exited: true}, "worker stopped")}
+    {:stop, :shutdown, Replies.fail_all(%{data | exited: true}, "worker stopped")}
   end
 
   def draining(type, event, data), do: common(type, event, :draining, data)
 
   # Requests wait in the queue until the worker is ready (up to their timeout).
-  defp not_ready({:call, from}, {:request, _, _, _, _, _} = msg, _state, data) do
-    enqueue(new_request(from, msg), bump(data, :requests))
-  end
+  defp not_ready({:call, from}, {:request, _, _, _, _, _} = msg, _state, data),
+    do: Admission.hold(data, from, msg)
 
   defp not_ready({:timeout, :ready}, nil, state, data) do
     Logger.error("dspy_bridge worker #{data.os_pid} not ready in time (#{state}); killing it")
     Effects.kill(data.os_pid)
-    data = fail_all(%{data | exited: true}, "worker did not become ready in time")
+    data = Replies.fail_all(%{data | exited: true}, "worker did not become ready in time")
     {:stop, {:shutdown, :ready_timeout}, data}
   end
 
@@ -415,87 +412,44 @@ defmodule DSPyBridge.Worker do
     do: {:keep_state_and_data, [{:reply, from, data.os_pid}]}
 
   defp common({:call, from}, :info, state, data),
-    do: {:keep_state_and_data, [{:reply, from, info_map(state, data)}]}
+    do: {:keep_state_and_data, [{:reply, from, Data.info(data, state)}]}
 
-  defp common(:cast, :prepare_stop, _state, data) do
-    {:next_state, :draining, send_shutdown(data)}
-  end
+  defp common(:cast, :prepare_stop, _state, data),
+    do: {:next_state, :draining, Outbound.send_shutdown(data)}
 
-  defp common(:info, {port, {:data, frame}}, state, %{port: port} = data),
-    do: handle_frame(Protocol.decode(frame), state, data)
+  defp common(:info, {port, {:data, frame}}, state, %Data{port: port} = data),
+    do: Frames.handle(Protocol.decode(frame), state, data)
 
-  defp common(:info, {port, {:exit_status, status}}, _state, %{port: port} = data) do
-    in_flight = data.requests.in_flight + data.requests.queued
-
-    Logger.error(
-      "dspy_bridge worker #{data.os_pid} exited with status #{status}; " <>
-        "failing #{in_flight} pending request(s)"
+  defp common(:info, {port, {:exit_status, status}}, _state, %Data{port: port} = data) do
+    Shutdown.exited(data,
+      why: " exited with status #{status}",
+      message: "worker exited with status #{status}",
+      exit_status: status,
+      reason: status
     )
-
-    data = fail_all(%{data | exited: true}, "worker exited with status #{status}")
-
-    Effects.emit(data, :client, "worker_exited", %{
-      "exit_status" => status,
-      "in_flight" => in_flight
-    })
-
-    {:stop, {:shutdown, {:worker_exited, status}}, data}
   end
 
   defp common(:info, {:timeout, _tref, {:req_timeout, id}}, state, data),
-    do: {:keep_state, request_timeout(id, state, data)}
+    do: {:keep_state, Admission.timed_out(data, id, state)}
 
   # A write to a dead process can close the port with :epipe and no exit
   # status: that is the worker's death too. The process is killed in case it
   # only closed its stdin.
-  defp common(:info, {:EXIT, port, reason}, _state, %{port: port} = data) do
-    in_flight = data.requests.in_flight + data.requests.queued
-
-    Logger.error(
-      "dspy_bridge worker #{data.os_pid}: port closed (#{inspect(reason)}); " <>
-        "failing #{in_flight} pending request(s)"
+  defp common(:info, {:EXIT, port, reason}, _state, %Data{port: port} = data) do
+    Shutdown.exited(data,
+      why: ": port closed (#{inspect(reason)})",
+      message: "worker port closed: #{inspect(reason)}",
+      exit_status: nil,
+      reason: reason,
+      kill?: true
     )
-
-    Effects.kill(data.os_pid)
-    data = fail_all(%{data | exited: true}, "worker port closed: #{inspect(reason)}")
-
-    Effects.emit(data, :client, "worker_exited", %{"exit_status" => nil, "in_flight" => in_flight})
-
-    {:stop, {:shutdown, {:worker_exited, reason}}, data}
   end
 
   defp common(:info, {:EXIT, _pid, reason}, _state, _data), do: {:stop, reason}
   defp common(_type, _event, _state, _data), do: :keep_state_and_data
 
+  # Asks the worker to stop, keeps answering callers while it drains, and
+  # makes sure the OS process is gone before returning.
   @impl true
-  def terminate(_reason, _state, %{exited: true} = data), do: Effects.unregister(data)
-
-  def terminate(reason, state, data) do
-    # Ask the worker to stop, keep answering callers while it drains, and
-    # make sure the OS process is gone before returning.
-    data = if state == :draining, do: data, else: send_shutdown(data)
-    deadline = System.monotonic_time(:millisecond) + data.grace + data.kill_after
-
-    data =
-      case Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2) do
-        {:exited, data} ->
-          data
-
-        {:alive, data} ->
-          Logger.warning(
-            "dspy_bridge worker #{data.os_pid} still running after shutdown grace; sending SIGKILL"
-          )
-
-          Effects.kill(data.os_pid)
-          deadline = System.monotonic_time(:millisecond) + 3_000
-
-          elem(
-            Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2),
-            1
-          )
-      end
-
-    fail_all(data, "worker stopped (#{inspect(reason)})")
-    Effects.unregister(data)
-  end
+  def terminate(reason, state, data), do: Shutdown.terminate(reason, state, data)
 end

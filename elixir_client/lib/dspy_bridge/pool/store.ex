@@ -1,24 +1,23 @@
 defmodule DSPyBridge.Pool.Store do
-  @moduledoc """
-  The pool's ETS table: configuration, live workers, and the session records
-  replayed into a restarted worker.
-
-  The table is named after the pool and owned by the pool supervisor, so it
-  outlives any worker. Rows:
-
-    * `{:config, map}` — size, load counters, registry, options;
-    * `{{:worker, index}, pid, os_pid, status}` — the worker currently
-      serving `index`;
-    * `{{:rec, session_id, kind, key}, seq, command, args}` — what to replay:
-      `kind` is `:lm` (the session's `configure_lm`), `:cache` (a worker-wide
-      `configure_cache`) or `:program` (`create_program`/`import_program`
-      with its program id). `session_id` `nil` is the default session, which
-      lives on every worker.
-
-  Records are written by the worker process that got the successful
-  response, before the caller is answered, so a worker that dies after
-  answering has its change recorded before its replacement reads the table.
-  """
+  @moduledoc false
+  # The pool's ETS table: configuration, live workers, and the session records
+  # replayed into a restarted worker.
+  #
+  # The table is named after the pool and owned by the pool supervisor, so it
+  # outlives any worker. Rows:
+  #
+  #   * `{:config, map}` — size, load counters, registry, options;
+  #   * `{{:worker, index}, pid, os_pid, status}` — the worker currently
+  #     serving `index`;
+  #   * `{{:rec, session_id, kind, key}, seq, command, args}` — what to replay:
+  #     `kind` is `:lm` (the session's `configure_lm`), `:cache` (a worker-wide
+  #     `configure_cache`) or `:program` (`create_program`/`import_program`
+  #     with its program id). `session_id` `nil` is the default session, which
+  #     lives on every worker.
+  #
+  # Records are written by the worker process that got the successful
+  # response, before the caller is answered, so a worker that dies after
+  # answering has its change recorded before its replacement reads the table.
 
   alias DSPyBridge.Pool.Router
 

@@ -2,7 +2,8 @@ defmodule DSPyBridge.Worker.Effects do
   @moduledoc false
   # The side effects of DSPyBridge.Worker, in one place: the port and the OS
   # process, the callers' replies and the pool's load counter, the pool's
-  # callbacks, events and telemetry. `data` is the worker's state data.
+  # callbacks, events and telemetry. `data` is the worker's state data
+  # (DSPyBridge.Worker.Data), `req` a DSPyBridge.Worker.Request.
 
   require Logger
 
@@ -84,7 +85,13 @@ defmodule DSPyBridge.Worker.Effects do
   def register(data, status), do: hook(data, :on_status, [self(), data.os_pid, status])
   def unregister(data), do: hook(data, :on_down, [self()])
 
-  def request_telemetry(data, req, reply) do
+  @doc "Answers a request's caller (see `reply/2`) and emits the request's telemetry."
+  def answer(data, req, reply) do
+    reply(req, reply)
+    request_telemetry(data, req, reply)
+  end
+
+  defp request_telemetry(data, req, reply) do
     outcome =
       case reply do
         {:ok, _} -> :ok

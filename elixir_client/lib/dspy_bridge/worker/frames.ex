@@ -1,15 +1,18 @@
 defmodule DSPyBridge.Worker.Frames do
   @moduledoc false
-  # What DSPyBridge.Worker does with a decoded frame from the worker (an
-  # event, a response) and how its replay advances, as :gen_statem results.
+  # What DSPyBridge.Worker does with a decoded frame from the worker
+  # (DSPyBridge.Protocol.decode/1): its `ready` event, a response (see
+  # DSPyBridge.Worker.Replies), the events it acts on (`engine_failed`,
+  # `session_evicted`) and those it only passes on, as :gen_statem results.
 
   require Logger
 
   alias DSPyBridge.{Error, Protocol}
-  alias DSPyBridge.Worker.{Effects, Replay}
-  import DSPyBridge.Worker.Data
+  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replayer, Replies}
 
-  def on_ready(event, data) do
+  @doc "The worker's `ready` event, while :starting: on to :replaying."
+  @spec ready(map(), Data.t()) :: :gen_statem.event_handler_result(atom())
+  def ready(event, data) do
     if event["protocol_version"] != 1 do
       Logger.warning(
         "dspy_bridge worker #{data.os_pid} speaks protocol #{inspect(event["protocol_version"])}, expected 1"
@@ -26,19 +29,20 @@ defmodule DSPyBridge.Worker.Frames do
     {:next_state, :replaying, data}
   end
 
-  # A decoded frame in `state`: returns a :gen_statem result.
-  def handle_frame({:response, id, response}, state, data) do
-    case handle_response(data, id, response) do
-      {data, :replay_answered} when state == :replaying -> replay_step(data)
-      {data, _} -> {:keep_state, if(state == :ready, do: drain_queue(data), else: data)}
+  @doc "A decoded frame in `state` (for `ready` while :starting, see `ready/2`)."
+  @spec handle(Protocol.decoded(), atom(), Data.t()) :: :gen_statem.event_handler_result(atom())
+  def handle({:response, id, response}, state, data) do
+    case Replies.response(data, id, response) do
+      {data, :replay_answered} when state == :replaying -> Replayer.step(data)
+      {data, _} -> {:keep_state, if(state == :ready, do: Outbound.drain_queue(data), else: data)}
     end
   end
 
-  def handle_frame({:event, "ready", _}, state, data),
+  def handle({:event, "ready", _}, state, data),
     # `ready` is sent once, first: another one changes nothing
-    do: {:keep_state, unexpected(data, "a ready event while #{status(state)}")}
+    do: {:keep_state, Data.unexpected(data, "a ready event while #{Data.status(state)}")}
 
-  def handle_frame({:event, "engine_failed", event}, state, data) do
+  def handle({:event, "engine_failed", event}, state, data) do
     error = Error.from_wire(event["error"])
 
     Logger.error(
@@ -59,17 +63,21 @@ defmodule DSPyBridge.Worker.Frames do
     end
   end
 
-  def handle_frame({:event, "session_evicted", event}, _state, data) do
+  def handle({:event, "session_evicted", event}, _state, data) do
     session = event["session_id"]
 
     cond do
       not is_binary(session) ->
-        {:keep_state, unexpected(data, "session_evicted without a session_id: #{inspect(event)}")}
+        {:keep_state,
+         Data.unexpected(data, "session_evicted without a session_id: #{inspect(event)}")}
 
       data.pool != nil and not data.pool.serves_session?.(session) ->
         # not a session of this worker: its records belong to another one
         {:keep_state,
-         unexpected(data, "session_evicted for #{inspect(session)}, a session it does not serve")}
+         Data.unexpected(
+           data,
+           "session_evicted for #{inspect(session)}, a session it does not serve"
+         )}
 
       true ->
         Logger.info("dspy_bridge worker #{data.os_pid}: session #{inspect(session)} evicted")
@@ -79,7 +87,7 @@ defmodule DSPyBridge.Worker.Frames do
     end
   end
 
-  def handle_frame({:event, name, event}, _state, data) do
+  def handle({:event, name, event}, _state, data) do
     case name do
       "progress" ->
         Logger.debug("dspy_bridge worker #{data.os_pid} progress: #{inspect(event)}")
@@ -94,43 +102,8 @@ defmodule DSPyBridge.Worker.Frames do
     :keep_state_and_data
   end
 
-  def handle_frame({:unexpected, what}, _state, data),
-    do: {:keep_state, unexpected(data, what)}
-
-  def replay_step(data) do
-    case Replay.next(data.replay) do
-      :wait ->
-        {:keep_state, data}
-
-      :done ->
-        summary = Replay.summary(data.replay, System.monotonic_time(:millisecond))
-
-        if summary["commands"] > 0 do
-          Logger.info(
-            "dspy_bridge worker #{data.os_pid}: replayed #{summary["commands"]} command(s) in #{summary["duration_ms"]} ms" <>
-              if(summary["failed"] > 0, do: " (#{summary["failed"]} failed)", else: "")
-          )
-
-          Effects.emit(data, :client, "replayed", summary)
-        end
-
-        {:next_state, :ready, %{data | replay: nil}}
-
-      {:send, batch, replay} ->
-        batch
-        |> Enum.reduce(%{data | replay: replay}, fn {command, args}, data ->
-          case send_internal(data, command, args, :replay) do
-            {:ok, id, data} ->
-              %{data | replay: Replay.sent(data.replay, id, command)}
-
-            {:error, data} ->
-              Logger.warning("dspy_bridge worker #{data.os_pid}: could not replay #{command}")
-              %{data | replay: Replay.not_sent(data.replay)}
-          end
-        end)
-        |> replay_step()
-    end
-  end
+  def handle({:unexpected, what}, _state, data),
+    do: {:keep_state, Data.unexpected(data, what)}
 
   defp text(s) when is_binary(s), do: s
 

@@ -1,0 +1,75 @@
+defmodule DSPyBridge.Worker.Shutdown do
+  @moduledoc false
+  # How a worker process ends: its OS process gone under it (every waiting
+  # caller fails at once and the process stops for its supervisor to restart
+  # it), and the graceful stop of terminate/3 (ask the worker to shut down,
+  # keep answering callers while it drains, SIGKILL it by OS pid if it
+  # outlives the grace, then fail what is left).
+
+  require Logger
+
+  alias DSPyBridge.Protocol
+  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replies}
+
+  @doc """
+  The OS process is gone (or its port closed, `kill?` then makes sure):
+  logs `why`, fails every waiting caller with `message`, emits
+  `worker_exited` and stops with `{:shutdown, {:worker_exited, reason}}`.
+  """
+  @spec exited(Data.t(), keyword()) :: :gen_statem.event_handler_result(atom())
+  def exited(data, opts) do
+    pending = Data.pending(data)
+
+    Logger.error(
+      "dspy_bridge worker #{data.os_pid}#{Keyword.fetch!(opts, :why)}; " <>
+        "failing #{pending} pending request(s)"
+    )
+
+    if opts[:kill?], do: Effects.kill(data.os_pid)
+    data = Replies.fail_all(%{data | exited: true}, Keyword.fetch!(opts, :message))
+
+    Effects.emit(data, :client, "worker_exited", %{
+      "exit_status" => Keyword.fetch!(opts, :exit_status),
+      "in_flight" => pending
+    })
+
+    {:stop, {:shutdown, {:worker_exited, Keyword.fetch!(opts, :reason)}}, data}
+  end
+
+  @doc "terminate/3: stops the OS process (unless it is gone) and leaves the pool's table."
+  @spec terminate(term(), atom(), Data.t()) :: term()
+  def terminate(_reason, _state, %Data{exited: true} = data), do: Effects.unregister(data)
+
+  def terminate(reason, state, data) do
+    data = if state == :draining, do: data, else: Outbound.send_shutdown(data)
+    deadline = System.monotonic_time(:millisecond) + data.grace + data.kill_after
+
+    data =
+      case drain_until_exit(data, deadline) do
+        {:exited, data} ->
+          data
+
+        {:alive, data} ->
+          Logger.warning(
+            "dspy_bridge worker #{data.os_pid} still running after shutdown grace; sending SIGKILL"
+          )
+
+          Effects.kill(data.os_pid)
+          elem(drain_until_exit(data, System.monotonic_time(:millisecond) + 3_000), 1)
+      end
+
+    Replies.fail_all(data, "worker stopped (#{inspect(reason)})")
+    Effects.unregister(data)
+  end
+
+  # Callers keep getting their answers while the worker drains.
+  defp drain_until_exit(data, deadline),
+    do: Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2)
+
+  defp drain_frame(frame, data) do
+    case Protocol.decode(frame) do
+      {:response, id, response} -> data |> Replies.response(id, response) |> elem(0)
+      _ -> data
+    end
+  end
+end
