@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["replay"]:
-        from dspy_bridge.tools.replay import main as replay_main
+        from dspy_bridge.tools.replay_cli import main as replay_main
 
         sys.exit(replay_main(args[1:]))
     from dspy_bridge.io.channel import claim_protocol_fds
@@ -25,6 +25,6 @@ def main(argv: list[str] | None = None) -> None:
     # pydantic would scan every installed distribution for plugins at its first model;
     # the worker uses none, and the scan delays serving the first request.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from dspy_bridge.cli import run_worker
+    from dspy_bridge.main import run_worker
 
     run_worker(options, args, channel, ready, record_to, held.received)

@@ -8,9 +8,10 @@ from typing import Any, TextIO
 
 from dspy_bridge.commands.registry import build_table
 from dspy_bridge.io.channel import HostChannel
-from dspy_bridge.logs import LogQueue, configure_logging, route_std_streams
+from dspy_bridge.io.logs import LogQueue, configure_logging, route_std_streams
 from dspy_bridge.options import WorkerOptions
-from dspy_bridge.worker import FrameObserver, Worker
+from dspy_bridge.serve.outbound import FrameObserver
+from dspy_bridge.serve.worker import Worker
 
 # The last log lines get this long to reach stderr (a stderr nobody drains gets no more;
 # the exit's one-second deadline, armed when it was decided, bounds it anyway).

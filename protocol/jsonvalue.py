@@ -1,8 +1,9 @@
 """msgpack values <-> their JSON form, for the golden vectors and the transcript format.
 
 bin is `{"$bin": "<base64>"}`, ext is `{"$ext": {"type": n, "data": "<base64>"}}`, and a map
-whose keys are not all strings is `{"$map": [[key, value], ...]}`; everything else is the
-same value. Malformed `$` forms raise ValueError.
+whose keys are not all strings is `{"$map": [[key, value], ...]}` (so is a one-key map whose
+key is one of those three tags, which would otherwise read back as the tagged value);
+everything else is the same value. Malformed `$` forms raise ValueError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import msgpack
 
+TAGS = frozenset({"$bin", "$ext", "$map"})
+
 
 def to_json(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
@@ -23,7 +26,8 @@ def to_json(value: Any) -> Any:
     if isinstance(value, msgpack.Timestamp):  # ext type -1, which msgpack decodes itself
         return {"$ext": {"type": -1, "data": _b64(value.to_bytes())}}
     if isinstance(value, Mapping):
-        if all(isinstance(key, str) for key in value):
+        plain = all(isinstance(key, str) for key in value)
+        if plain and not (len(value) == 1 and next(iter(value)) in TAGS):
             return {key: to_json(item) for key, item in value.items()}
         return {"$map": [[to_json(key), to_json(item)] for key, item in value.items()]}
     if isinstance(value, list | tuple):

@@ -98,7 +98,7 @@ def test_provider_error_keeps_dspy_classification() -> None:
 def test_the_names_dspy_calls_programs_with_are_read_from_dspy() -> None:
     """If a DSPy upgrade renames these parameters, the refusal at create_program must
     follow: this fails loudly so the change is looked at."""
-    from dspy_bridge.engine.runtime import PROGRAM_TYPES, call_parameter_names
+    from dspy_bridge.engine.programs import PROGRAM_TYPES, call_parameter_names
 
     for program_type in PROGRAM_TYPES.values():
         assert {"self", "instance", "base"} <= call_parameter_names(program_type)

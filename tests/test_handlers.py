@@ -17,11 +17,11 @@ import pytest
 from dspy_bridge.commands import common, control, execute, lm, programs
 from dspy_bridge.commands.table import RequestContext
 from dspy_bridge.domain.sessions import SessionStore
+from dspy_bridge.domain.stats import Stats
+from dspy_bridge.io.logs import LogQueue
 from dspy_bridge.io.outbox import OutboxBudget
-from dspy_bridge.logs import LogQueue
 from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-from dspy_bridge.stats import Stats
 
 engine_module = pytest.importorskip("dspy_bridge.engine")
 

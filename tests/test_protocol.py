@@ -173,6 +173,15 @@ def test_json_form_round_trips_every_value(value: Any) -> None:
     assert jsonvalue.from_json(json.loads(json.dumps(jsonvalue.to_json(value)))) == value
 
 
+@pytest.mark.parametrize("tag", sorted(jsonvalue.TAGS))
+@pytest.mark.parametrize("inner", [[], "QQ==", {"type": 1, "data": ""}, None])
+def test_a_map_that_looks_like_a_tag_is_escaped(tag: str, inner: Any) -> None:
+    value = {tag: inner}
+    encoded = jsonvalue.to_json(value)
+    assert encoded == {"$map": [[tag, inner]]}
+    assert jsonvalue.from_json(encoded) == value
+
+
 def test_json_form_of_ext_and_non_string_keys() -> None:
     value = {1: msgpack.ExtType(5, b"\x01"), "s": [b"\xff"]}
     encoded = jsonvalue.to_json(value)

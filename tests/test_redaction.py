@@ -9,7 +9,7 @@ import os
 import structlog
 
 from dspy_bridge.domain.redaction import REDACTED, SecretBook, book, redact, scrub, secret_values
-from dspy_bridge.logs import LogQueue, configure_logging
+from dspy_bridge.io.logs import LogQueue, configure_logging
 
 
 class Owner:

@@ -25,14 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dspy_bridge.tools import transcript as tx
+from dspy_bridge.tools.client import WorkerClient
 from dspy_bridge.tools.record import TranscriptRecorder, worker_args_without_record
-from dspy_bridge.tools.replay import (
-    ReplayResult,
-    WorkerClient,
-    main,
-    replay_file,
-    replay_text,
-)
+from dspy_bridge.tools.replay import ReplayResult, replay_file, replay_text
+from dspy_bridge.tools.replay_cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_COMMANDS = '{"worker_args": ["--enable-test-commands"]}\n'

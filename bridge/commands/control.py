@@ -10,8 +10,8 @@ from pydantic import Field
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.redaction import book
+from dspy_bridge.domain.stats import rss_bytes
 from dspy_bridge.protocol.errors import invalid_field
-from dspy_bridge.stats import rss_bytes
 
 table = CommandTable()
 

@@ -14,10 +14,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.sessions import SessionStore
+from dspy_bridge.domain.stats import Stats
+from dspy_bridge.io.logs import LogQueue
 from dspy_bridge.io.outbox import OutboxBudget
-from dspy_bridge.logs import LogQueue
 from dspy_bridge.options import WorkerOptions
-from dspy_bridge.stats import Stats
 
 ArgsT = TypeVar("ArgsT", bound=Args)
 

@@ -15,17 +15,14 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import dspy
 
-from dspy_bridge.engine.runtime import (
-    LITELLM_LOGGERS,
-    Engine,
-    install_log_redaction,
-)
+from dspy_bridge.engine.lm import LITELLM_LOGGERS, install_log_redaction
+from dspy_bridge.engine.runtime import Engine
 from dspy_bridge.engine.scope import install_history_sink
 
 
 def _quiet_libraries() -> None:
     # litellm is imported lazily by DSPy, which then turns its telemetry off; its own log
-    # handler gets the same redaction when it loads (see runtime._import_litellm).
+    # handler gets the same redaction when it loads (see lm.import_litellm).
     install_log_redaction("")
     for name in (*LITELLM_LOGGERS, "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)

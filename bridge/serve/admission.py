@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from dspy_bridge.commands.table import CommandSpec
 from dspy_bridge.protocol.envelope import Request
-from dspy_bridge.protocol.errors import BridgeError, ErrorType, field_errors
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 
 class AdmissionState(Protocol):
@@ -33,8 +33,6 @@ class AdmissionState(Protocol):
     @property
     def engine_state(self) -> str: ...
 
-    def is_in_flight(self, request_id: int | str) -> bool: ...
-
     def engine_error(self) -> BridgeError: ...
 
 
@@ -48,18 +46,6 @@ def not_shutting_down(
     if state.exiting or (state.shutting_down and not spec.control):
         return BridgeError(
             ErrorType.SHUTTING_DOWN, "the worker is shutting down and takes no new work"
-        )
-    return None
-
-
-def id_not_in_flight(
-    request: Request, spec: CommandSpec[Any], state: AdmissionState
-) -> BridgeError | None:
-    if state.is_in_flight(request.id):
-        return BridgeError(
-            ErrorType.INVALID_REQUEST,
-            f"request id {request.id!r} is already in flight",
-            details=field_errors([("id", "already in flight")]),
         )
     return None
 
@@ -85,8 +71,8 @@ def room_in_flight(
     return None
 
 
-CHECKS: tuple[Check, ...] = (not_shutting_down, id_not_in_flight, engine_available,
-                             room_in_flight)
+# An id still in flight never gets here: the Connection refuses it as it is read.
+CHECKS: tuple[Check, ...] = (not_shutting_down, engine_available, room_in_flight)
 
 
 def refusal(request: Request, spec: CommandSpec[Any], state: AdmissionState) -> BridgeError | None:

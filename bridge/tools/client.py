@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dspy_bridge.protocol import codec
-from dspy_bridge.protocol.errors import BridgeError
-from dspy_bridge.protocol.framing import MAX_LENGTH, Frame, FrameDecoder, encode_frame
+from dspy_bridge.protocol.connection import HostConnection, HostItem, InvalidFrame
+from dspy_bridge.protocol.framing import MAX_LENGTH, encode_frame
 
 DEFAULT_TIMEOUT_S = 10.0
 READER_JOIN_S = 2.0
@@ -46,12 +45,6 @@ class _Eof:
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class _BadFrame:
-    error: str
-    payload: bytes
-
-
 class RequestFailed(Exception):
     """A request answered with `success: false`; `error` is the wire error map."""
 
@@ -63,6 +56,9 @@ class RequestFailed(Exception):
 class WorkerClient:
     """A worker subprocess over pipes: frames out, decoded messages in (a reader thread).
 
+    The protocol is kept by a `HostConnection`: `call` and `call_many` send checked
+    requests, while `send`, `send_payload` and `send_bytes` send anything (tests of the
+    worker send invalid frames on purpose) and still count the responses they are owed.
     `stderr_lines` bounds how many of the worker's log lines are kept (None: all).
     """
 
@@ -84,7 +80,12 @@ class WorkerClient:
             cwd=cwd,
             env=env,
         )
-        self._inbox: queue.SimpleQueue[dict[str, Any] | _Eof | _BadFrame] = queue.SimpleQueue()
+        # Any frame a 4-byte length allows is read: the worker bounds its own replies
+        # (--max-reply-bytes), and a test may raise that bound as far as it likes.
+        self._connection = HostConnection(MAX_LENGTH)
+        # The connection's sends must come one at a time, in the order they are written.
+        self._send_lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[HostItem | _Eof] = queue.SimpleQueue()
         self._stderr: deque[str] = deque(maxlen=stderr_lines)
         self._ids = itertools.count(1)
         self.output_closed = False
@@ -101,7 +102,6 @@ class WorkerClient:
     def _read_frames(self) -> None:
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
-        decoder = FrameDecoder(MAX_LENGTH)
         while True:
             try:
                 data = os.read(fd, READ_CHUNK)
@@ -110,19 +110,8 @@ class WorkerClient:
             if not data:
                 self._inbox.put(_Eof())
                 return
-            for frame in decoder.feed(data):
-                if not isinstance(frame, Frame):  # no frame exceeds MAX_LENGTH
-                    continue
-                payload = frame.payload
-                try:
-                    value = codec.unpack(payload)
-                except BridgeError as exc:
-                    self._inbox.put(_BadFrame(exc.message, payload))
-                    continue
-                if isinstance(value, dict):
-                    self._inbox.put(value)
-                else:
-                    self._inbox.put(_BadFrame(f"not a map: {value!r}", payload))
+            for item in self._connection.receive_data(data):
+                self._inbox.put(item)
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -138,19 +127,31 @@ class WorkerClient:
     def send_bytes(self, data: bytes) -> None:
         """Write raw bytes (not necessarily whole frames); raises WorkerExited if the
         worker no longer reads."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(data)
-            self.process.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            raise WorkerExited(self.process.poll()) from None
+        with self._send_lock:
+            self._write(self._connection.send_raw(data))
 
     def send_payload(self, payload: bytes) -> None:
         """Write one frame holding `payload`."""
         self.send_bytes(encode_frame(payload))
 
     def send(self, value: Any) -> None:
-        self.send_payload(codec.pack(value))
+        """Write any value as one frame, unchecked (a request or not)."""
+        with self._send_lock:
+            self._write(self._connection.send_unchecked(value))
+
+    def _send_request(self, message: dict[str, Any]) -> None:
+        """Write a request the protocol allows; LocalProtocolError (nothing written) if
+        it is malformed or its id is in flight."""
+        with self._send_lock:
+            self._write(self._connection.send_request(message))
+
+    def _write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            raise WorkerExited(self.process.poll()) from None
 
     # --- receiving ---
 
@@ -171,14 +172,17 @@ class WorkerClient:
         if isinstance(item, _Eof):
             self.output_closed = True
             raise WorkerExited(self._reap())
-        if isinstance(item, _BadFrame):
-            raise ValueError(f"the worker sent a bad frame ({item.error}): {item.payload[:80]!r}")
-        return item
+        if isinstance(item, InvalidFrame):
+            shown = b"" if item.payload is None else item.payload[:80]
+            raise ValueError(f"the worker sent a bad frame ({item.error.message}): {shown!r}")
+        # Responses (owed or not) and events alike: a test host judges them itself.
+        return item.message
 
     def request(
         self, message: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S
     ) -> dict[str, Any]:
-        """Send a request and wait for its response; other messages go to `backlog`."""
+        """Send a message as it is (unchecked, so tests may send anything) and wait for the
+        response under its id; other messages go to `backlog`."""
         self.send(message)
         return self._gather([message.get("id")], timeout)[message.get("id")]
 
@@ -197,11 +201,12 @@ class WorkerClient:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> list[Any]:
         """Send every request at once (they run concurrently), then gather the results in
-        the order given; raises RequestFailed for the first error reply."""
+        the order given; raises RequestFailed for the first error reply, and
+        LocalProtocolError (before sending it) for a request the protocol forbids."""
         ids = []
         for command, args in calls:
             ids.append(self.new_id())
-            self.send({"id": ids[-1], "command": command, "args": args or {}})
+            self._send_request({"id": ids[-1], "command": command, "args": args or {}})
         responses = self._gather(ids, timeout)
         results = []
         for request_id in ids:

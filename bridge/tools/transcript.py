@@ -1,6 +1,6 @@
 """The transcript format: reading and writing JSON Lines, `$bin`, matching, diffs.
 
-Sans-I/O: pure functions over text and values. `bridge.tools.replay` drives a worker with
+Sans-I/O: pure functions over text and values. `bridge.tools.player` drives a worker with
 these; `bridge.tools.record` writes them.
 
 A transcript is UTF-8 JSON Lines, read top to bottom; blank lines and lines starting

@@ -1,0 +1,223 @@
+"""Programs: their types, the DSPy signature built from a spec, handles, and state.
+
+A program is a DSPy module (`PROGRAM_TYPES`: predict, chain_of_thought) over a signature
+built from a checked `SignatureSpec`, optionally with demos or a state document; a state
+document from the wire is first reduced to what a program may take from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+from dspy_bridge.domain.signatures import annotation_of
+from dspy_bridge.engine.lm import LmHandle
+from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.errors import invalid_field
+
+if TYPE_CHECKING:
+    from dspy_bridge.domain.signatures import SignatureSpec
+
+
+# ----- program types and handles -----
+
+
+@dataclass(frozen=True)
+class ProgramType:
+    name: str
+    build: Callable[[Any], Any]
+    # Output fields the module adds to the signature's own (chain_of_thought: reasoning).
+    extra_outputs: tuple[str, ...] = ()
+
+
+# Adding a program type is adding an entry.
+PROGRAM_TYPES: dict[str, ProgramType] = {
+    "predict": ProgramType("predict", dspy.Predict),
+    "chain_of_thought": ProgramType("chain_of_thought", dspy.ChainOfThought, ("reasoning",)),
+}
+
+
+@dataclass(eq=False)
+class ProgramHandle:
+    program_id: str
+    session_id: str
+    program_type: str
+    spec: SignatureSpec
+    module: Any  # dspy.Module
+    lm: LmHandle | None
+    output_names: list[str]
+    # msgpack bytes of what it stores (signature, demos or state, LM config).
+    stored_bytes: int = 0
+    created_at: float = field(default_factory=time.time)
+
+    def _first_predictor(self) -> Any:
+        return self.module.named_predictors()[0][1]
+
+    def demos(self) -> list[Any]:
+        return list(self._first_predictor().demos)
+
+    def instructions(self) -> str:
+        return str(self._first_predictor().signature.instructions)
+
+
+# ----- wire conversion -----
+
+
+def to_wire(value: Any) -> Any:
+    """A prediction value as msgpack carries it."""
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_wire(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_wire(item) for key, item in value.items()}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return to_wire(dump(mode="json"))
+    return str(value)
+
+
+@functools.cache
+def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
+    """Names an input or demo field cannot have: the named parameters of every function
+    DSPy passes a program's fields through as keyword arguments (`self`, the callback
+    wrapper's `instance`, `Example`'s `base`, ...). Read from DSPy itself, so a parameter
+    added by an upgrade is refused too (tests/test_engine_runtime.py guards the known ones)."""
+    template = program_type.build(dspy.Signature("bridge_in -> bridge_out"))
+    functions: list[Any] = [dspy.Example.__init__]
+    owners = (template, *(predictor for _, predictor in template.named_predictors()))
+    for cls in {cls for owner in owners for cls in type(owner).__mro__}:  # super() calls too
+        for attribute in ("__call__", "acall", "forward", "aforward", "_forward_preprocess"):
+            function = cls.__dict__.get(attribute)
+            while function is not None:  # each layer of decorators has its own parameters
+                functions.append(function)
+                function = getattr(function, "__wrapped__", None)
+    named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(
+        parameter.name
+        for function in functions
+        for parameter in inspect.signature(function, follow_wrapped=False).parameters.values()
+        if parameter.kind in named
+    )
+
+
+# ----- building -----
+
+
+def find_program_type(name: str, field_name: str = "program_type") -> ProgramType:
+    found = PROGRAM_TYPES.get(name)
+    if found is None:
+        raise invalid_field(field_name, f"unknown program type {name[:100]!r}; known: "
+                            + ", ".join(PROGRAM_TYPES))
+    return found
+
+
+def build_signature(spec: SignatureSpec, program_type: ProgramType) -> Any:
+    fields: dict[str, Any] = {}
+    for spec_field in spec.inputs:
+        fields[spec_field.name] = _field(spec_field, dspy.InputField)
+    for spec_field in spec.outputs:
+        fields[spec_field.name] = _field(spec_field, dspy.OutputField)
+    unusable = call_parameter_names(program_type)
+    for name in fields:
+        if name in unusable:
+            raise invalid_field("signature", f"field name {name!r} cannot be used: DSPy "
+                                "calls programs through functions with a parameter of "
+                                "that name, so the field could never be passed")
+        if name in program_type.extra_outputs:
+            raise invalid_field("signature", f"field name {name!r} is used by the "
+                                f"{program_type.name} program type itself")
+        if hasattr(dspy.Signature, name):
+            raise invalid_field("signature", f"field name {name!r} is reserved by DSPy")
+    return dspy.Signature(fields, spec.instructions or None, signature_name=spec.name
+                          or "BridgeSignature")
+
+
+def _field(spec_field: Any, kind: Any) -> tuple[Any, Any]:
+    info = kind(desc=spec_field.desc) if spec_field.desc else kind()
+    return (annotation_of(spec_field.type), info)
+
+
+def build_program(program_id: str, session_id: str, spec: SignatureSpec,
+                  type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
+                  state: dict[str, Any] | None) -> ProgramHandle:
+    program_type = PROGRAM_TYPES[type_name]
+    module = program_type.build(build_signature(spec, program_type))
+    if state is not None:
+        module.load_state(state)
+    elif demos:
+        for _, predictor in module.named_predictors():
+            predictor.demos = [dspy.Example(**demo) for demo in demos]
+    output_names = [*program_type.extra_outputs, *(f.name for f in spec.outputs)]
+    stored = len(codec.pack([spec.to_wire(), demos, state])) + (lm.stored_bytes if lm else 0)
+    return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names,
+                         stored)
+
+
+def export_state(program: ProgramHandle) -> dict[str, Any]:
+    return to_wire(program.module.dump_state())  # type: ignore[no-any-return]
+
+
+# ----- state documents -----
+
+
+def check_state(spec: SignatureSpec, program_type: ProgramType,
+                state: dict[str, Any]) -> dict[str, Any]:
+    """A state document from the wire, reduced to what a program may take from it:
+    demos, instructions and field prefixes/descriptions (never an LM, never any other
+    attribute DSPy's load_state would set)."""
+    template = program_type.build(build_signature(spec, program_type))
+    predictors = dict(template.named_predictors())
+    if list(predictors) == ["self"]:
+        return _check_predictor(state, predictors["self"], "document.state")
+    unknown = set(state) - set(predictors)
+    if unknown:
+        raise invalid_field("document.state",
+                            f"unexpected keys {sorted(unknown)!r}; this program "
+                            f"type's state holds {sorted(predictors)!r}")
+    return {name: _check_predictor(state.get(name), predictor, f"document.state.{name}")
+            for name, predictor in predictors.items()}
+
+
+def _check_predictor(raw: Any, predictor: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise invalid_field(where, "must be a map (a predictor's state)")
+    unknown = set(raw) - {"traces", "train", "demos", "signature", "lm", "fields"}
+    if unknown:
+        raise invalid_field(where, f"unexpected keys {sorted(unknown)!r}")
+    if raw.get("lm") is not None:
+        raise invalid_field(f"{where}.lm", "must be nil; a program's LM travels in document.lm")
+    if raw.get("fields"):
+        raise invalid_field(f"{where}.fields", "must be empty")
+    names = set(predictor.signature.fields) | {"augmented"}
+    demos = raw.get("demos", [])
+    if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+        raise invalid_field(f"{where}.demos", "must be a list of maps")
+    for index, demo in enumerate(demos):
+        bad = [key for key in demo if not isinstance(key, str) or key not in names]
+        if bad:
+            raise invalid_field(f"{where}.demos.{index}", f"unknown fields {bad!r}")
+    template = predictor.signature.dump_state()
+    signature = raw.get("signature", template)
+    if not isinstance(signature, dict) or set(signature) - {"instructions", "fields"}:
+        raise invalid_field(f"{where}.signature", "must be {instructions, fields}")
+    instructions = signature.get("instructions", template["instructions"])
+    if not isinstance(instructions, str):
+        raise invalid_field(f"{where}.signature.instructions", "must be a string")
+    fields = signature.get("fields", template["fields"])
+    if (not isinstance(fields, list) or len(fields) != len(template["fields"])
+            or not all(isinstance(f, dict) and set(f) == {"prefix", "description"}
+                       and all(isinstance(v, str) for v in f.values()) for f in fields)):
+        raise invalid_field(
+            f"{where}.signature.fields",
+            f"must be {len(template['fields'])} maps of {{prefix, description}}",
+        )
+    return {"traces": [], "train": [], "demos": demos, "lm": None,
+            "signature": {"instructions": instructions, "fields": fields}}
