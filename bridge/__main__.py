@@ -1,3 +1,3 @@
-from dspy_bridge.entry import main
+from dspy_bridge.main import main
 
 main()

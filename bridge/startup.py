@@ -1,7 +1,7 @@
 """Phase one of start-up: validate the flags and announce `ready`, importing almost nothing.
 
 pydantic, structlog, asyncio and the handlers take longer to import than a host should
-wait for `ready`; they load in phase two (`bridge.cli`), and DSPy after that, in the
+wait for `ready`; they load in phase two (`main._serve`), and DSPy after that, in the
 background. Requests sent meanwhile wait in the pipe and are read once the loop runs.
 """
 

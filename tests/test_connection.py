@@ -14,23 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dspy_bridge.protocol import codec
-from dspy_bridge.protocol.connection import (
-    AnswerId,
-    Connection,
+from dspy_bridge.protocol.connection import Connection, Rejected, Unsendable
+from dspy_bridge.protocol.envelope import Request, error_response, event, ok_response
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.framing import encode_frame
+from dspy_bridge.protocol.host import (
     Event,
     HostConnection,
     HostItem,
     InvalidFrame,
-    LocalProtocolError,
-    Rejected,
     Response,
     Unexpected,
-    Unsendable,
-    id_in_flight_error,
 )
-from dspy_bridge.protocol.envelope import Request, error_response, event, ok_response
-from dspy_bridge.protocol.errors import BridgeError, ErrorType
-from dspy_bridge.protocol.framing import encode_frame
+from dspy_bridge.protocol.peer import AnswerId, LocalProtocolError, id_in_flight_error
 
 
 def answer(worker: Connection, item: Request | Rejected, result: Any = "done") -> bytes:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dspy_bridge.protocol.connection import HostConnection, HostItem, InvalidFrame
 from dspy_bridge.protocol.framing import MAX_LENGTH, encode_frame
+from dspy_bridge.protocol.host import HostConnection, HostItem, InvalidFrame
 
 DEFAULT_TIMEOUT_S = 10.0
 READER_JOIN_S = 2.0

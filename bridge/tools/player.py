@@ -128,26 +128,14 @@ class Player:
         while session.shutdown_ids and not session.shutdown_sent and self._pump(deadline):
             pass
         if session.shutdown_sent:
-            code = session.worker.wait(self.timeout)
-            if code is None:
-                raise self._fail(
-                    f"the worker did not exit within {self.timeout:g} s of shutdown", 0
-                )
-            if code != 0:
-                raise self._fail(f"the worker exited with code {code} after shutdown", 0)
+            self._await_exit(session, "of shutdown", "after shutdown")
         else:
             early = session.worker.process.poll()
             if session.exited or early is not None:
                 self._note_exit(early if early is not None else session.exit_code)
                 raise self._fail(self._exit_text("before the transcript ended"), 0)
             session.worker.close_input()
-            code = session.worker.wait(self.timeout)
-            if code is None:
-                raise self._fail(
-                    f"the worker did not exit within {self.timeout:g} s of its stdin closing", 0
-                )
-            if code != 0:
-                raise self._fail(f"the worker exited with code {code} when its stdin closed", 0)
+            self._await_exit(session, "of its stdin closing", "when its stdin closed")
         # Take in whatever it sent before exiting, for --strict.
         deadline = time.monotonic() + self.timeout
         while self._pump(deadline):
@@ -162,6 +150,14 @@ class Player:
         self.session = None
 
     # --- steps ---
+
+    def _await_exit(self, session: _Session, within: str, when: str) -> None:
+        """The worker must exit with 0 within the timeout (`within`/`when` say of what)."""
+        code = session.worker.wait(self.timeout)
+        if code is None:
+            raise self._fail(f"the worker did not exit within {self.timeout:g} s {within}", 0)
+        if code != 0:
+            raise self._fail(f"the worker exited with code {code} {when}", 0)
 
     def _step(self, step: tx.Step) -> None:
         if isinstance(step, tx.WorkerArgs):
