@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
-
-from pydantic import Field
+from typing import Any
 
 from dspy_bridge.commands.table import RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
 from dspy_bridge.domain.lm import CheckedLm, LmConfig, check_lm
-from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-
-SessionId = Annotated[str, Field(min_length=1, max_length=256)]
-ProgramId = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class ProgramRef(Args):

@@ -8,8 +8,6 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from dspy_bridge.commands.common import (
-    ProgramId,
-    SessionId,
     check_optional_lm,
     engine_of,
     find_program,
@@ -17,7 +15,7 @@ from dspy_bridge.commands.common import (
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
 from dspy_bridge.domain.lm import LmConfig
-from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import ModelUsage, merge_usage

@@ -6,13 +6,10 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dspy_bridge.commands.common import (
-    SessionId,
-    engine_of,
-)
+from dspy_bridge.commands.common import engine_of
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.lm import LmConfig, check_lm
-from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.models import Args, SessionId
 
 table = CommandTable(needs_engine=True)
 

@@ -6,14 +6,12 @@ before any DSPy code sees it), then await the engine port for the work itself.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError
 
 from dspy_bridge.commands.common import (
-    ProgramId,
     ProgramRef,
-    SessionId,
     SessionRef,
     check_optional_lm,
     describe,
@@ -22,27 +20,46 @@ from dspy_bridge.commands.common import (
     new_program_id,
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.documents import ProgramDocument, program_document
+from dspy_bridge.domain.engine_port import Engine, LmHandle
 from dspy_bridge.domain.lm import LmConfig
-from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.domain.models import Args, ProgramId, SessionId, invalid_from
 from dspy_bridge.domain.signatures import SignatureSpec, check_demos, parse_signature
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 table = CommandTable(needs_engine=True)
 
 
-DOCUMENT_FORMAT = "dspy-bridge/program"
-DOCUMENT_VERSION = 1
-
-
-
-def created_reply(
-    program_id: str, session_id: str, program_type: str, spec: SignatureSpec
+def insert_program(
+    ctx: RequestContext,
+    engine: Engine,
+    session_id: str | None,
+    requested_id: str | None,
+    spec: SignatureSpec,
+    type_name: str,
+    lm: LmHandle | None,
+    demos: list[dict[str, Any]],
+    state: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """What create_program and import_program answer."""
+    """Build and store a new program, answering what create and import answer. Nothing
+    here awaits: the id check and the insertion are one step."""
+    store = ctx.sessions
+    session = store.get_or_create(session_id)
+    if requested_id is not None and requested_id in session.programs:
+        raise BridgeError(
+            ErrorType.ALREADY_EXISTS,
+            f"session {session.session_id!r} already has a program {requested_id!r}",
+            details={"session_id": session.session_id, "program_id": requested_id},
+        )
+    program_id = requested_id or new_program_id(session)
+    program = engine.build_program(
+        program_id, session.session_id, spec, type_name, lm, demos, state
+    )
+    store.add_program(session, program)
     return {
         "program_id": program_id,
-        "session_id": session_id,
-        "program_type": program_type,
+        "session_id": session.session_id,
+        "program_type": program.program_type,
         "signature": spec.to_wire(),
     }
 
@@ -68,21 +85,8 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     check_demos(spec, args.demos or [], program_type.extra_outputs)
     engine.signature(spec, program_type)  # DSPy's own name rules, before anything is stored
     lm = await engine.lm(checked, "lm.model") if checked is not None else None
-    # No await from here on: the id check and the insertion are one step.
-    store = ctx.sessions
-    session = store.get_or_create(args.session_id)
-    if args.program_id is not None and args.program_id in session.programs:
-        raise BridgeError(
-            ErrorType.ALREADY_EXISTS,
-            f"session {session.session_id!r} already has a program {args.program_id!r}",
-            details={"session_id": session.session_id, "program_id": args.program_id},
-        )
-    program_id = args.program_id or new_program_id(session)
-    program = engine.build_program(
-        program_id, session.session_id, spec, program_type.name, lm, args.demos or [], None
-    )
-    store.add_program(session, program)
-    return created_reply(program_id, session.session_id, program.program_type, spec)
+    return insert_program(ctx, engine, args.session_id, args.program_id, spec,
+                          program_type.name, lm, args.demos or [], None)
 
 
 @table.command("get_program", ProgramRef)
@@ -114,31 +118,8 @@ async def delete_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any
 async def export_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any]:
     program = find_program(ctx, args.session_id, args.program_id)
     engine = await engine_of(ctx)
-    lm, omitted = (None, []) if program.lm is None else program.lm.checked.exportable()
-    document: dict[str, Any] = {
-        "format": DOCUMENT_FORMAT,
-        "version": DOCUMENT_VERSION,
-        "program_id": program.program_id,
-        "program_type": program.program_type,
-        "signature": program.spec.to_wire(),
-        "lm": lm,
-        "state": engine.export_state(program),
-        "dspy_version": engine.dspy_version,
-        "secrets_omitted": omitted,
-    }
-    return {"document": document}
-
-
-class ProgramDocument(Args):
-    format: Literal["dspy-bridge/program"]
-    version: Literal[1]
-    program_id: ProgramId | None = None
-    program_type: Annotated[str, Field(min_length=1, max_length=100)]
-    signature: dict[str, Any]
-    lm: LmConfig | None = None
-    state: dict[str, Any]
-    dspy_version: str | None = None
-    secrets_omitted: list[str] = Field(default_factory=list)
+    return {"document": program_document(program, engine.export_state(program),
+                                         engine.dspy_version)}
 
 
 class ImportProgramArgs(Args):
@@ -159,17 +140,5 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     program_type = engine.program_type(document.program_type, "document.program_type")
     state = engine.check_state(spec, program_type, document.state)
     lm = await engine.lm(checked, "document.lm.model") if checked is not None else None
-    # No await from here on: the id check and the insertion are one step.
-    store = ctx.sessions
-    session = store.get_or_create(args.session_id)
-    program_id = args.program_id or document.program_id or new_program_id(session)
-    if program_id in session.programs:
-        raise BridgeError(
-            ErrorType.ALREADY_EXISTS,
-            f"session {session.session_id!r} already has a program {program_id!r}",
-            details={"session_id": session.session_id, "program_id": program_id},
-        )
-    program = engine.build_program(program_id, session.session_id, spec, program_type.name, lm,
-                                   [], state)
-    store.add_program(session, program)
-    return created_reply(program_id, session.session_id, program.program_type, spec)
+    return insert_program(ctx, engine, args.session_id, args.program_id or document.program_id,
+                          spec, program_type.name, lm, [], state)

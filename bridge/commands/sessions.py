@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dspy_bridge.commands.common import (
-    SessionRef,
-)
+from dspy_bridge.commands.common import SessionRef
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.usage import ModelUsage
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspy_bridge.protocol.envelope import validation_errors
 from dspy_bridge.protocol.errors import BridgeError, invalid_fields
@@ -14,6 +16,10 @@ class Args(BaseModel):
     model_config = ConfigDict(
         extra="forbid", strict=True, allow_inf_nan=False, frozen=True, defer_build=True
     )
+
+
+SessionId = Annotated[str, Field(min_length=1, max_length=256)]
+ProgramId = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 def invalid_from(exc: ValidationError, prefix: str) -> BridgeError:
