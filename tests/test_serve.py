@@ -1,0 +1,124 @@
+"""The serving layer's pure parts, in process: the admission chain, the in-flight table,
+idle eviction. The same rules are exercised end to end by the real-process suites."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dspy_bridge.commands.table import CommandSpec
+from dspy_bridge.domain.models import Args
+from dspy_bridge.domain.sessions import SessionStore
+from dspy_bridge.options import WorkerOptions
+from dspy_bridge.protocol.envelope import Request
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.serve.admission import CHECKS, refusal
+from dspy_bridge.serve.requests import InFlight, InFlightTable
+
+
+async def _handler(_ctx: Any, _args: Any) -> None:
+    return None
+
+
+class NoArgs(Args):
+    pass
+
+
+WORK = CommandSpec("execute_program", NoArgs, _handler, needs_engine=True)
+CONTROL = CommandSpec("ping", NoArgs, _handler, control=True)
+REQUEST = Request(id=1, command="x")
+
+
+@dataclass
+class State:
+    exiting: bool = False
+    shutting_down: bool = False
+    work_in_flight: int = 0
+    max_in_flight: int = 2
+    engine_state: str = "ready"
+
+    def engine_error(self) -> BridgeError:
+        return BridgeError(ErrorType.ENGINE_UNAVAILABLE, "no engine", retryable=True)
+
+
+def refused(spec: CommandSpec[Any], **state: Any) -> str | None:
+    error = refusal(REQUEST, spec, State(**state))
+    return None if error is None else error.type.value
+
+
+def test_a_healthy_worker_admits_everything() -> None:
+    assert refused(WORK) is None and refused(CONTROL) is None
+
+
+def test_shutdown_refuses_work_but_serves_control_until_the_exit() -> None:
+    assert refused(WORK, shutting_down=True) == "shutting_down"
+    assert refused(CONTROL, shutting_down=True) is None
+    assert refused(CONTROL, shutting_down=True, exiting=True) == "shutting_down"
+
+
+def test_a_failed_engine_refuses_only_what_needs_it() -> None:
+    assert refused(WORK, engine_state="failed") == "engine_unavailable"
+    assert refused(CONTROL, engine_state="failed") is None
+    assert refused(WORK, engine_state="loading") is None
+
+
+def test_the_in_flight_limit_holds_work_not_control() -> None:
+    error = refusal(REQUEST, WORK, State(work_in_flight=2))
+    assert error is not None and error.type is ErrorType.LIMIT_EXCEEDED
+    assert error.details == {"limit": "max_in_flight", "max_in_flight": 2}
+    assert refused(CONTROL, work_in_flight=2) is None
+
+
+def test_the_first_check_in_the_chain_wins() -> None:
+    # shutting down, engine failed and full at once: the chain's order decides
+    assert refused(WORK, shutting_down=True, engine_state="failed", work_in_flight=9) == (
+        "shutting_down"
+    )
+    assert refused(WORK, engine_state="failed", work_in_flight=9) == "engine_unavailable"
+    assert [check.__name__ for check in CHECKS] == [
+        "not_shutting_down", "engine_available", "room_in_flight",
+    ]
+
+
+def test_the_in_flight_table_counts_work_as_requests_come_and_go() -> None:
+    table = InFlightTable()
+    table.add(1, InFlight("execute_program", control=False, started=0.0))
+    table.add(2, InFlight("ping", control=True, started=0.0))
+    table.add("a", InFlight("execute_program", control=False, started=0.0))
+    assert (len(table), table.work) == (3, 2)
+    table.remove(1)
+    table.remove(2)
+    assert (len(table), table.work) == (1, 1)
+    assert 1 not in table and "a" in table
+
+
+def test_stopping_a_request_cancels_its_task_once_with_the_error_it_answers() -> None:
+    async def scenario() -> None:
+        table = InFlightTable()
+        entry = InFlight("sleep", control=False, started=0.0)
+        entry.task = asyncio.ensure_future(asyncio.sleep(10))
+        table.add(7, entry)
+        first = BridgeError(ErrorType.CANCELLED, "cancelled")
+        assert table.stop(7, first)
+        assert not table.stop(7, BridgeError(ErrorType.SHUTTING_DOWN, "late"))
+        assert entry.abandon_error is first
+        with pytest.raises(asyncio.CancelledError):
+            await entry.task
+        assert not table.stop(8, first)  # unknown id
+        assert table.work_tasks() == set()
+
+    asyncio.run(scenario())
+
+
+def test_idle_eviction_spares_busy_sessions() -> None:
+    store = SessionStore(WorkerOptions().session_limits())
+    idle, busy, fresh = (store.get_or_create(name) for name in ("idle", "busy", "fresh"))
+    idle.last_used_monotonic = busy.last_used_monotonic = 100.0
+    fresh.last_used_monotonic = 109.5
+    busy.busy = 1
+    evicted = store.evict_idle(ttl_s=5.0, now=110.0)
+    assert [(session.session_id, idle_s) for session, idle_s in evicted] == [("idle", 10.0)]
+    assert set(store.sessions) == {"busy", "fresh"} and store.evicted == 1
