@@ -93,7 +93,7 @@ def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
         raise _invalid(f"msgpack value nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError, msgpack.FormatError) as exc:
         raise _invalid(f"undecodable msgpack: {exc}") from None
-    problem = limit_problem(value)
+    problem = limit_problem(value, check_text=False)
     if problem is not None:
         raise TooDeep(f"msgpack value {problem[1]}", value)
     return value
@@ -104,34 +104,62 @@ def _invalid(message: str) -> BridgeError:
 
 
 def limit_problem(
-    value: Any, max_depth: int = MAX_DEPTH, max_items: int | None = None
+    value: Any,
+    max_depth: int = MAX_DEPTH,
+    max_items: int | None = None,
+    check_text: bool = True,
 ) -> tuple[str, str] | None:
     """Why `value` would break the limits a receiver enforces, as (limit name, sentence),
-    or None: nesting deeper than `max_depth`, more than `max_items` items, or a str that
-    is not valid Unicode (a lone surrogate cannot be written as UTF-8).
+    or None: nesting deeper than `max_depth`, more than `max_items` items, or (with
+    `check_text`) a str that is not valid Unicode (a lone surrogate cannot be written as
+    UTF-8). A decoded frame needs no text check (the decoder validated its UTF-8), nor
+    does one about to be packed (`pack` refuses a lone surrogate).
 
-    Iterative, so a hostile value cannot exhaust the Python stack here or later."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    Level by level, iterative, so a hostile value cannot exhaust the Python stack here
+    or later; only containers (and, with `check_text`, strs) are visited."""
+    level = [value]
+    depth = 0
     items = 0
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "utf8", "holds a str that is not valid Unicode (a lone surrogate)"
-            continue
-        if isinstance(item, dict):
-            children: Any = [*item.keys(), *item.values()]
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > max_depth:
-            return "max_depth", f"nested deeper than {max_depth} levels"
-        items += 1 + len(children)
-        if max_items is not None and items > max_items:
-            return "max_frame_items", f"holds more than {max_items} items"
-        stack.extend((child, depth + 1) for child in children)
+    containers = (dict, list, tuple)
+    while level:
+        depth += 1
+        below: list[Any] = []
+        push = below.append
+        for item in level:
+            if isinstance(item, dict):
+                items += 1 + 2 * len(item)
+                for key in item:
+                    if key.__class__ is not str:
+                        push(key)
+                    elif check_text and not key.isascii() and _lone_surrogate(key):
+                        return _NOT_UNICODE
+                children: Any = item.values()
+            elif isinstance(item, list | tuple):
+                items += 1 + len(item)
+                children = item
+            elif isinstance(item, str):
+                if check_text and not item.isascii() and _lone_surrogate(item):
+                    return _NOT_UNICODE
+                continue
+            else:
+                continue
+            if depth > max_depth:
+                return "max_depth", f"nested deeper than {max_depth} levels"
+            if max_items is not None and items > max_items:
+                return "max_frame_items", f"holds more than {max_items} items"
+            for child in children:
+                if isinstance(child, containers) or (check_text and isinstance(child, str)):
+                    push(child)
+        level = below
     return None
+
+
+_NOT_UNICODE = ("utf8", "holds a str that is not valid Unicode (a lone surrogate)")
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

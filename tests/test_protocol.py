@@ -191,3 +191,49 @@ def test_json_form_of_ext_and_non_string_keys() -> None:
     assert jsonvalue.from_json(encoded) == value
     with pytest.raises(ValueError, match="base64"):
         jsonvalue.from_json({"$bin": "not base64!"})
+
+
+def _reference_limits(value: Any) -> tuple[int, int, bool]:
+    """Depth, items and whether some str (key or value) is not valid Unicode, recursively."""
+    if isinstance(value, dict):
+        inner = [_reference_limits(part) for pair in value.items() for part in pair]
+        items = 1 + 2 * len(value)
+    elif isinstance(value, list | tuple):
+        inner = [_reference_limits(part) for part in value]
+        items = 1 + len(value)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return 0, 0, False
+        except UnicodeEncodeError:
+            return 0, 0, True
+    else:
+        return 0, 0, False
+    return (1 + max((d for d, _, _ in inner), default=0), items + sum(i for _, i, _ in inner),
+            any(bad for _, _, bad in inner))
+
+
+text_with_surrogates = st.text(st.characters(blacklist_categories=()), max_size=4)
+deep_values = st.recursive(
+    st.none() | st.integers() | text_with_surrogates,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(text_with_surrogates | st.integers(), children, max_size=3)
+    | st.lists(children, max_size=2).map(tuple),
+    max_leaves=40,
+)
+
+
+@given(deep_values, st.integers(1, 6), st.integers(1, 40), st.booleans())
+def test_limit_problem_agrees_with_a_recursive_reference(
+    value: Any, max_depth: int, max_items: int, check_text: bool
+) -> None:
+    depth, items, bad_text = _reference_limits(value)
+    problem = codec.limit_problem(value, max_depth, max_items, check_text)
+    if problem is None:
+        assert depth <= max_depth and items <= max_items and not (check_text and bad_text)
+    elif problem[0] == "max_depth":
+        assert depth > max_depth
+    elif problem[0] == "max_frame_items":
+        assert items > max_items
+    else:
+        assert problem[0] == "utf8" and check_text and bad_text

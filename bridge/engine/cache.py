@@ -11,6 +11,7 @@ from typing import Any
 import dspy
 
 from dspy_bridge.domain.limits import CacheLimits
+from dspy_bridge.engine.fixes import set_disk_cache
 from dspy_bridge.engine.scope import BridgeCache
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
 
@@ -71,3 +72,4 @@ def install_cache(settings: dict[str, Any]) -> None:
     )
     with dspy._cache_lock:
         dspy.cache = cache
+    set_disk_cache(settings["enable_disk"])

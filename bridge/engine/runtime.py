@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
+import dspy_bridge.engine.fixes as fixes
 from dspy_bridge.domain.limits import CacheLimits
 from dspy_bridge.domain.usage import ModelUsage
 from dspy_bridge.engine.cache import (
@@ -60,6 +61,7 @@ class Engine:
     def start(self, limits: CacheLimits) -> None:
         """Take the operator's bounds (the worker calls this once the engine loaded)."""
         self.limits = limits
+        fixes.install()
         self.cache_settings = default_cache_settings(self.limits)
         install_cache(self.cache_settings)
 

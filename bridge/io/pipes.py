@@ -1,9 +1,12 @@
 """The threads that own the protocol descriptors, below the serving loop.
 
 A reader decodes frames off the loop (a large frame never stalls replies) and hands
-them over in batches, pausing while unread replies are over the outbox budget; a writer
-coalesces queued frames into one write; a watcher waits for the host process to exit.
-The loop hears of them only through the callbacks given to `start`.
+them over in batches, pausing while unread replies are over the outbox budget. Replies
+are written by the loop itself while the pipe takes them at once (the descriptor is
+non-blocking: no thread hop on the common path); once the pipe is full, a writer thread
+takes over the backlog, in order, coalescing it into large writes. A watcher waits for
+the host process to exit. The loop hears of them only through the callbacks given to
+`start`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import os
 import queue
 import select
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +39,12 @@ class HostPipes:
         self._connection = connection
         self.outbox_budget = budget
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        # Set while the writer thread owns the output (a backlog is queued or being
+        # written); the loop then queues behind it instead of writing, keeping the order.
+        self._backlog = False
+        self._backlog_lock = threading.Lock()
+        self._direct = False  # whether the loop may write (see start)
+        self._unflushed: list[bytes] = []
         self._dispatched = threading.Event()
         # Written once when the exit is decided: the reader and the parent watcher stop.
         self._stop_reader, self._stop_writer = os.pipe()
@@ -53,14 +63,43 @@ class HostPipes:
         """Start the threads; the futures are done when the reader and the writer end.
         `on_items` must call `items_handled()` when it is done with a batch."""
         self._loop, self._on_items, self._on_eof, self._on_gone = loop, on_items, on_eof, on_gone
+        # Only a pipe or socket is made non-blocking: that flag is shared by every
+        # process holding the descriptor, and a terminal's belongs to the shell too.
+        mode = os.fstat(self._out_fd).st_mode
+        self._direct = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        if self._direct:
+            os.set_blocking(self._out_fd, False)
         writer = self._start_thread(self._write_frames, "frame-writer")
         reader = self._start_thread(self._read_frames, "frame-reader")
         self._start_thread(self._watch_parent, "parent-watcher")
         return reader, writer
 
     def send(self, frame: bytes) -> None:
+        """Queue a frame (on the loop). The frames of one loop iteration go out together,
+        in one write, when it ends."""
         self.outbox_budget.take(len(frame))
-        self._outbox.put(frame)
+        if not self._unflushed:
+            self._loop.call_soon(self._flush)
+        self._unflushed.append(frame)
+
+    def _flush(self) -> None:
+        data = b"".join(self._unflushed)
+        self._unflushed.clear()
+        with self._backlog_lock:
+            if self._direct and not self._backlog:
+                try:
+                    written = os.write(self._out_fd, data)
+                except BlockingIOError:
+                    written = 0
+                except OSError as exc:
+                    self._writer_failed(exc)
+                    return
+                self.outbox_budget.release(written)
+                if written == len(data):
+                    return
+                data = data[written:]
+                self._backlog = True
+            self._outbox.put(data)
 
     def items_handled(self) -> None:
         self._dispatched.set()
@@ -72,6 +111,8 @@ class HostPipes:
 
     def finish_writing(self) -> None:
         """The writer writes what is queued, then ends."""
+        if self._unflushed:
+            self._flush()
         self._outbox.put(None)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> asyncio.Future[None]:
@@ -118,6 +159,8 @@ class HostPipes:
                 self._dispatched.wait()
 
     def _write_frames(self) -> None:
+        """Writes the backlog, waiting for the pipe to take it; hands the output back to
+        the loop when the backlog is gone."""
         while True:
             frame = self._outbox.get()
             batch = [frame]
@@ -125,19 +168,29 @@ class HostPipes:
             while frame is not None and not self._outbox.empty():
                 frame = self._outbox.get()
                 batch.append(frame)
-            data = b"".join(item for item in batch if item is not None)
+            view = memoryview(b"".join(item for item in batch if item is not None))
             try:
-                view = memoryview(data)
                 while view:
-                    written = os.write(self._out_fd, view)
+                    select.select([], [self._out_fd], [])
+                    try:
+                        written = os.write(self._out_fd, view)
+                    except BlockingIOError:
+                        continue  # writable, yet full again (another write won): wait on
                     view = view[written:]
                     self.outbox_budget.release(written)
             except OSError as exc:
-                self.outbox_budget.close()
-                self._loop.call_soon_threadsafe(self._on_gone, f"stdout error: {exc}")
+                self._writer_failed(exc)
                 return
             if batch[-1] is None:
                 return
+            with self._backlog_lock:
+                if self._outbox.empty():
+                    self._backlog = False
+
+    def _writer_failed(self, exc: OSError) -> None:
+        self.outbox_budget.close()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_gone, f"stdout error: {exc}")
 
     def _watch_parent(self) -> None:
         """Wait (in its own thread) for the host process to exit: by a pidfd where the

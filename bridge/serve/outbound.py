@@ -56,6 +56,11 @@ class Outbound:
         self.observe("outgoing", sent.message)
         self._pipes.send(sent.frame)
 
+    @property
+    def observing(self) -> bool:
+        """Whether anyone watches the frames (--record): else nothing need be built."""
+        return bool(self._observers)
+
     def observe(self, direction: str, message: dict[str, Any]) -> None:
         """Show a message to the observers; one that raises never costs a reply."""
         for observer in self._observers:

@@ -35,19 +35,22 @@ class RequestRunner:
         context: RequestContext,
         entry: InFlight,
     ) -> None:
-        deadline = asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None)
+        deadline = asyncio.timeout(request.timeout_ms / 1000) if request.timeout_ms else None
         error: BridgeError | None = None
         result: Any = None
         try:
-            async with deadline:
+            if deadline is None:
                 result = await spec.handler(context, args)
+            else:
+                async with deadline:
+                    result = await spec.handler(context, args)
         except asyncio.CancelledError:
             if entry.abandon_error is None:
                 self._in_flight.remove(request.id)
                 raise  # the host is gone: nobody to answer
             error = entry.abandon_error
         except TimeoutError:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 error = BridgeError(
                     ErrorType.TIMEOUT,
                     f"{request.command} did not finish within {request.timeout_ms} ms",

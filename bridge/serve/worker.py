@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from types import ModuleType
@@ -18,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.commands.table import CommandSpec, CommandTable, RequestContext
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
 from dspy_bridge.io.channel import HostChannel
@@ -70,6 +71,7 @@ class Worker:
         self.outbound = Outbound(
             connection, self._pipes, observers, self.stats, self._log
         )
+        self._no_args: dict[str, Any] = {}
         self._runner = RequestRunner(self.in_flight, self.outbound, self.stats, self._log)
         # Signals that arrived before the loop could handle them (bridge/startup held them).
         self._held_signals = held_signals
@@ -128,6 +130,9 @@ class Worker:
 
     def _engine_loaded(self, module: ModuleType) -> None:
         module.ENGINE.start(self.options.cache_limits())
+        # DSPy's and litellm's modules are hundreds of thousands of long-lived objects:
+        # out of the collector's sight, every collection stops rescanning them.
+        gc.freeze()
 
     def _engine_failed(self, error: BridgeError) -> None:
         self._log.error("engine_load_failed", error=error.message)
@@ -171,7 +176,8 @@ class Worker:
                 item.request_id, command if isinstance(command, str) else "", item.error, received
             )
             return
-        self.outbound.observe("incoming", item.model_dump(exclude_none=True))
+        if self.outbound.observing:
+            self.outbound.observe("incoming", item.model_dump(exclude_none=True))
         spec = self.table.get(item.command)
         if spec is None:
             self.outbound.refuse(
@@ -180,9 +186,7 @@ class Worker:
             return
         try:
             error = refusal(item, spec, self._state)
-            args = None if error else validate(
-                spec.args_model, item.args, context=f"invalid arguments for {item.command}: "
-            )
+            args = None if error else self._arguments(spec, item)
         except BridgeError as invalid:
             error = invalid
         if error is not None:
@@ -196,3 +200,15 @@ class Worker:
             self._state,
         )
         entry.task = self._loop.create_task(self._runner.run(item, spec, args, context, entry))
+
+    def _arguments(self, spec: CommandSpec[Any], request: Request) -> Any:
+        """The request's arguments, validated. Argument models are frozen, so the one
+        instance for "no arguments" is validated once per command and shared."""
+        if not request.args and spec.name in self._no_args:
+            return self._no_args[spec.name]
+        args = validate(
+            spec.args_model, request.args, context=f"invalid arguments for {request.command}: "
+        )
+        if not request.args:
+            self._no_args[spec.name] = args
+        return args

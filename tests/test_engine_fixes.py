@@ -1,0 +1,105 @@
+"""The engine's fixes to DSPy's own costs (bridge/engine/fixes.py): what each relies on in
+DSPy's code — these fail loudly when an upgrade changes it — and that each works."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+
+from dspy_bridge.domain.lm import LmConfig, check_lm
+from dspy_bridge.domain.signatures import parse_signature
+from dspy_bridge.domain.usage import ModelUsage
+
+engine_module = pytest.importorskip("dspy_bridge.engine")
+from dspy_bridge.engine import fixes  # noqa: E402 - after the engine's own import
+
+dspy = engine_module.dspy
+ENGINE = engine_module.ENGINE
+execution = fixes.execution
+
+
+def test_dspy_makes_the_thread_hops_the_fix_runs_inline() -> None:
+    hops = {
+        execution.aexecute: ["to_thread(_cached", "to_thread(_price_result", "to_thread(_store"],
+        execution._aattempt: ["to_thread(_price_legacy"],
+        dspy.BaseLM.acall: ["to_thread(prepare"],
+        dspy.LM.aforward: ["to_thread(prepare"],
+    }
+    for function, calls in hops.items():
+        source = inspect.getsource(function)
+        for call in calls:
+            assert f"asyncio.{call}" in source, (function.__qualname__, call)
+    # and nothing else in the async path hops to a thread that the fix does not know of
+    assert inspect.getsource(execution).count("asyncio.to_thread(") == 4
+
+
+def test_dspy_builds_a_type_adapter_per_value_where_the_fix_shares_them() -> None:
+    source = inspect.getsource(fixes.adapter_utils)
+    assert "TypeAdapter(type(value)).dump_python" in source
+    assert "TypeAdapter(annotation).validate_python" in source
+
+
+def _run(cache: bool) -> int:
+    """An execute through the engine; how many calls went to a thread."""
+    lm = ENGINE.build_lm(check_lm(LmConfig.model_validate(
+        {"model": "mock/fixes", "num_retries": 0, "cache": cache, "extra": {"default": "x"}})))
+    program = ENGINE.build_program("fixes", "fixes", parse_signature("question -> answer"),
+                                   "predict", None, [], None)
+    hops: list[Any] = []
+    loop = asyncio.new_event_loop()
+    executor = loop.run_in_executor
+
+    def counting(pool: Any, func: Any, *args: Any) -> Any:  # what to_thread goes through
+        hops.append(func)
+        return executor(pool, func, *args)
+
+    loop.run_in_executor = counting  # type: ignore[method-assign]
+    usage: dict[str, ModelUsage] = {}
+    try:
+        outputs = loop.run_until_complete(
+            ENGINE.execute(program, lm, {"question": "q"}, {}, usage.update)
+        )
+    finally:
+        loop.close()
+    assert outputs == {"answer": "x"}
+    return len(hops)
+
+
+def test_an_lm_call_makes_no_thread_hop_while_the_cache_is_in_memory() -> None:
+    fixes.install()
+    fixes.set_disk_cache(False)
+    assert _run(cache=True) == 0
+    assert _run(cache=False) == 0
+
+
+def test_the_cache_steps_keep_their_threads_with_the_disk_cache() -> None:
+    fixes.install()
+    fixes.set_disk_cache(True)
+    try:
+        assert _run(cache=True) >= 1  # the cache get (and its put, on a miss)
+    finally:
+        fixes.set_disk_cache(False)
+
+
+def test_other_functions_still_run_in_threads() -> None:
+    fixes.install()
+
+    async def where() -> bool:
+        import threading
+
+        main = threading.get_ident()
+        return await asyncio.to_thread(lambda: threading.get_ident() != main)
+
+    assert asyncio.run(where())
+
+
+def test_type_adapters_are_shared_per_type_and_format_the_same() -> None:
+    fixes.install()
+    shared = fixes.adapter_utils.TypeAdapter
+    assert shared(int) is shared(int) and shared(list[str]) is shared(list[str])
+    assert shared(dict[str, Any], config=None) is not shared(dict[str, Any], config=None)
+    assert fixes.adapter_utils.serialize_for_json({"a": [1, 2.5]}) == {"a": [1, 2.5]}
+    assert fixes.adapter_utils.parse_value("3", int) == 3
