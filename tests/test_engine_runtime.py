@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dspy_bridge.domain.lm import LmConfig, check_lm
 from dspy_bridge.domain.signatures import parse_signature
@@ -119,3 +121,10 @@ def test_the_memory_cache_dspy_uses_is_bounded_in_bytes() -> None:
     assert cache.memory_cache.currsize <= 10_000
     assert cache.get({"prompt": 49}) == "y" * 1_000
     assert cache.get({"prompt": 0}) is None
+
+
+@given(st.text(max_size=40), st.lists(st.text(max_size=40), max_size=4))
+def test_the_mock_counts_a_prompt_by_parts_as_if_joined(system: str, texts: list[str]) -> None:
+    from dspy_bridge.engine.mock import count_prompt_tokens, count_tokens
+
+    assert count_prompt_tokens(system, texts) == count_tokens(system + "".join(texts))

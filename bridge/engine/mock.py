@@ -10,11 +10,12 @@ lm15 errors a real engine raises, so DSPy classifies and retries them as it woul
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dspy import lm15
@@ -46,6 +47,25 @@ ERRORS: dict[str, tuple[type[lm15.LM15Error], int | None]] = {
 def count_tokens(text: str) -> int:
     """A deterministic stand-in for a tokenizer: words and punctuation marks."""
     return len(TOKEN.findall(text))
+
+
+# A program's system prompt is the same on every call: count it once.
+_count_system_tokens = functools.lru_cache(maxsize=64)(count_tokens)
+WORD_CHAR = re.compile(r"\w")
+
+
+def count_prompt_tokens(system: str, texts: list[str]) -> int:
+    """`count_tokens` of the parts joined, without joining or recounting the system
+    prompt: the counts add up, less one wherever a word runs across a join."""
+    total, previous = _count_system_tokens(system), system
+    for text in texts:
+        if not text:
+            continue
+        total += count_tokens(text)
+        if previous and WORD_CHAR.match(previous[-1]) and WORD_CHAR.match(text[0]):
+            total -= 1
+        previous = text
+    return total
 
 
 def _text_of(content: Any) -> str:
@@ -124,8 +144,8 @@ class MockEngine:
             text = str(value[RAW_KEY])
         else:
             text = render(assign(value, outputs), outputs, json_mode)
-        prompt = system + "".join(m.text or "" for m in request.messages)
-        usage = lm15.Usage(input_tokens=count_tokens(prompt), output_tokens=count_tokens(text))
+        prompt_tokens = count_prompt_tokens(system, [m.text or "" for m in request.messages])
+        usage = lm15.Usage(input_tokens=prompt_tokens, output_tokens=count_tokens(text))
         return lm15.Response(
             id=f"mock-{call_index + 1}",
             model=self.model,
@@ -174,12 +194,13 @@ class AsyncMockEngine:
 # ----- reading the formatted prompt -----
 
 
-def parse_output_fields(system: str) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=64)  # one system prompt per program: parse it once
+def parse_output_fields(system: str) -> tuple[tuple[str, str], ...]:
     """(name, type text) of every output field the adapter asks for, in order."""
     section = OUTPUT_SECTION.search(system)
     if section is None:
-        return []
-    return OUTPUT_FIELD.findall(section.group(1))
+        return ()
+    return tuple(OUTPUT_FIELD.findall(section.group(1)))
 
 
 def parse_inputs(user_text: str) -> dict[str, str]:
@@ -195,7 +216,7 @@ def parse_inputs(user_text: str) -> dict[str, str]:
 # ----- writing the answer -----
 
 
-def assign(value: Any, outputs: list[tuple[str, str]]) -> dict[str, Any]:
+def assign(value: Any, outputs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     names = [name for name, _ in outputs]
     fields: dict[str, Any] = {}
     if value is MISSING:
@@ -248,7 +269,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def render(fields: dict[str, Any], outputs: list[tuple[str, str]], json_mode: bool) -> str:
+def render(fields: dict[str, Any], outputs: Sequence[tuple[str, str]], json_mode: bool) -> str:
     order = [name for name, _ in outputs] + [name for name in fields if name not in dict(outputs)]
     if json_mode:
         return _json({name: fields[name] for name in order})
