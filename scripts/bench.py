@@ -434,8 +434,9 @@ def main() -> None:
     results.seconds = time.perf_counter() - started
     results.load_average = load_average
     # Quick figures are for checking the bench itself; only a full run is published.
-    docs = None if options.quick else ROOT / "docs" / "benchmarks.md"
-    print(write_outputs(results, options.out, docs))
+    docs, readme = (None, None) if options.quick else (ROOT / "docs" / "benchmarks.md",
+                                                       ROOT / "README.md")
+    print(write_outputs(results, options.out, docs, readme))
 
 
 if __name__ == "__main__":

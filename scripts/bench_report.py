@@ -16,6 +16,8 @@ from typing import Any
 
 DOCS_BEGIN = "<!-- BEGIN bench-results (written by scripts/bench.py) -->"
 DOCS_END = "<!-- END bench-results -->"
+HEADLINE_BEGIN = "<!-- BEGIN bench-headline (written by scripts/bench.py) -->"
+HEADLINE_END = "<!-- END bench-headline -->"
 PLOTS = {
     "latency.png": "Latency distributions",
     "throughput.png": "Throughput against requests in flight",
@@ -203,17 +205,36 @@ def save(figure: Any, path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(results: Results, out: Path, docs: Path | None) -> str:
-    """Write results.md and the plots (and docs' table if `docs`); returns the summary."""
+def headline(results: Results) -> str:
+    """One line per target: the ratio (or figure) measured, and whether it is met."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = [f"From the last full `make bench` ({now}, {os.cpu_count()} cores), each against "
+             "its baseline in the same run:", ""]
+    for row in results.rows:
+        relative = row.ratio is not None and "x" in row.target  # else the target is absolute
+        measured = f"{row.ratio:.2f}x" if relative else row.measured
+        lines.append(f"- {row.figure}: {measured} (target {row.target}: "
+                     f"{status(row).strip('*')})")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(path: Path, begin: str, end: str, text: str) -> None:
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{text}{end}", path.read_text()))
+
+
+def write_outputs(results: Results, out: Path, docs: Path | None, readme: Path | None) -> str:
+    """Write results.md and the plots (and the table in `docs`, the headline in `readme`,
+    if given); returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     plot(results, out)
     text = "# Benchmark results\n\nWritten by `make bench` (`scripts/bench.py`).\n\n"
     (out / "results.md").write_text(text + body(results, ""))
     if docs is not None and docs.exists():
         images = os.path.relpath(out, docs.parent) + "/"
-        pattern = re.compile(re.escape(DOCS_BEGIN) + ".*?" + re.escape(DOCS_END), re.S)
-        replacement = f"{DOCS_BEGIN}\n{body(results, images)}{DOCS_END}"
-        docs.write_text(pattern.sub(lambda _: replacement, docs.read_text()))
+        replace_block(docs, DOCS_BEGIN, DOCS_END, body(results, images))
+    if readme is not None and readme.exists():
+        replace_block(readme, HEADLINE_BEGIN, HEADLINE_END, headline(results))
     summary = [f"{row.figure}: {row.measured} | {row.baseline or '-'} | "
                f"{'' if row.ratio is None else f'{row.ratio:.2f}x '}{row.target}: "
                f"{status(row).strip('*')}" for row in results.rows]
