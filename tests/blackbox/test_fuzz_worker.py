@@ -462,7 +462,9 @@ def cases(draw: Any, commands: list[str], doc: dict, ledger: Ledger) -> tuple[by
                                              and x > 0)),
                 st.integers(1, 10)))
         else:
-            msg[draw(st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=3))
+            key = st.one_of(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1),
+                            st.binary(max_size=3))  # the keys msgpack can carry
+            msg[draw(key
                      .filter(lambda k: k not in ("id", "command", "args", "timeout_ms")))] = \
                 draw(values)
         return pack(msg), f"envelope.{which} {msg!r:.200}"
