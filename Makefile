@@ -17,10 +17,12 @@ export LITELLM_TELEMETRY := False
 
 .PHONY: FORCE venv elixir test test-python test-elixir lint demo bench clean
 
-$(DEPS): pyproject.toml
+# .ci/constraints.txt pins every dependency for this project's own runs (reproducible, and
+# dspy at pyproject's lower bound); a user's install takes the ranges in pyproject.toml.
+$(DEPS): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=68' wheel
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev]' --config-settings editable_mode=strict
 	touch $(DEPS)
 
 $(PACKAGE_FILES): FORCE

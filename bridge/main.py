@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         from dspy_bridge.tools.replay_cli import main as replay_main
 
         sys.exit(replay_main(args[1:]))
+    if {"-h", "--help", "--version"} & set(args):
+        from dspy_bridge.options import parse_options
+
+        parse_options(args)  # prints to stdout and exits: no protocol is spoken
     # Before any other import, so nothing an import prints can reach the host's pipe.
     channel = claim_protocol_fds()
     from dspy_bridge.options import parse_options
@@ -64,7 +68,7 @@ def _serve(
 
     log_queue = LogQueue(options.max_log_queue)
     route_std_streams(log_queue)
-    configure_logging(options.log_level, log_queue)
+    configure_logging(options.log_level, log_queue, ready["worker_id"])
     table = build_table(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []
     if record_to is not None:

@@ -6,7 +6,9 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from dspy_bridge import __version__
 from dspy_bridge.domain.limits import DEFAULT_API_KEY_ENV_ALLOW, CacheLimits, SessionLimits
+from dspy_bridge.protocol import PROTOCOL_VERSION
 from dspy_bridge.protocol.codec import DEFAULT_MAX_ITEMS
 from dspy_bridge.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`dspy-bridge replay FILE...` replays transcripts instead.",
     )
     add = parser.add_argument
+    add("--version", action="version",
+        version=f"dspy-bridge {__version__} (protocol {PROTOCOL_VERSION})")
     for name, help_text in COUNT_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         add(flag, type=_positive_int, default=getattr(defaults, name), metavar="N", help=help_text)

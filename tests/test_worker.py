@@ -402,6 +402,36 @@ def test_one_json_log_line_per_request_on_stderr(worker: WorkerProcess) -> None:
     assert all(line["level"] in {"info", "warning", "error", "debug"} for line in lines)
 
 
+def test_log_lines_name_the_worker_and_the_request_and_session(spawn: Any) -> None:
+    worker = spawn("--enable-test-commands")
+    worker.call("ping", id="p")
+    worker.call("configure_lm", {"session_id": "acme", "model": "mock"}, id="c", timeout_ms=60_000)
+    worker.call("list_programs", {}, id="l")
+    assert worker.request("fail", id="f")["error"]["type"] == "internal"
+    worker.close()
+    lines = [json.loads(line) for line in worker.stderr_text().splitlines() if line.startswith("{")]
+    assert {line["worker_id"] for line in lines} == {worker.ready["worker_id"]}
+    requests = {line["id"]: line for line in lines if line["event"] == "request"}
+    assert "session_id" not in requests["p"]
+    assert requests["c"]["session_id"] == "acme"
+    assert requests["l"]["session_id"] == "default"
+    # a line logged by the handler's own task names its request too
+    [failed] = [line for line in lines if line["event"] == "handler_failed"]
+    assert (failed["id"], failed["command"]) == ("f", "fail")
+
+
+def test_log_lines_of_requests_answered_together_keep_their_own_session(
+    worker: WorkerProcess,
+) -> None:
+    ids = [worker.start("list_programs", {"session_id": f"s{n}"}) for n in range(60)]
+    for request_id in ids:
+        assert worker.response(request_id)["success"]
+    worker.close()
+    lines = [json.loads(line) for line in worker.stderr_text().splitlines() if line.startswith("{")]
+    sessions = {line["id"]: line["session_id"] for line in lines if line["event"] == "request"}
+    assert [sessions[request_id] for request_id in ids] == [f"s{n}" for n in range(60)]
+
+
 def test_log_level_flag_filters(spawn: Any) -> None:
     worker = spawn("--log-level", "warning")
     worker.call("ping")
@@ -420,6 +450,22 @@ def test_bad_flag_values_are_refused_at_start() -> None:
     assert result.returncode == 2
     assert b"max-in-flight" in result.stderr
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--version"])
+def test_help_and_version_go_to_stdout_and_speak_no_protocol(flag: str) -> None:
+    from dspy_bridge import __version__
+
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "dspy_bridge", "--max-in-flight", "5", flag],
+        capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0 and result.stderr == b""
+    text = result.stdout.decode()
+    if flag == "--version":
+        assert text == f"dspy-bridge {__version__} (protocol 1)\n"
+    else:
+        assert text.startswith("usage: dspy-bridge") and "--max-frame-bytes" in text
 
 
 def test_registry_names_every_command_its_tables_define() -> None:

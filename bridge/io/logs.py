@@ -81,7 +81,7 @@ class QueueTextStream(io.TextIOBase):
 
 # The worker's own words in every line: never scrubbed, so a tenant whose "key" is
 # `info` cannot turn a line's level into `<redacted>`.
-STRUCTURE_KEYS = ("event", "level", "timestamp", "command", "outcome")
+STRUCTURE_KEYS = ("event", "level", "timestamp", "command", "outcome", "worker_id")
 
 
 def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -89,12 +89,31 @@ def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) ->
     return {**fixed, **redact(dict(event_dict), secrets=book.held())}
 
 
+def _stamp_worker(worker_id: str) -> Any:
+    def stamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event_dict.setdefault("worker_id", worker_id)
+        return event_dict
+
+    return stamp
+
+
+def bind_request(request_id: int | str, command: str, session_id: str | None) -> None:
+    """Name the running request in every line logged from its task (a task's context is
+    its own: this never reaches another request's lines)."""
+    structlog.contextvars.bind_contextvars(id=request_id, command=command)
+    if session_id is not None:
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+
+
 def route_std_streams(sink: LogQueue) -> None:
     """Python-level writes to stdout/stderr (warnings, a stray print) go to the queue."""
     sys.stdout = sys.stderr = QueueTextStream(sink)
 
 
-def configure_logging(level: str, sink: LogQueue) -> None:
+def configure_logging(level: str, sink: LogQueue, worker_id: str | None = None) -> None:
+    """JSON lines into `sink`. Each names the worker (`worker_id`), and a line written
+    while a request runs also names it (`id`, `command`, `session_id`: bound by the
+    request's task, see `bind_request`)."""
     numeric = logging.getLevelName(level.upper())
     # Libraries that use the stdlib logger (litellm, httpx) also go to the queue.
     logging.basicConfig(
@@ -105,6 +124,8 @@ def configure_logging(level: str, sink: LogQueue) -> None:
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,
+            *([] if worker_id is None else [_stamp_worker(worker_id)]),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import os
 import queue
 import select
@@ -45,6 +47,7 @@ class HostPipes:
         self._backlog_lock = threading.Lock()
         self._direct = False  # whether the loop may write (see start)
         self._unflushed: list[bytes] = []
+        self._after_flush: list[Callable[[], None]] = []
         self._dispatched = threading.Event()
         # Written once when the exit is decided: the reader and the parent watcher stop.
         self._stop_reader, self._stop_writer = os.pipe()
@@ -82,9 +85,26 @@ class HostPipes:
             self._loop.call_soon(self._flush)
         self._unflushed.append(frame)
 
+    def after_flush(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the frames queued so far have been written (or handed to
+        the writer thread): a request's log line never goes out before its reply."""
+        if self._unflushed:
+            # in the caller's context (a request's task): not whoever scheduled the flush
+            self._after_flush.append(functools.partial(contextvars.copy_context().run, callback))
+        else:
+            callback()
+
     def _flush(self) -> None:
         data = b"".join(self._unflushed)
         self._unflushed.clear()
+        try:
+            self._write_or_queue(data)
+        finally:
+            callbacks, self._after_flush = self._after_flush, []
+            for callback in callbacks:
+                callback()
+
+    def _write_or_queue(self, data: bytes) -> None:
         with self._backlog_lock:
             if self._direct and not self._backlog:
                 try:

@@ -89,10 +89,14 @@ class Outbound:
     ) -> None:
         """The one log line of each request, written after its reply went out; a logging
         failure is counted, never allowed to cost the reply."""
-        try:
-            self._log.info(
-                "request", id=request_id, command=command, duration_ms=round(duration_ms, 3),
-                outcome=outcome, **fields,
-            )
-        except Exception:  # noqa: BLE001 - see the docstring
-            self._stats.log_failures += 1
+
+        def write() -> None:
+            try:
+                self._log.info(
+                    "request", id=request_id, command=command,
+                    duration_ms=round(duration_ms, 3), outcome=outcome, **fields,
+                )
+            except Exception:  # noqa: BLE001 - see the docstring
+                self._stats.log_failures += 1
+
+        self._pipes.after_flush(write)

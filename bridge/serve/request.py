@@ -11,7 +11,9 @@ from typing import Any
 
 from dspy_bridge.commands.table import CommandSpec, RequestContext
 from dspy_bridge.domain.redaction import book, scrub
+from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
+from dspy_bridge.io.logs import bind_request
 from dspy_bridge.protocol.envelope import Request, error_response, ok_response
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.serve.outbound import Outbound
@@ -35,6 +37,8 @@ class RequestRunner:
         context: RequestContext,
         entry: InFlight,
     ) -> None:
+        session = SessionStore.resolve_id(args.session_id) if hasattr(args, "session_id") else None
+        bind_request(request.id, request.command, session)
         deadline = asyncio.timeout(request.timeout_ms / 1000) if request.timeout_ms else None
         error: BridgeError | None = None
         result: Any = None
