@@ -11,8 +11,18 @@ defmodule DSPyBridge.MixProject do
       # Strict where the code is checked (tests, CI); lenient for `mix run`
       # so a newer Elixir's new warnings cannot break the demo.
       elixirc_options: [warnings_as_errors: Mix.env() == :test],
+      # No hex dependencies: hex is unreachable where this is built and tested. `mix docs`
+      # needs ex_doc, which a project that can reach hex adds as a dev dependency.
       deps: [],
-      docs: [main: "DSPyBridge"]
+      description:
+        "Run DSPy programs from Elixir: a supervised pool of Python workers " <>
+          "spoken to over Erlang ports.",
+      package: [
+        licenses: ["MIT"],
+        links: %{},
+        files: ~w(lib mix.exs README.md)
+      ],
+      docs: [main: "DSPyBridge", extras: ["README.md"]]
     ]
   end
 

@@ -15,18 +15,17 @@ defmodule DSPyBridge do
       {:ok, %{"outputs" => %{"answer" => answer}}} =
         DSPyBridge.execute(MyApp.DSPy, id, %{question: "What is DSPy?"}, session: "tenant-1")
 
-  ## Common options
+  ## Options
 
-    * `:session` — the session id (a string). A session's LM, programs and
-      usage are isolated from every other session's, and all its calls go
-      to the same worker. Without it, calls use the shared default session:
-      its mutations are applied to every worker, its reads and executions
-      go to the least-loaded worker.
-    * `:timeout` — milliseconds (default 30,000) or `:infinity`. When it
-      runs out the call returns `{:error, %DSPyBridge.Error{type: :timeout}}`
-      and the worker is told to cancel the work.
-    * `:worker` — (advanced) the index of the worker to use.
+  Every function validates its options: an unknown option or a value of
+  the wrong type raises `ArgumentError` naming it (see `DSPyBridge.Options`).
+  In short: `:session` is the session id (a string). A session's LM,
+  programs and usage are isolated from every other session's, and all its
+  calls go to the same worker. Without it, calls use the shared default
+  session: its mutations are applied to every worker, its reads and
+  executions go to the least-loaded worker.
 
+  #{DSPyBridge.Options.markdown([:call, :execute, :import_program, :end_session, :configure_cache, :stats], "###")}
   ## Results
 
   Every function returns `{:ok, result}` or `{:error, %DSPyBridge.Error{}}`
@@ -49,7 +48,7 @@ defmodule DSPyBridge do
   is loaded (see `DSPyBridge.Telemetry`).
   """
 
-  alias DSPyBridge.{Args, Error, Pool}
+  alias DSPyBridge.{Args, Error, Options, Pool}
   alias DSPyBridge.Pool.Store
 
   @typedoc "A pool name, as given to `DSPyBridge.Pool` in `:name`."
@@ -85,6 +84,7 @@ defmodule DSPyBridge do
   """
   @spec configure_lm(pool(), lm(), [option()]) :: result(map())
   def configure_lm(pool, lm, opts \\ []) do
+    opts = Options.validate!(opts, :call)
     args = lm_args(lm)
 
     mutate(pool, "configure_lm", args, opts, fn session, args ->
@@ -104,6 +104,8 @@ defmodule DSPyBridge do
   """
   @spec create_program(pool(), String.t() | keyword() | map(), [option()]) :: result(map())
   def create_program(pool, spec, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+
     args =
       case spec do
         s when is_binary(s) -> %{"signature" => s}
@@ -134,6 +136,8 @@ defmodule DSPyBridge do
   """
   @spec execute(pool(), String.t(), map() | keyword(), keyword()) :: result(map())
   def execute(pool, program_id, inputs, opts \\ []) do
+    opts = Options.validate!(opts, :execute)
+
     args =
       %{"program_id" => program_id, "inputs" => normalize(inputs)}
       |> put_opt("lm", opts[:lm] && lm_args(opts[:lm]))
@@ -145,15 +149,18 @@ defmodule DSPyBridge do
   @doc "Describes a program (string keys)."
   @spec get_program(pool(), String.t(), [option()]) :: result(map())
   def get_program(pool, program_id, opts \\ []),
-    do: read(pool, "get_program", %{"program_id" => program_id}, opts)
+    do: read(pool, "get_program", %{"program_id" => program_id}, Options.validate!(opts, :call))
 
   @doc "Lists the programs of a session (string keys, as the worker answers)."
   @spec list_programs(pool(), [option()]) :: result(term())
-  def list_programs(pool, opts \\ []), do: read(pool, "list_programs", %{}, opts)
+  def list_programs(pool, opts \\ []),
+    do: read(pool, "list_programs", %{}, Options.validate!(opts, :call))
 
   @doc "Deletes a program; it is no longer replayed after a worker restart."
   @spec delete_program(pool(), String.t(), [option()]) :: result(term())
   def delete_program(pool, program_id, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+
     mutate(pool, "delete_program", %{"program_id" => program_id}, opts, fn session, _ ->
       {:delete_program, session, program_id}
     end)
@@ -163,9 +170,10 @@ defmodule DSPyBridge do
   Ends a session: the worker drops its programs, LM and usage, and the pool
   forgets its replay records.
   """
-  @spec end_session(pool(), String.t(), [option()]) :: result(term())
+  @spec end_session(pool(), String.t(), [{:timeout, timeout()} | {:worker, non_neg_integer()}]) ::
+          result(term())
   def end_session(pool, session_id, opts \\ []) when is_binary(session_id) do
-    opts = Keyword.put(opts, :session, session_id)
+    opts = opts |> Options.validate!(:end_session) |> Keyword.put(:session, session_id)
 
     mutate(pool, "end_session", %{}, opts, fn session, _ ->
       {:delete_session, session}
@@ -178,8 +186,10 @@ defmodule DSPyBridge do
   any worker. Secrets (API keys given by value) are not exported.
   """
   @spec export_program(pool(), String.t(), [option()]) :: result(map())
-  def export_program(pool, program_id, opts \\ []),
-    do: read(pool, "export_program", %{"program_id" => program_id}, opts)
+  def export_program(pool, program_id, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+    read(pool, "export_program", %{"program_id" => program_id}, opts)
+  end
 
   @doc """
   Checkpoints a program for replay: exports its current state and records
@@ -189,6 +199,8 @@ defmodule DSPyBridge do
   """
   @spec checkpoint_program(pool(), String.t(), [option()]) :: result(map())
   def checkpoint_program(pool, program_id, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+
     with {:ok, %{"document" => doc}} <- export_program(pool, program_id, opts) do
       :ok = Store.checkpoint(Store.config(pool).table, session(opts), program_id, doc)
       {:ok, doc}
@@ -203,6 +215,8 @@ defmodule DSPyBridge do
   """
   @spec import_program(pool(), map(), keyword()) :: result(map())
   def import_program(pool, document, opts \\ []) do
+    opts = Options.validate!(opts, :import_program)
+
     document =
       case document do
         %{"document" => %{} = doc} when map_size(document) == 1 -> doc
@@ -230,6 +244,8 @@ defmodule DSPyBridge do
   """
   @spec get_usage(pool(), [option()]) :: result(map())
   def get_usage(pool, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+
     if session(opts) != nil do
       read(pool, "get_usage", %{}, opts)
     else
@@ -242,6 +258,7 @@ defmodule DSPyBridge do
   @doc "Resets the usage counters of a session (or of the default session on every worker)."
   @spec reset_usage(pool(), [option()]) :: result(term())
   def reset_usage(pool, opts \\ []) do
+    opts = Options.validate!(opts, :call)
     mutate(pool, "reset_usage", %{}, opts, fn _, _ -> nil end)
   end
 
@@ -255,6 +272,7 @@ defmodule DSPyBridge do
   """
   @spec list_sessions(pool(), [option()]) :: result(map())
   def list_sessions(pool, opts \\ []) do
+    opts = Options.validate!(opts, :call)
     %{size: size} = Store.config(pool)
 
     indexes =
@@ -277,13 +295,14 @@ defmodule DSPyBridge do
   `:disk_dir`, `:memory_max_entries`, `:disk_size_limit_bytes`). Recorded
   for replay.
   """
-  @spec configure_cache(pool(), keyword() | map(), [option()]) :: result(map())
+  @spec configure_cache(pool(), keyword() | map(), [{:timeout, timeout()}]) :: result(map())
   def configure_cache(pool, settings, opts \\ []) do
+    opts = Options.validate!(opts, :configure_cache)
     args = normalize(settings)
 
     with {:ok, _} = ok <-
            Pool.broadcast(pool, "configure_cache", args,
-             timeout: opts[:timeout] || 30_000,
+             timeout: Keyword.fetch!(opts, :timeout),
              record: {:put_cache, args}
            ) do
       ok
@@ -296,7 +315,7 @@ defmodule DSPyBridge do
   "in_flight" => ..., "dspy_loaded" => ...}}`.
   """
   @spec ping(pool(), [option()]) :: result(map())
-  def ping(pool, opts \\ []), do: request(pool, "ping", %{}, opts)
+  def ping(pool, opts \\ []), do: request(pool, "ping", %{}, Options.validate!(opts, :call))
 
   @doc """
   Pool statistics, with **atom keys**:
@@ -314,9 +333,10 @@ defmodule DSPyBridge do
   """
   @spec stats(pool(), keyword()) :: {:ok, map()}
   def stats(pool, opts \\ []) do
+    opts = Options.validate!(opts, :stats)
     config = Store.config(pool)
-    fetch? = Keyword.get(opts, :worker_stats, true)
-    timeout = Keyword.get(opts, :timeout, 5_000)
+    fetch? = Keyword.fetch!(opts, :worker_stats)
+    timeout = Keyword.fetch!(opts, :timeout)
 
     workers =
       pool
@@ -386,6 +406,8 @@ defmodule DSPyBridge do
   """
   @spec request(pool(), String.t(), map() | keyword(), [option()]) :: result(term())
   def request(pool, command, args \\ %{}, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+
     Pool.request(pool, session(opts), command, normalize(args), call_opts(opts))
   end
 
@@ -432,7 +454,8 @@ defmodule DSPyBridge do
     end
   end
 
-  defp call_opts(opts), do: Keyword.take(opts, [:timeout, :worker])
+  # (a `worker: nil` is not passed on: it means none)
+  defp call_opts(opts), do: for({k, v} <- opts, k in [:timeout, :worker], v != nil, do: {k, v})
 
   # Session ids are strings on the wire; an atom is taken as its name, so
   # `:acme` and `"acme"` are the same session (and hash to the same worker).

@@ -12,7 +12,7 @@ defmodule DSPyBridge.Command do
        beyond `make`);
     5. `python3` on the `PATH`.
 
-  The default arguments are `["-P", "-m", "dspy_bridge"]`; `:extra_args` are
+  The default arguments are `#{inspect(DSPyBridge.Options.default(:command, :args))}`; `:extra_args` are
   appended (e.g. `["--enable-test-commands"]`). `-P` keeps the working
   directory off Python's module path, so a stray `protocol.py` (or `dspy.py`)
   there cannot shadow the worker's modules.
@@ -34,10 +34,16 @@ defmodule DSPyBridge.Command do
 
   @doc """
   Resolves the worker command from options (`:python`, `:args`,
-  `:extra_args`, `:env`, `:cd`, `:log_level`).
+  `:extra_args`, `:env`, `:cd`, `:log_level`, see `DSPyBridge.Worker`;
+  other options are ignored, those are validated).
   """
   @spec resolve(keyword()) :: t()
   def resolve(opts) do
+    opts =
+      opts
+      |> Keyword.take(DSPyBridge.Options.keys(:command))
+      |> DSPyBridge.Options.validate!(:command)
+
     venv_python = Path.join(@repo_root, ".venv/bin/python")
 
     python =
@@ -48,19 +54,17 @@ defmodule DSPyBridge.Command do
 
     python = System.find_executable(python) || python
 
-    args = Keyword.get(opts, :args, ["-P", "-m", "dspy_bridge"])
-
     log_args =
-      case Keyword.get(opts, :log_level) do
+      case opts[:log_level] do
         nil -> []
         level -> ["--log-level", to_string(level)]
       end
 
     %{
       python: python,
-      args: Enum.map(args ++ log_args ++ Keyword.get(opts, :extra_args, []), &to_string/1),
-      env: opts |> Keyword.get(:env, []) |> Enum.map(&env_pair/1),
-      cd: Keyword.get(opts, :cd)
+      args: Enum.map(opts[:args] ++ log_args ++ opts[:extra_args], &to_string/1),
+      env: Enum.map(opts[:env], &env_pair/1),
+      cd: opts[:cd]
     }
   end
 

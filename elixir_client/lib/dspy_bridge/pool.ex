@@ -38,51 +38,33 @@ defmodule DSPyBridge.Pool do
 
   ## Options
 
-    * `:name` (required) — an atom naming the pool (its supervisor, ETS table
-      and event registry).
-    * `:size` — number of workers (default: `System.schedulers_online()`).
-    * `:default_lm` — keyword list or map for `configure_lm` sent to every
-      worker as its worker-wide default LM (e.g. `[model: "mock"]`).
-    * `:await_ready` — wait for all workers in `start_link/1` (default true).
-    * `:ready_timeout` — ms for a worker's `ready` and replay (15,000).
-    * `:max_restarts`, `:max_seconds` — supervisor restart intensity
-      (default 20 restarts in 10 s).
-    * `:on_event` — a function called with every `DSPyBridge.Event` (in the
-      worker process; keep it fast). Processes can also
-      `DSPyBridge.subscribe/1`.
-    * Worker options passed through: `:python`, `:args`, `:extra_args`,
-      `:env`, `:cd`, `:log_level`, `:max_in_flight`, `:max_queue`,
-      `:overflow`, `:worker_timeout_margin`, `:shutdown_grace`, `:kill_after`.
+  Validated when the pool starts (an unknown option or a value of the wrong
+  type raises `ArgumentError`; see `DSPyBridge.Options`):
+
+  #{DSPyBridge.Options.table(:pool)}
+  The worker options from `:python` on are passed on to every worker (see
+  `DSPyBridge.Worker`).
   """
 
   use Supervisor
   require Logger
 
-  alias DSPyBridge.{Args, Error, Event, Worker}
+  alias DSPyBridge.{Args, Error, Event, Options, Worker}
   alias DSPyBridge.Pool.{Router, Stopper, Store}
 
-  @worker_opts [
-    :python,
-    :args,
-    :extra_args,
-    :env,
-    :cd,
-    :log_level,
-    :max_in_flight,
-    :max_queue,
-    :overflow,
-    :worker_timeout_margin,
-    :shutdown_grace,
-    :kill_after,
-    :ready_timeout
-  ]
+  @worker_opts Options.forwarded()
 
   @typedoc "A pool name."
   @type t :: atom()
 
-  @doc "A child spec for a supervisor (`id` is the pool name)."
+  @doc """
+  A child spec for a supervisor (`id` is the pool name). Validates the
+  options (see the module doc).
+  """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
+    opts = Options.validate!(opts, :pool)
+
     %{
       id: Keyword.fetch!(opts, :name),
       start: {__MODULE__, :start_link, [opts]},
@@ -91,15 +73,14 @@ defmodule DSPyBridge.Pool do
     }
   end
 
-  @doc "Starts the pool supervisor, linked to the caller; see the module doc."
+  @doc """
+  Starts the pool supervisor, linked to the caller; see the module doc.
+  Raises `ArgumentError` for an unknown option or a value of the wrong type.
+  """
   @spec start_link(keyword()) :: Supervisor.on_start()
   def start_link(opts) do
-    name = Keyword.fetch!(opts, :name)
-
-    unless is_atom(name) and name != nil,
-      do: raise(ArgumentError, "DSPyBridge.Pool :name must be an atom")
-
-    Supervisor.start_link(__MODULE__, opts, name: name)
+    opts = Options.validate!(opts, :pool)
+    Supervisor.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
   end
 
   @doc "Stops the pool and all its workers (their OS processes are gone when it returns)."
@@ -109,16 +90,16 @@ defmodule DSPyBridge.Pool do
   @impl true
   def init(opts) do
     name = Keyword.fetch!(opts, :name)
-    size = Keyword.get(opts, :size, System.schedulers_online())
+    size = Keyword.fetch!(opts, :size)
     table = Store.new(name)
     registry = Module.concat(name, Subscribers)
     load = :atomics.new(size, signed: true)
-    user_on_event = Keyword.get(opts, :on_event)
+    user_on_event = opts[:on_event]
 
     on_event = fn event -> dispatch_event(registry, user_on_event, event) end
 
     init_commands =
-      case Keyword.get(opts, :default_lm) do
+      case opts[:default_lm] do
         nil -> []
         lm -> [{"configure_lm", Args.lm_args(lm)}]
       end
@@ -149,10 +130,10 @@ defmodule DSPyBridge.Pool do
         Worker.child_spec(opts)
       end
 
-    ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
+    ready_timeout = Keyword.fetch!(opts, :ready_timeout)
 
     extra =
-      if Keyword.get(opts, :await_ready, true),
+      if Keyword.fetch!(opts, :await_ready),
         do: [
           %{
             id: :await_ready,
@@ -176,8 +157,8 @@ defmodule DSPyBridge.Pool do
 
     Supervisor.init(children,
       strategy: :one_for_one,
-      max_restarts: Keyword.get(opts, :max_restarts, 20),
-      max_seconds: Keyword.get(opts, :max_seconds, 10)
+      max_restarts: Keyword.fetch!(opts, :max_restarts),
+      max_seconds: Keyword.fetch!(opts, :max_seconds)
     )
   end
 
@@ -260,10 +241,15 @@ defmodule DSPyBridge.Pool do
   index) if given, else the session's worker if `session` is not `nil`,
   else the least-loaded ready worker. Waits (up to the timeout) while the
   chosen worker is restarting.
+
+  Options:
+
+  #{Options.table(:pool_request)}
   """
   @spec request(t(), String.t() | nil, String.t(), map(), keyword()) ::
           {:ok, term()} | {:error, Error.t()}
   def request(pool, session, command, args, opts) do
+    opts = Options.validate!(opts, :pool_request)
     config = Store.config(pool)
 
     index = Router.route(opts[:worker], session, config.size, fn -> candidates(config) end)
@@ -278,9 +264,14 @@ defmodule DSPyBridge.Pool do
   succeed counts as success (a restarted worker may already have got the
   change by replay); from all of them it is the error it says.
   Returns the first success, or the first error.
+
+  Options:
+
+  #{Options.table(:broadcast)}
   """
   @spec broadcast(t(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def broadcast(pool, command, args, opts) do
+    opts = Options.validate!(opts, :broadcast)
     config = Store.config(pool)
 
     0..(config.size - 1)
@@ -316,7 +307,7 @@ defmodule DSPyBridge.Pool do
   # -- internals ----------------------------------------------------------------
 
   defp request_at(config, index, command, args, opts) do
-    timeout = Keyword.get(opts, :timeout, 30_000)
+    timeout = Keyword.fetch!(opts, :timeout)
 
     deadline =
       if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
@@ -335,10 +326,9 @@ defmodule DSPyBridge.Pool do
         {:error, Error.new(:timeout, "no worker became available for #{command} in time")}
 
       {pid, _, _} ->
-        opts =
-          opts |> Keyword.put(:timeout, remaining) |> Keyword.put(:load, {config.load, index})
+        worker_opts = [timeout: remaining, record: opts[:record], load: {config.load, index}]
 
-        case Worker.request(pid, command, args, opts) do
+        case Worker.request(pid, command, args, worker_opts) do
           {:error, %Error{type: :worker_exited, details: %{"reason" => "noproc"}}} ->
             backoff_and_retry(config, index, command, args, opts, deadline)
 

@@ -10,8 +10,8 @@ defmodule DSPyBridge.Worker do
 
     1. `init/1` opens the port and returns at once (so a pool starts its
        workers concurrently).
-    2. The worker sends its `ready` event (within `:ready_timeout`, default
-       15 s, else the process stops and its OS process is killed).
+    2. The worker sends its `ready` event (within `:ready_timeout`, else
+       the process stops and its OS process is killed).
     3. The `:replay` function (given by the pool) is called and the
        commands it returns are sent, batch after batch: this is how a
        restarted worker gets its sessions' LM configs and programs back.
@@ -22,15 +22,15 @@ defmodule DSPyBridge.Worker do
 
   `request/4` sends a request and blocks its caller until the response
   with the same id arrives — responses may come in any order, many requests
-  run concurrently. At most `:max_in_flight` requests (default 200) are in
-  flight; more wait in a queue of at most `:max_queue` (default 10,000)
-  requests, or, with `overflow: :error`, get an `:overloaded` error at once.
+  run concurrently. At most `:max_in_flight` requests are in flight; more
+  wait in a queue of at most `:max_queue` requests, or, with
+  `overflow: :error`, get an `:overloaded` error at once.
 
   When a request's `:timeout` runs out, its caller gets
   `{:error, %DSPyBridge.Error{type: :timeout}}`, the worker is sent `cancel`
   for that id, and the late response, when it comes, is dropped (and
   reported as a `"late_reply_dropped"` event). The request also carries
-  `timeout_ms` (the timeout plus `:worker_timeout_margin`, default 1 s) so
+  `timeout_ms` (the timeout plus `:worker_timeout_margin`) so
   the worker abandons it on its own should the `cancel` be lost.
 
   If the OS process dies, every in-flight or queued caller gets
@@ -92,7 +92,7 @@ defmodule DSPyBridge.Worker do
   ## Stopping
 
   `terminate/3` (the process traps exits) sends `shutdown` with
-  `:shutdown_grace` (default 2 s), keeps answering in-flight callers while
+  `:shutdown_grace`, keeps answering in-flight callers while
   the worker drains, waits for the OS process to exit, and kills it with
   `SIGKILL` by OS pid if it has not exited by then. When the process is
   killed outright, the port closes, the worker reads EOF on stdin and exits
@@ -100,35 +100,27 @@ defmodule DSPyBridge.Worker do
 
   ## Options
 
-    * `:python`, `:args`, `:extra_args`, `:env`, `:cd`, `:log_level` — the
-      command, see `DSPyBridge.Command`.
-    * `:name` — the process name (an atom, or `{:global, _}` / `{:via, _, _}`).
-    * `:ready_timeout` — ms to wait for `ready` and the replay (15,000).
-    * `:max_in_flight`, `:max_queue`, `:overflow` (`:queue` or `:error`).
-    * `:worker_timeout_margin` — ms added to a request's timeout for the
-      worker's own `timeout_ms` (1,000).
-    * `:shutdown_grace` — ms the worker may take to drain on stop (2,000).
-    * `:kill_after` — ms to wait beyond the grace for the process to exit
-      before sending SIGKILL (2,000).
-    * `:init_commands` — `[{command, args}]` sent after `ready`, before any
-      replay (e.g. the pool's default LM).
-    * `:replay` — a 0-arity function returning a list of batches of
-      `{command, args}` to send before serving.
-    * `:on_event` — a function called with every `DSPyBridge.Event`, or a
-      pid sent `{:dspy_bridge_event, event}`.
-    * `:pool` — set by the pool: its name and the worker's index (for
-      events and telemetry), and the callbacks through which the worker
-      tells its pool what happens, run in the worker process: `:on_start`
-      (0-arity), `:on_status` (pid, OS pid, status), `:on_down` (pid),
-      `:on_record` (record, reply) for a successful recorded request,
-      `:serves_session?` (session id) and `:on_session_evicted` (session id).
-      A worker without `:pool` calls nothing.
+  Validated when the worker starts (an unknown option or a value of the
+  wrong type raises `ArgumentError`; see `DSPyBridge.Options`).
+  `:python` to `:log_level` make the command (see `DSPyBridge.Command`).
+
+  #{DSPyBridge.Options.table(:worker)}
+  `:pool` is set by the pool: its name and the worker's index (for events
+  and telemetry), and the callbacks through which the worker tells its pool
+  what happens, run in the worker process: `:on_start` (0-arity),
+  `:on_status` (pid, OS pid, status), `:on_down` (pid), `:on_record`
+  (record, reply) for a successful recorded request, `:serves_session?`
+  (session id) and `:on_session_evicted` (session id). A worker without
+  `:pool` calls nothing.
+
+  `child_spec/1` also takes `:id`, the child's id (default
+  `DSPyBridge.Worker`).
   """
 
   @behaviour :gen_statem
   require Logger
 
-  alias DSPyBridge.{Command, Error, Protocol}
+  alias DSPyBridge.{Command, Error, Options, Protocol}
 
   alias DSPyBridge.Worker.{
     Admission,
@@ -142,7 +134,6 @@ defmodule DSPyBridge.Worker do
     Shutdown
   }
 
-  @default_timeout 30_000
   @call_margin 5_000
 
   @typedoc "A worker: pid or registered name."
@@ -156,42 +147,47 @@ defmodule DSPyBridge.Worker do
 
   @doc """
   A child spec whose `:shutdown` leaves time for the graceful stop
-  (`:shutdown_grace` plus a margin for the SIGKILL fallback).
+  (`:shutdown_grace` plus a margin for the SIGKILL fallback). Takes the
+  options of `start_link/1` and `:id`; validates them.
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
+    {id, opts} = opts |> Options.validate!(:worker_child_spec) |> Keyword.pop!(:id)
+
     %{
-      id: Keyword.get(opts, :id, __MODULE__),
+      id: id,
       start: {__MODULE__, :start_link, [opts]},
       restart: :permanent,
       type: :worker,
-      shutdown:
-        Keyword.get(opts, :shutdown_grace, 2_000) + Keyword.get(opts, :kill_after, 2_000) + 4_000
+      shutdown: Keyword.fetch!(opts, :shutdown_grace) + Keyword.fetch!(opts, :kill_after) + 4_000
     }
   end
 
-  @doc "Starts a worker process linked to the caller; see the module doc for options."
+  @doc """
+  Starts a worker process linked to the caller; see the module doc for
+  options. Raises `ArgumentError` for an unknown option or a value of the
+  wrong type.
+  """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    case Keyword.fetch(opts, :name) do
-      {:ok, name} when is_atom(name) ->
-        :gen_statem.start_link({:local, name}, __MODULE__, opts, [])
+    opts = Options.validate!(opts, :worker)
 
-      {:ok, name} ->
-        :gen_statem.start_link(name, __MODULE__, opts, [])
-
-      :error ->
-        :gen_statem.start_link(__MODULE__, opts, [])
+    case opts[:name] do
+      nil -> :gen_statem.start_link(__MODULE__, opts, [])
+      name when is_atom(name) -> :gen_statem.start_link({:local, name}, __MODULE__, opts, [])
+      name -> :gen_statem.start_link(name, __MODULE__, opts, [])
     end
   end
 
   @doc "Starts a worker process not linked to the caller (like `start_link/1`)."
   @spec start(keyword()) :: GenServer.on_start()
   def start(opts) do
-    case Keyword.fetch(opts, :name) do
-      {:ok, name} when is_atom(name) -> :gen_statem.start({:local, name}, __MODULE__, opts, [])
-      {:ok, name} -> :gen_statem.start(name, __MODULE__, opts, [])
-      :error -> :gen_statem.start(__MODULE__, opts, [])
+    opts = Options.validate!(opts, :worker)
+
+    case opts[:name] do
+      nil -> :gen_statem.start(__MODULE__, opts, [])
+      name when is_atom(name) -> :gen_statem.start({:local, name}, __MODULE__, opts, [])
+      name -> :gen_statem.start(name, __MODULE__, opts, [])
     end
   end
 
@@ -199,14 +195,16 @@ defmodule DSPyBridge.Worker do
   Sends `command` with `args` and waits for its response.
 
   Returns `{:ok, result}` (the decoded `result`, string keys) or
-  `{:error, %DSPyBridge.Error{}}`. Options: `:timeout` in ms (default
-  #{@default_timeout}) or `:infinity`.
+  `{:error, %DSPyBridge.Error{}}`. Options (validated):
+
+  #{Options.table(:request)}
   """
   @spec request(server(), String.t(), map(), [request_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
   def request(server, command, args \\ %{}, opts \\ []) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-    load = Keyword.get(opts, :load)
+    opts = Options.validate!(opts, :request)
+    timeout = Keyword.fetch!(opts, :timeout)
+    load = opts[:load]
 
     with {:ok, msg} <- Request.message(command, args, opts, load) do
       call_timeout = if timeout == :infinity, do: :infinity, else: timeout + @call_margin
@@ -238,11 +236,13 @@ defmodule DSPyBridge.Worker do
   `await_response/2` (the caller must be the process that awaits). Like
   `GenServer.send_request/2`, the request is ordered with the caller's
   later messages to the worker: once a later `info/1` returns, this request
-  is in flight (or queued). Options: `:timeout` (default #{@default_timeout} ms).
+  is in flight (or queued). Options: those of `request/4`.
   """
   @spec send_request(server(), String.t(), map(), [request_opt()]) ::
           {:ok, term()} | {:error, Error.t()}
   def send_request(server, command, args \\ %{}, opts \\ []) do
+    opts = Options.validate!(opts, :request)
+
     with {:ok, msg} <- Request.message(command, args, opts, nil) do
       {:ok, :gen_server.send_request(server, msg)}
     end
@@ -330,7 +330,7 @@ defmodule DSPyBridge.Worker do
       {:ok, port, os_pid} ->
         data = Data.new(opts, port, os_pid)
         Effects.hook(data, :on_start, [])
-        ready_timeout = Keyword.get(opts, :ready_timeout, 15_000)
+        ready_timeout = Keyword.fetch!(opts, :ready_timeout)
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
   end

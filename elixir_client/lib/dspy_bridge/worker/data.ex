@@ -76,22 +76,25 @@ defmodule DSPyBridge.Worker.Data do
           exited: boolean()
         }
 
-  @doc "The data of a worker whose port was just opened, from the worker's options."
+  @doc """
+  The data of a worker whose port was just opened, from the worker's
+  options as validated by `DSPyBridge.Options` (defaults filled in).
+  """
   @spec new(keyword(), port(), non_neg_integer()) :: t()
   def new(opts, port, os_pid) do
     %__MODULE__{
       port: port,
       os_pid: os_pid,
-      pool: Keyword.get(opts, :pool),
-      on_event: Keyword.get(opts, :on_event),
-      init_commands: Keyword.get(opts, :init_commands, []),
-      replay_fun: Keyword.get(opts, :replay),
-      max_in_flight: Keyword.get(opts, :max_in_flight, 200),
-      max_queue: Keyword.get(opts, :max_queue, 10_000),
-      overflow: Keyword.get(opts, :overflow, :queue),
-      margin: Keyword.get(opts, :worker_timeout_margin, 1_000),
-      grace: Keyword.get(opts, :shutdown_grace, 2_000),
-      kill_after: Keyword.get(opts, :kill_after, 2_000),
+      pool: opts[:pool],
+      on_event: opts[:on_event],
+      init_commands: Keyword.fetch!(opts, :init_commands),
+      replay_fun: opts[:replay],
+      max_in_flight: Keyword.fetch!(opts, :max_in_flight),
+      max_queue: Keyword.fetch!(opts, :max_queue),
+      overflow: Keyword.fetch!(opts, :overflow),
+      margin: Keyword.fetch!(opts, :worker_timeout_margin),
+      grace: Keyword.fetch!(opts, :shutdown_grace),
+      kill_after: Keyword.fetch!(opts, :kill_after),
       limits: Protocol.default_limits(),
       requests: Requests.new(),
       started_at: System.monotonic_time(:millisecond),

@@ -8,7 +8,8 @@ defmodule DSPyBridge.Worker.Request do
 
   alias DSPyBridge.{Error, Protocol}
 
-  @default_timeout 30_000
+  # for callers that did not go through `DSPyBridge.Options` (the default is the schema's)
+  @default_timeout DSPyBridge.Options.default(:request, :timeout)
 
   defstruct [:from, :command, :args, :shape, :timeout, :record, :load, :started, timer: nil]
 
