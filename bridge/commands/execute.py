@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -13,7 +14,7 @@ from dspy_bridge.commands.common import (
     find_program,
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
@@ -51,14 +52,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
     store = ctx.sessions
     program = find_program(ctx, args.session_id, args.program_id)
     session = store.require(args.session_id)
-    limit = ctx.options.max_input_bytes
-    size = len(codec.pack(args.inputs))
-    if size > limit:
-        raise BridgeError(
-            ErrorType.LIMIT_EXCEEDED,
-            f"the inputs take {size} bytes, over the limit of {limit}",
-            details={"limit": "max_input_bytes", "max_input_bytes": limit, "size": size},
-        )
+    check_input_size(ctx, args.inputs)
     check_inputs(program.spec, args.inputs)
     override = check_optional_lm(ctx, args.lm, "lm")
     config = args.config.model_dump(exclude_none=True) if args.config else {}
@@ -72,19 +66,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         engine = await engine_of(ctx)
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
         lm, source = resolve_lm(call_lm, program, session, store.default_lm)
-        breaker = store.breaker_for(lm)
-        breaker.before_call(lm.model)
-        try:
-            outputs = await engine.execute(program, lm, args.inputs, config, record)
-        except BridgeError as error:
-            details = error.details or {}
-            breaker.on_failure(retryable_provider_failure=error.type is ErrorType.LM_ERROR
-                               and details.get("reason") == "provider_error" and error.retryable)
-            raise
-        except BaseException:
-            breaker.on_abandoned()
-            raise
-        breaker.on_success()
+        outputs = await call_program(ctx, engine, program, lm, args.inputs, config, record)
     return {
         "outputs": outputs,
         "lm": lm.model,
@@ -92,6 +74,43 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         "usage": merge_usage(usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def check_input_size(ctx: RequestContext, inputs: dict[str, Any], what: str = "the inputs") -> None:
+    limit = ctx.options.max_input_bytes
+    size = len(codec.pack(inputs))
+    if size > limit:
+        raise BridgeError(
+            ErrorType.LIMIT_EXCEEDED,
+            f"{what} take {size} bytes, over the limit of {limit}",
+            details={"limit": "max_input_bytes", "max_input_bytes": limit, "size": size},
+        )
+
+
+async def call_program(
+    ctx: RequestContext,
+    engine: Engine,
+    program: ProgramHandle,
+    lm: LmHandle,
+    inputs: dict[str, Any],
+    config: dict[str, Any],
+    record: Callable[[dict[str, ModelUsage]], None],
+) -> dict[str, Any]:
+    """One call of the program through the LM's circuit breaker."""
+    breaker = ctx.sessions.breaker_for(lm)
+    breaker.before_call(lm.model)
+    try:
+        outputs = await engine.execute(program, lm, inputs, config, record)
+    except BridgeError as error:
+        details = error.details or {}
+        breaker.on_failure(retryable_provider_failure=error.type is ErrorType.LM_ERROR
+                           and details.get("reason") == "provider_error" and error.retryable)
+        raise
+    except BaseException:
+        breaker.on_abandoned()
+        raise
+    breaker.on_success()
+    return outputs
 
 
 def resolve_lm(call_lm: LmHandle | None, program: ProgramHandle,

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "configure_lm": "dspy_bridge.commands.lm",
     "create_program": "dspy_bridge.commands.programs",
     "execute_program": "dspy_bridge.commands.execute",
+    "evaluate_program": "dspy_bridge.commands.evaluate",
     "get_program": "dspy_bridge.commands.programs",
     "list_programs": "dspy_bridge.commands.programs",
     "delete_program": "dspy_bridge.commands.programs",

@@ -72,6 +72,21 @@ class ProgramHandle(Protocol):
     def instructions(self) -> str: ...
 
 
+class MetricHandle(Protocol):
+    """A checked metric of evaluate_program: scores one output field in [0, 1]."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def field(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def score(self, predicted: Any, expected: Any) -> float: ...
+
+
 class Engine(Protocol):
     dspy_version: str
 
@@ -108,3 +123,7 @@ class Engine(Protocol):
     ) -> dict[str, Any]: ...
 
     def configure_cache(self, **changes: Any) -> dict[str, Any]: ...
+
+    def metric(
+        self, spec: str | dict[str, Any], default_field: str, outputs: list[str]
+    ) -> MetricHandle: ...

@@ -31,6 +31,7 @@ from dspy_bridge.engine.cache import (
 )
 from dspy_bridge.engine.errors import check_outputs, invalid_output, parse_error, provider_error
 from dspy_bridge.engine.lm import LmHandle, build_lm, import_litellm
+from dspy_bridge.engine.metrics import Metric, check_metric
 from dspy_bridge.engine.programs import (
     ProgramHandle,
     ProgramType,
@@ -164,6 +165,11 @@ class Engine:
         return per_model
 
     # ----- cache -----
+
+    def metric(
+        self, spec: str | dict[str, Any], default_field: str, outputs: list[str]
+    ) -> Metric:
+        return check_metric(spec, default_field, outputs)
 
     def configure_cache(self, **changes: Any) -> dict[str, Any]:
         settings = {**self.cache_settings, **changes}

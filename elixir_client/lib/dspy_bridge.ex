@@ -146,6 +146,34 @@ defmodule DSPyBridge do
     read(pool, "execute_program", args, opts)
   end
 
+  @doc """
+  Scores a program over `devset` with a named `metric`.
+
+  `devset` is a list of examples, each a map of the program's input field values and
+  the expected value of the field the metric compares. `metric` is a name
+  (`"exact_match"`, `"contains"`, `"f1"`, `"json_field"`) or a map with its options
+  (`%{name: "f1", field: "answer", threshold: 0.6}`). An example that fails or runs out
+  of time counts as failed with its error; it never fails the evaluation. The worker
+  sends `progress` events (see the pool's `:on_event`) while it runs.
+
+  Returns `%{"score" => mean, "total" => n, "passed" => n, "failed_examples" => [...],
+  ...}`.
+  """
+  @spec evaluate(pool(), String.t(), [map()], String.t() | map(), keyword()) :: result(map())
+  def evaluate(pool, program_id, devset, metric, opts \\ []) do
+    opts = Options.validate!(opts, :evaluate)
+
+    args =
+      %{"program_id" => program_id, "devset" => Enum.map(devset, &normalize/1)}
+      |> Map.put("metric", if(is_binary(metric), do: metric, else: normalize(metric)))
+      |> put_opt("lm", opts[:lm] && lm_args(opts[:lm]))
+      |> put_opt("max_concurrency", opts[:max_concurrency])
+      |> put_opt("example_timeout_ms", opts[:example_timeout_ms])
+      |> put_opt("per_example", opts[:per_example])
+
+    read(pool, "evaluate_program", args, opts)
+  end
+
   @doc "Describes a program (string keys)."
   @spec get_program(pool(), String.t(), [option()]) :: result(map())
   def get_program(pool, program_id, opts \\ []),

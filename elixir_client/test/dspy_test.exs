@@ -20,6 +20,41 @@ defmodule DSPyBridge.DSPyTest do
   defp answer({:ok, %{"outputs" => %{"answer" => answer}}}), do: answer
   defp answer(other), do: flunk("expected an answer, got #{inspect(other)}")
 
+  test "evaluate scores a devset with a named metric, failures reported per example" do
+    pool = start_pool()
+    s = "eval"
+
+    {:ok, _} =
+      DSPyBridge.configure_lm(
+        pool,
+        mock("eval", responses: %{"France?" => "Paris", "Peru?" => "Quito"}),
+        session: s
+      )
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "qa"],
+        session: s
+      )
+
+    devset = [%{question: "France?", answer: "paris"}, %{question: "Peru?", answer: "Lima"}]
+
+    assert {:ok, %{"total" => 2, "passed" => 1, "score" => 0.5} = result} =
+             DSPyBridge.evaluate(pool, "qa", devset, "exact_match",
+               session: s,
+               per_example: true
+             )
+
+    assert [%{"index" => 1, "outputs" => %{"answer" => "Quito"}}] = result["failed_examples"]
+    assert length(result["per_example"]) == 2
+
+    assert {:error, %Error{type: :invalid_args}} =
+             DSPyBridge.evaluate(pool, "qa", devset, %{name: "bleu"}, session: s)
+
+    assert_raise ArgumentError, ~r/max_concurency/, fn ->
+      DSPyBridge.evaluate(pool, "qa", devset, "f1", session: s, max_concurency: 2)
+    end
+  end
+
   test "happy path: configure, create, execute, inspect, export/import, usage, delete" do
     pool = start_pool(default_lm: mock("default", default: "default answer"))
     s = "happy"

@@ -34,7 +34,7 @@ defmodule DSPyBridge.Command do
 
   @doc """
   Resolves the worker command from options (`:python`, `:args`,
-  `:extra_args`, `:env`, `:cd`, `:log_level`, see `DSPyBridge.Worker`;
+  `:extra_args`, `:env`, `:cd`, `:log_level`: the worker options of that name;
   other options are ignored, those are validated).
   """
   @spec resolve(keyword()) :: t()

@@ -10,8 +10,8 @@ defmodule DSPyBridge.Options do
   `ArgumentError` naming the option. Defaults are filled in from the schema.
   Options without a default may be given as `nil`, which means "not given".
 
-  The option tables in the docs of `DSPyBridge`, `DSPyBridge.Pool` and
-  `DSPyBridge.Worker`, and the README's "Options" section, are generated
+  The option tables in the docs of `DSPyBridge` and of its `Pool` and
+  `Worker` modules, and the README's "Options" section, are generated
   from this schema (`table/1`, `markdown/0`); a test checks that the README
   matches.
   """
@@ -103,8 +103,7 @@ defmodule DSPyBridge.Options do
     ],
     pool: [
       type: :map,
-      doc:
-        "set by the pool: its name, the worker's index and its callbacks (see `DSPyBridge.Worker`)"
+      doc: "set by the pool: its name, the worker's index and its callbacks (see `Worker`)"
     ]
   ]
 
@@ -191,37 +190,38 @@ defmodule DSPyBridge.Options do
   # `intro` in the docs; `extends` takes another schema's options first.
   @schemas [
     pool: [
-      where: "DSPyBridge.Pool.start_link/1",
-      heading: "`DSPyBridge.Pool.start_link/1`, `child_spec/1`",
+      where: "Pool.start_link/1",
+      heading: "`Pool.start_link/1`, `child_spec/1`",
       intro:
         "The worker options from `:python` on are passed on to every worker " <>
-          "(see `DSPyBridge.Worker`).",
+          "(see `Worker`).",
       options: @pool
     ],
     worker: [
-      where: "DSPyBridge.Worker.start_link/1",
-      heading: "`DSPyBridge.Worker.start_link/1`, `start/1`",
+      where: "Worker.start_link/1",
+      heading: "`Worker.start_link/1`, `start/1`",
       intro:
-        "`:python` to `:log_level` make the command (see `DSPyBridge.Command`); " <>
+        "`:python` to `:log_level` make the command (see `Command`); " <>
           "`:init_commands`, `:replay` and `:pool` are set by a pool.",
       options: @worker
     ],
     worker_child_spec: [
-      where: "DSPyBridge.Worker.child_spec/1",
-      heading: "`DSPyBridge.Worker.child_spec/1`",
+      where: "Worker.child_spec/1",
+      heading: "`Worker.child_spec/1`",
       extends: :worker,
       options: [
-        id: [type: :any, default: DSPyBridge.Worker, doc: "the child's id in its supervisor"]
+        # No default here: naming the Worker module would make this schema depend on it.
+        id: [type: :any, doc: "the child's id in its supervisor (default `Worker`)"]
       ]
     ],
     command: [
-      where: "DSPyBridge.Command.resolve/1",
-      heading: "`DSPyBridge.Command.resolve/1`",
+      where: "Command.resolve/1",
+      heading: "`Command.resolve/1`",
       options: @command
     ],
     request: [
-      where: "DSPyBridge.Worker.request/4",
-      heading: "`DSPyBridge.Worker.request/4`, `send_request/4`",
+      where: "Worker.request/4",
+      heading: "`Worker.request/4`, `send_request/4`",
       options: [
         timeout: @timeout,
         record: @record,
@@ -229,13 +229,13 @@ defmodule DSPyBridge.Options do
       ]
     ],
     pool_request: [
-      where: "DSPyBridge.Pool.request/5",
-      heading: "`DSPyBridge.Pool.request/5`",
+      where: "Pool.request/5",
+      heading: "`Pool.request/5`",
       options: [timeout: @timeout, worker: @call[:worker], record: @record]
     ],
     broadcast: [
-      where: "DSPyBridge.Pool.broadcast/4",
-      heading: "`DSPyBridge.Pool.broadcast/4`",
+      where: "Pool.broadcast/4",
+      heading: "`Pool.broadcast/4`",
       options: [timeout: @timeout, record: @record]
     ],
     call: [
@@ -254,6 +254,23 @@ defmodule DSPyBridge.Options do
           doc: "an LM for this call, overriding the program's and the session's"
         ],
         config: [type: :map_or_keyword, doc: "per-call settings, e.g. `%{temperature: 0.0}`"]
+      ]
+    ],
+    evaluate: [
+      where: "DSPyBridge.evaluate/5",
+      heading: "`DSPyBridge.evaluate/5`",
+      extends: :call,
+      options: [
+        lm: [
+          type: :lm,
+          doc: "an LM for every example, overriding the program's and the session's"
+        ],
+        max_concurrency: [type: :pos_integer, doc: "examples run at once (worker default 8)"],
+        example_timeout_ms: [
+          type: :pos_integer,
+          doc: "ms each example may take; a slower one fails with `timeout`"
+        ],
+        per_example: [type: :boolean, doc: "also return every example's score and outputs"]
       ]
     ],
     import_program: [
@@ -300,6 +317,7 @@ defmodule DSPyBridge.Options do
     :worker_child_spec,
     :call,
     :execute,
+    :evaluate,
     :import_program,
     :end_session,
     :configure_cache,
@@ -322,6 +340,7 @@ defmodule DSPyBridge.Options do
           | :broadcast
           | :call
           | :execute
+          | :evaluate
           | :import_program
           | :end_session
           | :configure_cache
@@ -351,9 +370,14 @@ defmodule DSPyBridge.Options do
             default != nil or required?,
             do: {key, if(required?, do: :required, else: default)}
 
+      # The schema names the client's modules relative to `DSPyBridge` (`Pool.…`), so
+      # this module, which they all call, mentions none of them; messages and docs
+      # show the full names.
+      qualify = &Regex.replace(~r/(^|`)(Pool|Worker|Command)\./, &1, "\\1DSPyBridge.\\2.")
+
       Map.put(acc, name, %{
-        where: Keyword.fetch!(s, :where),
-        heading: Keyword.fetch!(s, :heading),
+        where: qualify.(Keyword.fetch!(s, :where)),
+        heading: qualify.(Keyword.fetch!(s, :heading)),
         intro: s[:intro],
         extends: s[:extends],
         own: own,

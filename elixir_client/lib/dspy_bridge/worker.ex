@@ -152,10 +152,10 @@ defmodule DSPyBridge.Worker do
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
-    {id, opts} = opts |> Options.validate!(:worker_child_spec) |> Keyword.pop!(:id)
+    {id, opts} = opts |> Options.validate!(:worker_child_spec) |> Keyword.pop(:id)
 
     %{
-      id: id,
+      id: id || __MODULE__,
       start: {__MODULE__, :start_link, [opts]},
       restart: :permanent,
       type: :worker,
