@@ -716,7 +716,10 @@ def test_changing_an_expected_value_fails_the_replay_with_a_diff_at_it(recorded:
 
     def run(number: int) -> tuple[int, tx.Path, ReplayResult]:
         path, text = last[number]
-        return number, path, replay_text(text, name="mutant.jsonl", cwd=REPO)
+        # Four workers loading DSPy at once on a loaded machine take seconds to answer
+        # their first DSPy command: more than replay's default 10 s wait, not 20. (A
+        # mutated event is only found missing when the wait ends, so not more.)
+        return number, path, replay_text(text, name="mutant.jsonl", cwd=REPO, timeout=20)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(run, chosen))

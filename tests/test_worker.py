@@ -506,8 +506,9 @@ def test_every_request_the_worker_reads_is_answered_even_after_shutdown() -> Non
     for _ in range(5):
         worker = WorkerProcess()
         worker.call("shutdown", {"grace_ms": 0})
-        late = worker.start("ping")
+        late = worker.new_id()
         try:
+            worker.start("ping", id=late)  # the worker may be gone already: never read
             reply: dict[str, Any] | None = worker.response(late, timeout=10)
         except WorkerExited:
             reply = None

@@ -19,6 +19,7 @@ from dspy_bridge.commands.common import (
     find_program,
     new_program_id,
 )
+from dspy_bridge.commands.signatures import resolve_signature
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.documents import ProgramDocument, program_document
 from dspy_bridge.domain.engine_port import Engine, LmHandle
@@ -76,7 +77,7 @@ class CreateProgramArgs(Args):
 
 @table.command("create_program", CreateProgramArgs)
 async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[str, Any]:
-    spec = parse_signature(args.signature)
+    spec = resolve_signature(ctx, args.session_id, args.signature)
     if args.instructions is not None:
         spec = spec.model_copy(update={"instructions": args.instructions})
     checked = check_optional_lm(ctx, args.lm, "lm")

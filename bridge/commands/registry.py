@@ -33,6 +33,10 @@ COMMANDS: dict[str, str] = {
     "get_usage": "dspy_bridge.commands.sessions",
     "reset_usage": "dspy_bridge.commands.sessions",
     "configure_cache": "dspy_bridge.commands.lm",
+    "register_signature": "dspy_bridge.commands.signatures",
+    "get_signature": "dspy_bridge.commands.signatures",
+    "list_signatures": "dspy_bridge.commands.signatures",
+    "delete_signature": "dspy_bridge.commands.signatures",
 }
 
 # Enabled only by --enable-test-commands (this list alone decides which those are).

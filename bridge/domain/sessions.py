@@ -15,10 +15,22 @@ from typing import Any
 from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
 from dspy_bridge.domain.limits import SessionLimits
+from dspy_bridge.domain.signatures import SignatureSpec
 from dspy_bridge.domain.usage import UsageBook
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 DEFAULT_SESSION = "default"
+MAX_SIGNATURES = 1_000  # per session, and for the worker
+
+
+@dataclass(frozen=True, slots=True)
+class NamedSignature:
+    """A signature registered under a name (register_signature), with its stored size."""
+
+    name: str
+    spec: SignatureSpec
+    stored_bytes: int
+    registered_at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)
@@ -27,6 +39,7 @@ class Session:
     lm: Any = None
     programs: dict[str, Any] = field(default_factory=dict)
     usage: UsageBook = field(default_factory=UsageBook)
+    signatures: dict[str, NamedSignature] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     last_used_monotonic: float = field(default_factory=time.monotonic)
@@ -58,6 +71,7 @@ class SessionStore:
         self.limits = limits
         self.sessions: dict[str, Session] = {}
         self.default_lm: Any = None
+        self.signatures: dict[str, NamedSignature] = {}  # worker-level: every session's
         self.breakers = BreakerRegistry()
         self.evicted = 0
         self.stored_bytes = 0  # every session's, and the default LM's
@@ -156,6 +170,41 @@ class SessionStore:
         program = session.programs.pop(program_id)
         session.stored_bytes -= program.stored_bytes
         self.stored_bytes -= program.stored_bytes
+
+    # ----- named signatures: a session's own, then the worker's -----
+
+    def signatures_of(self, session: Session | None) -> dict[str, NamedSignature]:
+        return self.signatures if session is None else session.signatures
+
+    def add_signature(self, session: Session | None, named: NamedSignature) -> None:
+        """Register (or replace) a named signature for the session, or the worker."""
+        table = self.signatures_of(session)
+        old = table.get(named.name)
+        if old is None and len(table) >= MAX_SIGNATURES:
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"already {MAX_SIGNATURES} named signatures here; delete one first",
+                details={"limit": "max_signatures", "max_signatures": MAX_SIGNATURES},
+            )
+        removed = 0 if old is None else old.stored_bytes
+        self.check_room(session, named.stored_bytes, removed)
+        table[named.name] = named
+        if session is not None:
+            session.stored_bytes += named.stored_bytes - removed
+        self.stored_bytes += named.stored_bytes - removed
+
+    def remove_signature(self, session: Session | None, name: str) -> NamedSignature:
+        named = self.signatures_of(session).pop(name)
+        if session is not None:
+            session.stored_bytes -= named.stored_bytes
+        self.stored_bytes -= named.stored_bytes
+        return named
+
+    def find_signature(self, session: Session | None, name: str) -> NamedSignature | None:
+        """The session's signature of that name, else the worker's."""
+        if session is not None and name in session.signatures:
+            return session.signatures[name]
+        return self.signatures.get(name)
 
     @contextmanager
     def using(self, session: Session) -> Iterator[Session]:
