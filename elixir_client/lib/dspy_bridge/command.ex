@@ -20,9 +20,14 @@ defmodule DSPyBridge.Command do
 
   @repo_root Path.expand("../../..", __DIR__)
 
-  @typedoc "A resolved command: executable, arguments, environment and directory."
+  @typedoc """
+  A resolved command: executable, arguments, environment and directory, and
+  `source`, the setting that chose the interpreter (`:option`, `:config`,
+  `:env`, `:venv` or `:path`).
+  """
   @type t :: %{
           python: String.t(),
+          source: :option | :config | :env | :venv | :path,
           args: [String.t()],
           env: [{charlist(), charlist() | false}],
           cd: String.t() | nil
@@ -46,11 +51,14 @@ defmodule DSPyBridge.Command do
 
     venv_python = Path.join(@repo_root, ".venv/bin/python")
 
-    python =
-      opts[:python] || Application.get_env(:dspy_bridge, :python) ||
-        System.get_env("DSPY_BRIDGE_PYTHON") ||
-        if(File.exists?(venv_python), do: venv_python) ||
-        System.find_executable("python3") || "python3"
+    {source, python} =
+      cond do
+        opts[:python] -> {:option, opts[:python]}
+        python = Application.get_env(:dspy_bridge, :python) -> {:config, python}
+        python = System.get_env("DSPY_BRIDGE_PYTHON") -> {:env, python}
+        File.exists?(venv_python) -> {:venv, venv_python}
+        true -> {:path, System.find_executable("python3") || "python3"}
+      end
 
     python = System.find_executable(python) || python
 
@@ -62,6 +70,7 @@ defmodule DSPyBridge.Command do
 
     %{
       python: python,
+      source: source,
       args: Enum.map(opts[:args] ++ log_args ++ opts[:extra_args], &to_string/1),
       env: Enum.map(opts[:env], &env_pair/1),
       cd: opts[:cd]

@@ -11,8 +11,11 @@ defmodule DSPyBridge.Error do
       worker; retryable — the worker is replaced), `:internal`;
     * from the client itself: `:timeout` (the call's timeout ran out; the
       worker was sent `cancel`), `:worker_exited` (the worker process died
-      or was stopped while the call was in flight or queued), `:overloaded`
-      (the worker's in-flight bound and queue are full), `:limit_exceeded`
+      or was stopped while the call was in flight or queued; also, not
+      retryable, with `details["reason"] == "start_failed"`, a worker that
+      could not start: see "When a worker cannot start" in the README),
+      `:overloaded` (the worker's in-flight bound and queue are full),
+      `:limit_exceeded`
       (the request was not sent: its frame is larger than the worker's
       `max_frame_bytes`, holds more items than its `max_frame_items`, or
       nests deeper than the protocol's 128 levels),

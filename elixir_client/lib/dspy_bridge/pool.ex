@@ -76,12 +76,28 @@ defmodule DSPyBridge.Pool do
   @doc """
   Starts the pool supervisor, linked to the caller; see the module doc.
   Raises `ArgumentError` for an unknown option or a value of the wrong type.
+  When a worker cannot start (see "When a worker cannot start" in the
+  `Worker` module doc), returns `{:error, %Error{}}` naming the interpreter,
+  its first stderr lines and the setting to change.
   """
-  @spec start_link(keyword()) :: Supervisor.on_start()
+  @spec start_link(keyword()) :: Supervisor.on_start() | {:error, Error.t()}
   def start_link(opts) do
     opts = Options.validate!(opts, :pool)
-    Supervisor.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
+
+    case Supervisor.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name)) do
+      {:error, reason} -> {:error, start_error(reason) || reason}
+      other -> other
+    end
   end
+
+  # The first worker start failure in a supervisor's start error, if any.
+  defp start_error(%Error{details: %{"reason" => "start_failed"}} = error), do: error
+
+  defp start_error(reason) when is_tuple(reason),
+    do: reason |> Tuple.to_list() |> start_error()
+
+  defp start_error(reasons) when is_list(reasons), do: Enum.find_value(reasons, &start_error/1)
+  defp start_error(_), do: nil
 
   @doc "Stops the pool and all its workers (their OS processes are gone when it returns)."
   @spec stop(t(), timeout()) :: :ok

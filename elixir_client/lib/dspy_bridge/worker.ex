@@ -18,6 +18,19 @@ defmodule DSPyBridge.Worker do
     4. Only then does the worker take traffic. Requests that arrive earlier
        wait in its queue (up to their timeout).
 
+  ## When a worker cannot start
+
+  An interpreter that cannot be executed makes `start_link/1` return
+  `{:error, {:spawn_failed, python, %DSPyBridge.Error{}}}`. A worker that
+  exits before `ready`, or sends none within `:ready_timeout`, gives that
+  error to `await_ready/2` callers and stops with `{:shutdown,
+  {:worker_start_failed, error}}` (or `{:shutdown, :ready_timeout}`). The
+  error is a `:worker_exited` one, not retryable, whose message names the
+  interpreter, quotes the first stderr lines and names the setting that
+  chooses the interpreter; `details` has `"reason" => "start_failed"`,
+  `"python"`, `"args"`, `"exit_status"`, `"stderr"` (up to 20 lines) and
+  `"fix"`. The worker's stderr still goes to the BEAM's stderr.
+
   ## Requests
 
   `request/4` sends a request and blocks its caller until the response
@@ -131,7 +144,8 @@ defmodule DSPyBridge.Worker do
     Replayer,
     Replies,
     Request,
-    Shutdown
+    Shutdown,
+    StartFailure
   }
 
   @call_margin 5_000
@@ -268,11 +282,19 @@ defmodule DSPyBridge.Worker do
     end
   end
 
-  @doc "Waits until the worker has sent `ready` and finished its replay."
+  @doc """
+  Waits until the worker has sent `ready` and finished its replay. When the
+  worker cannot start (it exits before `ready`, or sends none within
+  `:ready_timeout`) the error says why: see "When a worker cannot start" in
+  the module doc.
+  """
   @spec await_ready(server(), timeout()) :: :ok | {:error, Error.t()}
   def await_ready(server, timeout \\ 30_000) do
     GenServer.call(server, :await_ready, timeout)
   catch
+    :exit, {{:shutdown, {:worker_start_failed, %Error{} = error}}, _} ->
+      {:error, error}
+
     :exit, {reason, _} ->
       {:error, Error.new(:worker_exited, "worker not ready: #{inspect(reason)}")}
   end
@@ -323,14 +345,16 @@ defmodule DSPyBridge.Worker do
   def init(opts) do
     Process.flag(:trap_exit, true)
 
-    case Effects.open(Command.resolve(opts)) do
-      {:error, reason} ->
+    ready_timeout = Keyword.fetch!(opts, :ready_timeout)
+
+    case Effects.open(Command.resolve(opts), ready_timeout) do
+      {:error, {:spawn_failed, _python, error} = reason} ->
+        Logger.error("dspy_bridge worker not started: #{error.message}")
         {:stop, reason}
 
-      {:ok, port, os_pid} ->
-        data = Data.new(opts, port, os_pid)
+      {:ok, port, os_pid, start} ->
+        data = %{Data.new(opts, port, os_pid) | start: start}
         Effects.hook(data, :on_start, [])
-        ready_timeout = Keyword.fetch!(opts, :ready_timeout)
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
   end
@@ -343,9 +367,18 @@ defmodule DSPyBridge.Worker do
 
   def starting(:info, {port, {:data, frame}}, %Data{port: port} = data) do
     case Protocol.decode(frame) do
-      {:event, "ready", event} -> Frames.ready(event, data)
-      decoded -> Frames.handle(decoded, :starting, data)
+      {:event, "ready", event} ->
+        StartFailure.discard(data.start)
+        Frames.ready(event, data)
+
+      decoded ->
+        Frames.handle(decoded, :starting, data)
     end
+  end
+
+  def starting(:info, {port, {:exit_status, status}}, %Data{port: port} = data) do
+    error = StartFailure.exited(data.start, status)
+    Shutdown.start_failed(data, error, status, {:shutdown, {:worker_start_failed, error}})
   end
 
   def starting(type, event, data), do: not_ready(type, event, :starting, data)
@@ -394,6 +427,12 @@ defmodule DSPyBridge.Worker do
   # Requests wait in the queue until the worker is ready (up to their timeout).
   defp not_ready({:call, from}, {:request, _, _, _, _, _} = msg, _state, data),
     do: Admission.hold(data, from, msg)
+
+  defp not_ready({:timeout, :ready}, nil, :starting, data) do
+    Effects.kill(data.os_pid)
+    error = StartFailure.timed_out(data.start)
+    Shutdown.start_failed(data, error, nil, {:shutdown, :ready_timeout})
+  end
 
   defp not_ready({:timeout, :ready}, nil, state, data) do
     Logger.error("dspy_bridge worker #{data.os_pid} not ready in time (#{state}); killing it")

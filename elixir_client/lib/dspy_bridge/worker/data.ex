@@ -39,6 +39,7 @@ defmodule DSPyBridge.Worker.Data do
     :ready,
     :started_at,
     :counters,
+    :start,
     init_commands: [],
     ready_waiters: [],
     exited: false
@@ -71,6 +72,7 @@ defmodule DSPyBridge.Worker.Data do
           ready: map() | nil,
           started_at: integer(),
           counters: %{counter() => non_neg_integer()},
+          start: map() | nil,
           init_commands: [{String.t(), map()}],
           ready_waiters: [GenServer.from()],
           exited: boolean()

@@ -8,21 +8,56 @@ defmodule DSPyBridge.Worker.Effects do
   require Logger
 
   alias DSPyBridge.{Error, Event, Telemetry}
+  alias DSPyBridge.Worker.StartFailure
 
-  @doc "Opens the worker's port: `{:ok, port, os_pid}` or `{:error, reason}`."
-  def open(cmd) do
-    port_opts =
-      [:binary, {:packet, 4}, :exit_status, :use_stdio, args: cmd.args, env: cmd.env] ++
-        if(cmd.cd, do: [cd: cmd.cd], else: [])
+  @doc """
+  Opens the worker's port (through DSPyBridge.Worker.StartFailure's wrapper,
+  which keeps the first lines of stderr): `{:ok, port, os_pid, start}` or
+  `{:error, {:spawn_failed, python, error}}` when the interpreter cannot be
+  executed.
+  """
+  def open(cmd, ready_timeout) do
+    case executable(cmd.python) do
+      :ok ->
+        {exe, args, start} = StartFailure.spawn_spec(cmd, ready_timeout)
 
-    try do
-      Port.open({:spawn_executable, cmd.python}, port_opts)
-    rescue
-      e -> {:error, {:spawn_failed, cmd.python, Exception.message(e)}}
-    else
-      port ->
-        {:os_pid, os_pid} = Port.info(port, :os_pid)
-        {:ok, port, os_pid}
+        port_opts =
+          [:binary, {:packet, 4}, :exit_status, :use_stdio, args: args, env: cmd.env] ++
+            if(cmd.cd, do: [cd: cmd.cd], else: [])
+
+        try do
+          Port.open({:spawn_executable, exe}, port_opts)
+        rescue
+          e ->
+            StartFailure.discard(start)
+            spawn_failed(cmd, Exception.message(e))
+        else
+          port ->
+            {:os_pid, os_pid} = Port.info(port, :os_pid)
+            {:ok, port, os_pid, start}
+        end
+
+      {:error, why} ->
+        spawn_failed(cmd, why)
+    end
+  end
+
+  defp spawn_failed(cmd, why),
+    do: {:error, {:spawn_failed, cmd.python, StartFailure.not_executable(cmd, why)}}
+
+  defp executable(path) do
+    case File.stat(path) do
+      {:ok, %File.Stat{type: :directory}} ->
+        {:error, "it is a directory"}
+
+      {:ok, %File.Stat{}} ->
+        if System.find_executable(path), do: :ok, else: {:error, "not executable"}
+
+      {:error, :enoent} ->
+        {:error, "no such file"}
+
+      {:error, reason} ->
+        {:error, :file.format_error(reason) |> to_string()}
     end
   end
 

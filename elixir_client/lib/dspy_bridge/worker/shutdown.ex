@@ -9,7 +9,7 @@ defmodule DSPyBridge.Worker.Shutdown do
   require Logger
 
   alias DSPyBridge.Protocol
-  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replies}
+  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replies, StartFailure}
 
   @doc """
   The OS process is gone (or its port closed, `kill?` then makes sure):
@@ -36,11 +36,37 @@ defmodule DSPyBridge.Worker.Shutdown do
     {:stop, {:shutdown, {:worker_exited, Keyword.fetch!(opts, :reason)}}, data}
   end
 
+  @doc """
+  The worker could not start (`error`, see DSPyBridge.Worker.StartFailure):
+  logs it, gives it to the `await_ready/2` callers, fails every waiting
+  caller, emits `worker_exited` and stops with `reason`.
+  """
+  @spec start_failed(Data.t(), DSPyBridge.Error.t(), integer() | nil, term()) ::
+          :gen_statem.event_handler_result(atom())
+  def start_failed(data, error, exit_status, reason) do
+    Logger.error("dspy_bridge worker #{data.os_pid} failed to start: #{error.message}")
+    Enum.each(data.ready_waiters, &:gen_statem.reply(&1, {:error, error}))
+    data = %{data | ready_waiters: [], exited: true}
+    pending = Data.pending(data)
+    data = Replies.fail_all(data, error.message)
+
+    Effects.emit(data, :client, "worker_exited", %{
+      "exit_status" => exit_status,
+      "in_flight" => pending
+    })
+
+    {:stop, reason, data}
+  end
+
   @doc "terminate/3: stops the OS process (unless it is gone) and leaves the pool's table."
   @spec terminate(term(), atom(), Data.t()) :: term()
-  def terminate(_reason, _state, %Data{exited: true} = data), do: Effects.unregister(data)
+  def terminate(_reason, _state, %Data{exited: true} = data) do
+    StartFailure.discard(data.start)
+    Effects.unregister(data)
+  end
 
   def terminate(reason, state, data) do
+    StartFailure.discard(data.start)
     data = if state == :draining, do: data, else: Outbound.send_shutdown(data)
     deadline = System.monotonic_time(:millisecond) + data.grace + data.kill_after
 
