@@ -14,13 +14,18 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from dspy_bridge.commands.common import check_optional_lm, engine_of, find_program
-from dspy_bridge.commands.execute import call_program, check_input_size, resolve_lm
+from dspy_bridge.commands.execute import (
+    call_program,
+    check_input_size,
+    resolve_lm,
+    usage_recorder,
+)
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, ProgramHandle
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.signatures import check_inputs
-from dspy_bridge.domain.usage import ModelUsage, merge_usage
+from dspy_bridge.domain.usage import merge_usage
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_fields
 
 table = CommandTable(needs_engine=True)
@@ -114,13 +119,7 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
     check_input_size(ctx, {"devset": args.devset}, "the devset's values")
     override = check_optional_lm(ctx, args.lm, "lm")
     outputs = [f.name for f in program.spec.outputs]
-    usage: dict[str, ModelUsage] = {}
-
-    def record(per_model: dict[str, ModelUsage]) -> None:
-        for model, one in per_model.items():
-            usage.setdefault(model, ModelUsage()).add(one)
-        session.usage.add(per_model)
-
+    usage, record = usage_recorder(session)
     with store.using(session):
         engine = await engine_of(ctx)
         metric = engine.metric(args.metric, outputs[0], outputs)

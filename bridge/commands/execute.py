@@ -56,12 +56,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
     check_inputs(program.spec, args.inputs)
     override = check_optional_lm(ctx, args.lm, "lm")
     config = args.config.model_dump(exclude_none=True) if args.config else {}
-    usage: dict[str, ModelUsage] = {}
-
-    def record(per_model: dict[str, ModelUsage]) -> None:
-        usage.update(per_model)
-        session.usage.add(per_model)
-
+    usage, record = usage_recorder(session)
     with store.using(session):  # from here on the session is never evicted under us
         engine = await engine_of(ctx)
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
@@ -74,6 +69,21 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         "usage": merge_usage(usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def usage_recorder(
+    session: Session,
+) -> tuple[dict[str, ModelUsage], Callable[[dict[str, ModelUsage]], None]]:
+    """This request's usage per model, and the engine's callback that adds to it and to
+    the session's book."""
+    usage: dict[str, ModelUsage] = {}
+
+    def record(per_model: dict[str, ModelUsage]) -> None:
+        for model, one in per_model.items():
+            usage.setdefault(model, ModelUsage()).add(one)
+        session.usage.add(per_model)
+
+    return usage, record
 
 
 def check_input_size(ctx: RequestContext, inputs: dict[str, Any], what: str = "the inputs") -> None:
