@@ -7,14 +7,11 @@ import asyncio
 import inspect
 from typing import Any
 
-import pytest
-
+import dspy_bridge.engine as engine_module
 from dspy_bridge.domain.lm import LmConfig, check_lm
 from dspy_bridge.domain.signatures import parse_signature
 from dspy_bridge.domain.usage import ModelUsage
-
-engine_module = pytest.importorskip("dspy_bridge.engine")
-from dspy_bridge.engine import fixes  # noqa: E402 - after the engine's own import
+from dspy_bridge.engine import fixes
 
 dspy = engine_module.dspy
 ENGINE = engine_module.ENGINE

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import dspy_bridge.engine as engine_module
 from dspy_bridge.domain.lm import LmConfig, check_lm
 from dspy_bridge.domain.signatures import parse_signature
 from dspy_bridge.domain.usage import ModelUsage
 from dspy_bridge.protocol.errors import BridgeError
 
-engine_module = pytest.importorskip("dspy_bridge.engine")
 dspy = engine_module.dspy
 ENGINE = engine_module.ENGINE
 

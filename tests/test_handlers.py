@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import dspy_bridge.engine as engine_module
 from dspy_bridge.commands import common, control, execute, lm, programs
 from dspy_bridge.commands.table import RequestContext
 from dspy_bridge.domain.sessions import SessionStore
@@ -22,8 +23,6 @@ from dspy_bridge.io.logs import LogQueue
 from dspy_bridge.io.outbox import OutboxBudget
 from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
-
-engine_module = pytest.importorskip("dspy_bridge.engine")
 
 
 @dataclass
