@@ -44,14 +44,21 @@ def program_not_found(session_id: str, program_id: str) -> BridgeError:
     )
 
 
-def find_program(ctx: RequestContext, session_id: str | None, program_id: str) -> ProgramHandle:
+def find_session_program(
+    ctx: RequestContext, session_id: str | None, program_id: str
+) -> tuple[Session, ProgramHandle]:
+    """The session and its program, looked up once; `not_found` if either is missing."""
     store = ctx.sessions
     session = store.get(session_id)
     program = None if session is None else session.programs.get(program_id)
-    if program is None:
+    if session is None or program is None:
         raise program_not_found(store.resolve_id(session_id), program_id)
     found: ProgramHandle = program
-    return found
+    return session, found
+
+
+def find_program(ctx: RequestContext, session_id: str | None, program_id: str) -> ProgramHandle:
+    return find_session_program(ctx, session_id, program_id)[1]
 
 
 def new_program_id(session: Session) -> str:

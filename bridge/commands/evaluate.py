@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dspy_bridge.commands.common import check_optional_lm, engine_of, find_program
+from dspy_bridge.commands.common import check_optional_lm, engine_of, find_session_program
 from dspy_bridge.commands.execute import (
     call_program,
     check_input_size,
@@ -114,8 +114,7 @@ async def _run_example(
 async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
     store = ctx.sessions
-    program = find_program(ctx, args.session_id, args.program_id)
-    session = store.require(args.session_id)
+    session, program = find_session_program(ctx, args.session_id, args.program_id)
     check_input_size(ctx, {"devset": args.devset}, "the devset's values")
     override = check_optional_lm(ctx, args.lm, "lm")
     outputs = [f.name for f in program.spec.outputs]

@@ -11,7 +11,7 @@ from pydantic import Field
 from dspy_bridge.commands.common import (
     check_optional_lm,
     engine_of,
-    find_program,
+    find_session_program,
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
@@ -50,8 +50,7 @@ class ExecuteProgramArgs(Args):
 async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
     store = ctx.sessions
-    program = find_program(ctx, args.session_id, args.program_id)
-    session = store.require(args.session_id)
+    session, program = find_session_program(ctx, args.session_id, args.program_id)
     check_input_size(ctx, args.inputs)
     check_inputs(program.spec, args.inputs)
     override = check_optional_lm(ctx, args.lm, "lm")

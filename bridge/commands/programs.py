@@ -17,6 +17,7 @@ from dspy_bridge.commands.common import (
     describe,
     engine_of,
     find_program,
+    find_session_program,
     new_program_id,
 )
 from dspy_bridge.commands.signatures import resolve_signature
@@ -109,9 +110,8 @@ async def list_programs(ctx: RequestContext, args: SessionRef) -> dict[str, Any]
 
 @table.command("delete_program", ProgramRef)
 async def delete_program(ctx: RequestContext, args: ProgramRef) -> dict[str, Any]:
-    program = find_program(ctx, args.session_id, args.program_id)
-    store = ctx.sessions
-    store.remove_program(store.require(args.session_id), program.program_id)
+    session, program = find_session_program(ctx, args.session_id, args.program_id)
+    ctx.sessions.remove_program(session, program.program_id)
     return {"deleted": True, "session_id": program.session_id, "program_id": program.program_id}
 
 

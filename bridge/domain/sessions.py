@@ -155,21 +155,18 @@ class SessionStore:
             self.default_lm = lm
         else:
             session.lm = lm
-            session.stored_bytes += added - removed
-        self.stored_bytes += added - removed
+        self._count_stored(session, added - removed)
 
     def add_program(self, session: Session, program: ProgramHandle) -> None:
         """Store a program whose id the caller checked is free (no await in between)."""
         self.check_program_room(session)
         self.check_room(session, program.stored_bytes)
         session.programs[program.program_id] = program
-        session.stored_bytes += program.stored_bytes
-        self.stored_bytes += program.stored_bytes
+        self._count_stored(session, program.stored_bytes)
 
     def remove_program(self, session: Session, program_id: str) -> None:
         program = session.programs.pop(program_id)
-        session.stored_bytes -= program.stored_bytes
-        self.stored_bytes -= program.stored_bytes
+        self._count_stored(session, -program.stored_bytes)
 
     # ----- named signatures: a session's own, then the worker's -----
 
@@ -189,16 +186,18 @@ class SessionStore:
         removed = 0 if old is None else old.stored_bytes
         self.check_room(session, named.stored_bytes, removed)
         table[named.name] = named
-        if session is not None:
-            session.stored_bytes += named.stored_bytes - removed
-        self.stored_bytes += named.stored_bytes - removed
+        self._count_stored(session, named.stored_bytes - removed)
 
     def remove_signature(self, session: Session | None, name: str) -> NamedSignature:
         named = self.signatures_of(session).pop(name)
-        if session is not None:
-            session.stored_bytes -= named.stored_bytes
-        self.stored_bytes -= named.stored_bytes
+        self._count_stored(session, -named.stored_bytes)
         return named
+
+    def _count_stored(self, session: Session | None, change: int) -> None:
+        """What the session (none: the worker itself) and the worker store, changed."""
+        if session is not None:
+            session.stored_bytes += change
+        self.stored_bytes += change
 
     def find_signature(self, session: Session | None, name: str) -> NamedSignature | None:
         """The session's signature of that name, else the worker's."""
