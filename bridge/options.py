@@ -24,6 +24,7 @@ class WorkerOptions:
     enable_test_commands: bool = False
     worker_id: str | None = None
     default_grace_ms: int = 5000
+    callback_timeout_ms: int = 60_000
     max_sessions: int = 10_000
     max_programs_per_session: int = 1_000
     max_input_bytes: int = 1024 * 1024
@@ -87,6 +88,7 @@ COUNT_FLAGS: dict[str, str] = {
     "max_reply_bytes": "largest frame the worker sends; a larger reply becomes limit_exceeded",
     "max_outbox_bytes": "reply bytes the host has not read beyond which no request is read",
     "default_grace_ms": "grace for in-flight work on shutdown without grace_ms, and on SIGTERM",
+    "callback_timeout_ms": "longest wait for one callback's answer from the host",
     "max_sessions": "sessions beyond which a new one is refused with limit_exceeded",
     "max_programs_per_session": "programs one session may hold",
     "max_input_bytes": "largest msgpack size of one execute_program's inputs",

@@ -20,6 +20,7 @@ class ErrorType(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     SHUTTING_DOWN = "shutting_down"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    HOST_ERROR = "host_error"
     INTERNAL = "internal"
 
 

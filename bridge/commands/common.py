@@ -77,6 +77,7 @@ def describe(program: ProgramHandle) -> dict[str, Any]:
         "program_id": program.program_id,
         "session_id": program.session_id,
         "program_type": program.program_type,
+        "options": program.options,
         "signature": program.spec.to_wire(),
         "lm": lm_summary(program.lm),
         "demos": len(program.demos()),

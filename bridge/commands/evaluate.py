@@ -99,7 +99,7 @@ async def _run_example(
 ) -> dict[str, Any]:
     try:
         async with asyncio.timeout(None if timeout_ms is None else timeout_ms / 1000):
-            outputs = await call_program(ctx, engine, program, lm, inputs, {}, record)
+            outputs = (await call_program(ctx, engine, program, lm, inputs, {}, record)).outputs
     except TimeoutError:
         error = BridgeError(ErrorType.TIMEOUT, f"the example did not finish within {timeout_ms} ms",
                             details={"timeout_ms": timeout_ms})

@@ -14,7 +14,7 @@ from dspy_bridge.commands.common import (
     find_session_program,
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle
+from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle, Run
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
@@ -44,6 +44,7 @@ class ExecuteProgramArgs(Args):
     inputs: dict[str, Any] = Field(default_factory=dict)
     lm: LmConfig | None = None
     config: CallConfig | None = None
+    expected: dict[str, Any] | None = None
 
 
 @table.command("execute_program", ExecuteProgramArgs)
@@ -60,14 +61,18 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         engine = await engine_of(ctx)
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
         lm, source = resolve_lm(call_lm, program, session, store.default_lm)
-        outputs = await call_program(ctx, engine, program, lm, args.inputs, config, record)
-    return {
-        "outputs": outputs,
+        run = await call_program(ctx, engine, program, lm, args.inputs, config, record,
+                                 args.expected)
+    result: dict[str, Any] = {"outputs": run.outputs}
+    if run.trajectory is not None:
+        result["trajectory"] = run.trajectory
+    result.update({
         "lm": lm.model,
         "lm_source": source,
         "usage": merge_usage(usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-    }
+    })
+    return result
 
 
 def usage_recorder(
@@ -104,12 +109,13 @@ async def call_program(
     inputs: dict[str, Any],
     config: dict[str, Any],
     record: Callable[[dict[str, ModelUsage]], None],
-) -> dict[str, Any]:
+    expected: dict[str, Any] | None = None,
+) -> Run:
     """One call of the program through the LM's circuit breaker."""
     breaker = ctx.sessions.breaker_for(lm)
     breaker.before_call(lm.model)
     try:
-        outputs = await engine.execute(program, lm, inputs, config, record)
+        run = await engine.execute(program, lm, inputs, config, record, ctx.host, expected)
     except BridgeError as error:
         details = error.details or {}
         breaker.on_failure(retryable_provider_failure=error.type is ErrorType.LM_ERROR
@@ -119,7 +125,7 @@ async def call_program(
         breaker.on_abandoned()
         raise
     breaker.on_success()
-    return outputs
+    return run
 
 
 def resolve_lm(call_lm: LmHandle | None, program: ProgramHandle,

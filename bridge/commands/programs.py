@@ -26,8 +26,9 @@ from dspy_bridge.domain.documents import ProgramDocument, program_document
 from dspy_bridge.domain.engine_port import Engine, LmHandle
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId, invalid_from
+from dspy_bridge.domain.program_options import check_options
 from dspy_bridge.domain.signatures import SignatureSpec, check_demos, parse_signature
-from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
 
 table = CommandTable(needs_engine=True)
 
@@ -42,11 +43,15 @@ def insert_program(
     lm: LmHandle | None,
     demos: list[dict[str, Any]],
     state: dict[str, Any] | None,
+    raw_options: dict[str, Any] | None,
+    options_field: str = "options",
 ) -> dict[str, Any]:
     """Build and store a new program, answering what create and import answer. Nothing
-    here awaits: the id check and the insertion are one step."""
+    here awaits: the id check and the insertion are one step (and the host functions the
+    options name are the session's at that step)."""
     store = ctx.sessions
     session = store.get_or_create(session_id)
+    options = check_options(type_name, raw_options, session.tools, options_field)
     if requested_id is not None and requested_id in session.programs:
         raise BridgeError(
             ErrorType.ALREADY_EXISTS,
@@ -54,8 +59,12 @@ def insert_program(
             details={"session_id": session.session_id, "program_id": requested_id},
         )
     program_id = requested_id or new_program_id(session)
+    if state is not None:
+        state = engine.check_state(spec, engine.program_type(type_name), state, options,
+                                   session.tools)
     program = engine.build_program(
-        program_id, session.session_id, spec, type_name, lm, demos, state
+        program_id, session.session_id, spec, type_name, lm, demos, state, options,
+        session.tools,
     )
     store.add_program(session, program)
     return {
@@ -63,6 +72,7 @@ def insert_program(
         "session_id": session.session_id,
         "program_type": program.program_type,
         "signature": spec.to_wire(),
+        "options": program.options,
     }
 
 
@@ -71,6 +81,7 @@ class CreateProgramArgs(Args):
     program_id: ProgramId | None = None
     signature: Annotated[str, Field(min_length=1)] | dict[str, Any]
     program_type: Annotated[str, Field(min_length=1, max_length=100)] = "predict"
+    options: dict[str, Any] | None = None
     lm: LmConfig | None = None
     demos: Annotated[list[dict[str, Any]], Field(max_length=10_000)] | None = None
     instructions: Annotated[str, Field(max_length=50_000)] | None = None
@@ -84,11 +95,13 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     checked = check_optional_lm(ctx, args.lm, "lm")
     engine = await engine_of(ctx)
     program_type = engine.program_type(args.program_type)
-    check_demos(spec, args.demos or [], program_type.extra_outputs)
+    if args.demos and not program_type.takes_demos:
+        raise invalid_field("demos", f"a {program_type.name} program takes no demos")
+    check_demos(spec, args.demos or [], program_type.outputs_added(args.options or {}))
     engine.signature(spec, program_type)  # DSPy's own name rules, before anything is stored
     lm = await engine.lm(checked, "lm.model") if checked is not None else None
     return insert_program(ctx, engine, args.session_id, args.program_id, spec,
-                          program_type.name, lm, args.demos or [], None)
+                          program_type.name, lm, args.demos or [], None, args.options)
 
 
 @table.command("get_program", ProgramRef)
@@ -139,7 +152,7 @@ async def import_program(ctx: RequestContext, args: ImportProgramArgs) -> dict[s
     checked = check_optional_lm(ctx, document.lm, "document.lm")
     engine = await engine_of(ctx)
     program_type = engine.program_type(document.program_type, "document.program_type")
-    state = engine.check_state(spec, program_type, document.state)
     lm = await engine.lm(checked, "document.lm.model") if checked is not None else None
     return insert_program(ctx, engine, args.session_id, args.program_id or document.program_id,
-                          spec, program_type.name, lm, [], state)
+                          spec, program_type.name, lm, [], document.state, document.options,
+                          "document.options")

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "get_stats": "dspy_bridge.commands.control",
     "cancel": "dspy_bridge.commands.control",
     "shutdown": "dspy_bridge.commands.control",
+    "callback_reply": "dspy_bridge.commands.control",
     "configure_lm": "dspy_bridge.commands.lm",
     "create_program": "dspy_bridge.commands.programs",
     "execute_program": "dspy_bridge.commands.execute",
@@ -37,6 +38,9 @@ COMMANDS: dict[str, str] = {
     "get_signature": "dspy_bridge.commands.signatures",
     "list_signatures": "dspy_bridge.commands.signatures",
     "delete_signature": "dspy_bridge.commands.signatures",
+    "register_tools": "dspy_bridge.commands.tools",
+    "list_tools": "dspy_bridge.commands.tools",
+    "delete_tool": "dspy_bridge.commands.tools",
 }
 
 # Enabled only by --enable-test-commands (this list alone decides which those are).

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
+from dspy_bridge.domain.host import HostCaller
 from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
@@ -51,20 +52,29 @@ class ControlPort(Protocol):
 
     def cancel(self, request_id: int | str) -> bool: ...
 
+    def settle_callback(
+        self, callback_id: str, result: Any, error: dict[str, Any] | None
+    ) -> str | None:
+        """The host's answer to a callback: `accepted`, `not_waiting`, or None when this
+        worker never issued that id."""
+        ...
+
     def begin_shutdown(self, grace_ms: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """What a handler may use: the request's id, the worker's settings and session store,
-    the engine (awaited: DSPy may still be loading), events, and the control port."""
+    the engine (awaited: DSPy may still be loading), events, the control port, and (for
+    DSPy commands) the way to call the host's functions."""
 
     request_id: int | str
     options: WorkerOptions
     sessions: SessionStore
     engine: Callable[[], Awaitable[ModuleType]]
-    emit_event: Callable[..., None]
+    emit_event: Callable[..., object]
     control: ControlPort
+    host: HostCaller | None = None
 
     def progress(self, **fields: Any) -> None:
         self.emit_event("progress", request_id=self.request_id, **fields)

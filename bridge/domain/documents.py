@@ -23,6 +23,7 @@ class ProgramDocument(Args):
     signature: dict[str, Any]
     lm: LmConfig | None = None
     state: dict[str, Any]
+    options: dict[str, Any] = Field(default_factory=dict)
     dspy_version: str | None = None
     secrets_omitted: list[str] = Field(default_factory=list)
 
@@ -41,6 +42,7 @@ def program_document(
         "signature": program.spec.to_wire(),
         "lm": lm,
         "state": state,
+        "options": program.options,
         "dspy_version": dspy_version,
         "secrets_omitted": omitted,
     }

@@ -7,13 +7,23 @@ session store work, and are tested, without DSPy loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.host import HostCaller, HostFunction
 from dspy_bridge.domain.lm import CheckedLm
 from dspy_bridge.domain.signatures import SignatureSpec
 from dspy_bridge.domain.usage import ModelUsage
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One call of a program: its outputs, and a ReAct program's trajectory (steps)."""
+
+    outputs: dict[str, Any]
+    trajectory: list[dict[str, Any]] | None = None
 
 
 class LmHandle(Protocol):
@@ -42,6 +52,11 @@ class ProgramType(Protocol):
     @property
     def extra_outputs(self) -> tuple[str, ...]: ...
 
+    @property
+    def takes_demos(self) -> bool: ...
+
+    def outputs_added(self, options: Mapping[str, Any]) -> tuple[str, ...]: ...
+
 
 class ProgramHandle(Protocol):
     """A built program (for DSPy: a module) with what the bridge knows of it."""
@@ -60,6 +75,9 @@ class ProgramHandle(Protocol):
 
     @property
     def lm(self) -> LmHandle | None: ...
+
+    @property
+    def options(self) -> dict[str, Any]: ...
 
     @property
     def created_at(self) -> float: ...
@@ -105,13 +123,22 @@ class Engine(Protocol):
         lm: LmHandle | None,
         demos: list[dict[str, Any]],
         state: dict[str, Any] | None,
+        options: dict[str, Any],
+        tools: Mapping[str, HostFunction],
     ) -> ProgramHandle: ...
 
     def export_state(self, program: ProgramHandle) -> dict[str, Any]: ...
 
     def check_state(
-        self, spec: SignatureSpec, program_type: ProgramType, state: dict[str, Any]
+        self,
+        spec: SignatureSpec,
+        program_type: ProgramType,
+        state: dict[str, Any],
+        options: dict[str, Any],
+        tools: Mapping[str, HostFunction],
     ) -> dict[str, Any]: ...
+
+    def check_tool_parameters(self, schema: dict[str, Any], field_name: str) -> None: ...
 
     async def execute(
         self,
@@ -120,7 +147,9 @@ class Engine(Protocol):
         inputs: dict[str, Any],
         config: dict[str, Any],
         record: Callable[[dict[str, ModelUsage]], None],
-    ) -> dict[str, Any]: ...
+        host: HostCaller | None = None,
+        expected: dict[str, Any] | None = None,
+    ) -> Run: ...
 
     def configure_cache(self, **changes: Any) -> dict[str, Any]: ...
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dspy_bridge.domain.breakers import BreakerSettings
+from dspy_bridge.domain.host import FunctionName
 from dspy_bridge.domain.limits import DEFAULT_API_KEY_ENV_ALLOW
 from dspy_bridge.domain.models import Args, invalid_from
 from dspy_bridge.domain.redaction import REDACTED, redact, secret_values
@@ -50,6 +51,8 @@ class MockOptions(Args):
     sequence: list[Any] = Field(default_factory=list)
     latency_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 0
     fail: MockFail | None = None
+    # A host function declared in the calling session: it answers every call.
+    generator: FunctionName | None = None
 
     @field_validator("fail", mode="before")
     @classmethod
@@ -64,7 +67,7 @@ class MockOptions(Args):
     @property
     def stateful(self) -> bool:
         """Answers that depend on the call's order, which a response cache would defeat."""
-        return bool(self.sequence) or self.fail is not None
+        return bool(self.sequence) or self.fail is not None or self.generator is not None
 
 
 # The mock's options, also accepted at the top level of an LM config (see LmConfig).
@@ -98,6 +101,7 @@ class LmConfig(Args):
     sequence: Any = None
     latency_ms: Any = None
     fail: Any = None
+    generator: Any = None
 
     @model_validator(mode="before")
     @classmethod

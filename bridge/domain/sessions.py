@@ -14,6 +14,7 @@ from typing import Any
 
 from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.host import MAX_TOOLS, HostFunction
 from dspy_bridge.domain.limits import SessionLimits
 from dspy_bridge.domain.signatures import SignatureSpec
 from dspy_bridge.domain.usage import UsageBook
@@ -40,6 +41,7 @@ class Session:
     programs: dict[str, Any] = field(default_factory=dict)
     usage: UsageBook = field(default_factory=UsageBook)
     signatures: dict[str, NamedSignature] = field(default_factory=dict)
+    tools: dict[str, HostFunction] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     last_used_monotonic: float = field(default_factory=time.monotonic)
@@ -55,6 +57,7 @@ class Session:
         return {
             "session_id": self.session_id,
             "programs": len(self.programs),
+            "tools": len(self.tools),
             "lm": None if self.lm is None else self.lm.model,
             "created_at": self.created_at,
             "last_used": self.last_used,
@@ -192,6 +195,32 @@ class SessionStore:
         named = self.signatures_of(session).pop(name)
         self._count_stored(session, -named.stored_bytes)
         return named
+
+    # ----- host functions: a session's own -----
+
+    def add_tools(self, session: Session, functions: list[HostFunction]) -> None:
+        """Declare (or replace) host functions for the session: all of them, or none."""
+        names = {function.name for function in functions}
+        if len(names | set(session.tools)) > MAX_TOOLS:
+            raise BridgeError(
+                ErrorType.LIMIT_EXCEEDED,
+                f"session {session.session_id!r} would declare more than {MAX_TOOLS} host "
+                "functions; delete some first",
+                retryable=False,
+                details={"limit": "max_tools", "max_tools": MAX_TOOLS,
+                         "session_id": session.session_id},
+            )
+        added = sum(function.stored_bytes for function in functions)
+        removed = sum(session.tools[name].stored_bytes for name in names if name in session.tools)
+        self.check_room(session, added, removed)
+        for function in functions:
+            session.tools[function.name] = function
+        self._count_stored(session, added - removed)
+
+    def remove_tool(self, session: Session, name: str) -> HostFunction:
+        function = session.tools.pop(name)
+        self._count_stored(session, -function.stored_bytes)
+        return function
 
     def _count_stored(self, session: Session | None, change: int) -> None:
         """What the session (none: the worker itself) and the worker store, changed."""

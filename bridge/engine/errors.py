@@ -88,3 +88,13 @@ def parse_error(exc: Any, model: str, secrets: frozenset[str]) -> BridgeError:
             "model": model,
         },
     )
+
+
+def no_prediction(program_type: str, model: str) -> BridgeError:
+    """BestOfN and Refine answer nothing when every attempt failed (within fail_count)."""
+    return BridgeError(
+        ErrorType.LM_ERROR,
+        f"{model}: every attempt of the {program_type} program failed",
+        retryable=False,
+        details={"reason": "all_attempts_failed", "model": model},
+    )

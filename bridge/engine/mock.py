@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 from dspy import lm15
 from dspy.clients.engines.base import validate_request
 
+from dspy_bridge.domain.host import Purpose
+from dspy_bridge.engine.tools import current_host
+
 if TYPE_CHECKING:
     from dspy_bridge.domain.lm import MockOptions
 
@@ -90,7 +93,11 @@ class MockEngine:
     # ----- the engine interface -----
 
     def complete(self, request: lm15.Request) -> lm15.Response:
-        delay, outcome = self.plan(request)
+        generated = MISSING
+        if self.options.generator is not None:  # DSPy's sync path runs in a thread
+            generated = current_host().call_blocking(
+                self.options.generator, Purpose.MOCK, self.generator_args(request))
+        delay, outcome = self.plan(request, generated)
         if delay:
             time.sleep(delay)
         return self._deliver(outcome)
@@ -103,8 +110,17 @@ class MockEngine:
 
     # ----- answering -----
 
-    def plan(self, request: lm15.Request) -> tuple[float, lm15.Response | Exception]:
-        """The simulated latency and the answer (or provider error) for one call."""
+    def generator_args(self, request: lm15.Request) -> dict[str, Any]:
+        """What a host generator is asked: the prompt's inputs and the outputs wanted."""
+        user_texts = [m.text or "" for m in request.messages if m.role == "user"]
+        outputs = parse_output_fields(_text_of(request.system))
+        return {"model": self.model, "inputs": parse_inputs(user_texts[-1] if user_texts else ""),
+                "outputs": [name for name, _ in outputs]}
+
+    def plan(self, request: lm15.Request,
+             generated: Any = MISSING) -> tuple[float, lm15.Response | Exception]:
+        """The simulated latency and the answer (or provider error) for one call; a host
+        generator's answer, when there is one, is `generated`."""
         validate_request(request)
         with self._lock:
             call_index = self.calls
@@ -121,7 +137,7 @@ class MockEngine:
             message = fail.message or (
                 f"simulated {fail.error} failure (mock call #{call_index + 1})")
             return latency, error_class(message, provider="mock", status=status, retry_after=0.0)
-        return latency, self._response(request, call_index)
+        return latency, self._response(request, call_index, generated)
 
     @staticmethod
     def _deliver(outcome: lm15.Response | Exception) -> lm15.Response:
@@ -129,7 +145,8 @@ class MockEngine:
             raise outcome
         return outcome
 
-    def _response(self, request: lm15.Request, call_index: int) -> lm15.Response:
+    def _response(self, request: lm15.Request, call_index: int,
+                  generated: Any) -> lm15.Response:
         system = _text_of(request.system)
         user_texts = [m.text or "" for m in request.messages if m.role == "user"]
         last_user = user_texts[-1] if user_texts else ""
@@ -139,7 +156,7 @@ class MockEngine:
             or "Outputs will be a JSON object" in system
             or "Respond with a JSON object" in last_user
         )
-        value = self._choose(parse_inputs(last_user))
+        value = generated if generated is not MISSING else self._choose(parse_inputs(last_user))
         if isinstance(value, dict) and set(value) == {RAW_KEY}:
             text = str(value[RAW_KEY])
         else:
@@ -178,7 +195,12 @@ class AsyncMockEngine:
         self.sync = sync
 
     async def complete(self, request: lm15.Request) -> lm15.Response:
-        delay, outcome = self.sync.plan(request)
+        generated = MISSING
+        generator = self.sync.options.generator
+        if generator is not None:
+            generated = await current_host().call(
+                generator, Purpose.MOCK, self.sync.generator_args(request))
+        delay, outcome = self.sync.plan(request, generated)
         if delay:
             await asyncio.sleep(delay)
         return self.sync._deliver(outcome)

@@ -1,23 +1,27 @@
 """Programs: their types, the DSPy signature built from a spec, handles, and state.
 
-A program is a DSPy module (`PROGRAM_TYPES`: predict, chain_of_thought) over a signature
-built from a checked `SignatureSpec`, optionally with demos or a state document; a state
-document from the wire is first reduced to what a program may take from it.
+A program is a DSPy module (`PROGRAM_TYPES`: predict, chain_of_thought, react, best_of_n,
+refine) over a signature built from a checked `SignatureSpec`, with its type's checked
+options, optionally with demos or a state document; a state document from the wire is
+first reduced to what a program may take from it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from dspy_bridge.domain.host import HostFunction
 from dspy_bridge.domain.signatures import annotation_of
 from dspy_bridge.engine.lm import LmHandle
+from dspy_bridge.engine.tools import host_tool, reward_function
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import invalid_field
 
@@ -28,18 +32,80 @@ if TYPE_CHECKING:
 # ----- program types and handles -----
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one per type: hashed by identity (functools.cache)
 class ProgramType:
     name: str
-    build: Callable[[Any], Any]
+    # (signature, checked options, the session's host functions) -> a DSPy module
+    build: Callable[[Any, Mapping[str, Any], Mapping[str, HostFunction]], Any]
     # Output fields the module adds to the signature's own (chain_of_thought: reasoning).
     extra_outputs: tuple[str, ...] = ()
+    # Field names the module uses itself, so a signature cannot.
+    reserved: tuple[str, ...] = ()
+    takes_demos: bool = True
+    # Options a template of the type is built with (to read DSPy's parameter names).
+    template_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def outputs_added(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """Output fields added for these options (best_of_n: its module's)."""
+        if "module" in options:
+            return PROGRAM_TYPES[options["module"]].extra_outputs
+        return self.extra_outputs
 
 
-# Adding a program type is adding an entry.
+def _plain(module: Callable[[Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    return lambda signature, options, tools: module(signature)
+
+
+def _react(signature: Any, options: Mapping[str, Any], tools: Mapping[str, HostFunction]) -> Any:
+    return dspy.ReAct(signature, [host_tool(tools[name]) for name in options["tools"]],
+                      max_iters=options["max_iters"])
+
+
+def _attempts(cls: Any) -> Callable[[Any, Any, Any], Any]:
+    def build(signature: Any, options: Mapping[str, Any],
+              tools: Mapping[str, HostFunction]) -> Any:
+        inner_type = PROGRAM_TYPES[options["module"]]
+        inner = inner_type.build(signature, {}, tools)
+        outputs = [*inner_type.extra_outputs, *signature.output_fields]
+        reward = reward_function(options["reward"], outputs, to_wire)
+        return cls(module=inner, N=options["n"], reward_fn=reward,
+                   threshold=options["threshold"], fail_count=options.get("fail_count"))
+
+    return build
+
+
+class PerCallFailCount:
+    """BestOfN and Refine count `fail_count` down on the module itself, so failures add up
+    over every call a shared program serves until it fails at once: each call counts on
+    its own copy (tests/test_engine_fixes.py fails when DSPy stops doing this)."""
+
+    def forward(self, **kwargs: Any) -> Any:
+        call = copy.copy(self)
+        return super(PerCallFailCount, call).forward(**kwargs)  # type: ignore[misc]
+
+
+class BestOfN(PerCallFailCount, dspy.BestOfN):  # type: ignore[misc]
+    pass
+
+
+class Refine(PerCallFailCount, dspy.Refine):  # type: ignore[misc]
+    pass
+
+
+_TEMPLATE_ATTEMPTS = {"module": "predict", "n": 1, "threshold": 1.0,
+                      "reward": {"metric": "exact_match", "expected": ""}}
+_REACT_RESERVED = ("trajectory", "next_thought", "next_tool_name", "next_tool_args")
+
+# Adding a program type is adding an entry (and its options in domain/program_options).
 PROGRAM_TYPES: dict[str, ProgramType] = {
-    "predict": ProgramType("predict", dspy.Predict),
-    "chain_of_thought": ProgramType("chain_of_thought", dspy.ChainOfThought, ("reasoning",)),
+    "predict": ProgramType("predict", _plain(dspy.Predict)),
+    "chain_of_thought": ProgramType("chain_of_thought", _plain(dspy.ChainOfThought),
+                                    ("reasoning",)),
+    "react": ProgramType("react", _react, ("reasoning",), _REACT_RESERVED, takes_demos=False,
+                         template_options={"tools": [], "max_iters": 1}),
+    "best_of_n": ProgramType("best_of_n", _attempts(BestOfN),
+                             template_options=_TEMPLATE_ATTEMPTS),
+    "refine": ProgramType("refine", _attempts(Refine), template_options=_TEMPLATE_ATTEMPTS),
 }
 
 
@@ -52,6 +118,7 @@ class ProgramHandle:
     module: Any  # dspy.Module
     lm: LmHandle | None
     output_names: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
     # msgpack bytes of what it stores (signature, demos or state, LM config).
     stored_bytes: int = 0
     created_at: float = field(default_factory=time.time)
@@ -89,7 +156,8 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
     DSPy passes a program's fields through as keyword arguments (`self`, the callback
     wrapper's `instance`, `Example`'s `base`, ...). Read from DSPy itself, so a parameter
     added by an upgrade is refused too (tests/test_engine_runtime.py guards the known ones)."""
-    template = program_type.build(dspy.Signature("bridge_in -> bridge_out"))
+    template = program_type.build(dspy.Signature("bridge_in -> bridge_out"),
+                                  program_type.template_options, {})
     functions: list[Any] = [dspy.Example.__init__]
     owners = (template, *(predictor for _, predictor in template.named_predictors()))
     for cls in {cls for owner in owners for cls in type(owner).__mro__}:  # super() calls too
@@ -131,7 +199,7 @@ def build_signature(spec: SignatureSpec, program_type: ProgramType) -> Any:
             raise invalid_field("signature", f"field name {name!r} cannot be used: DSPy "
                                 "calls programs through functions with a parameter of "
                                 "that name, so the field could never be passed")
-        if name in program_type.extra_outputs:
+        if name in program_type.extra_outputs or name in program_type.reserved:
             raise invalid_field("signature", f"field name {name!r} is used by the "
                                 f"{program_type.name} program type itself")
         if hasattr(dspy.Signature, name):
@@ -147,18 +215,20 @@ def _field(spec_field: Any, kind: Any) -> tuple[Any, Any]:
 
 def build_program(program_id: str, session_id: str, spec: SignatureSpec,
                   type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
-                  state: dict[str, Any] | None) -> ProgramHandle:
+                  state: dict[str, Any] | None, options: dict[str, Any],
+                  tools: Mapping[str, HostFunction]) -> ProgramHandle:
     program_type = PROGRAM_TYPES[type_name]
-    module = program_type.build(build_signature(spec, program_type))
+    module = program_type.build(build_signature(spec, program_type), options, tools)
     if state is not None:
         module.load_state(state)
     elif demos:
         for _, predictor in module.named_predictors():
             predictor.demos = [dspy.Example(**demo) for demo in demos]
-    output_names = [*program_type.extra_outputs, *(f.name for f in spec.outputs)]
-    stored = len(codec.pack([spec.to_wire(), demos, state])) + (lm.stored_bytes if lm else 0)
+    output_names = [*program_type.outputs_added(options), *(f.name for f in spec.outputs)]
+    stored = len(codec.pack([spec.to_wire(), demos, state, options])) + (
+        lm.stored_bytes if lm else 0)
     return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names,
-                         stored)
+                         options, stored)
 
 
 def export_state(program: ProgramHandle) -> dict[str, Any]:
@@ -168,12 +238,12 @@ def export_state(program: ProgramHandle) -> dict[str, Any]:
 # ----- state documents -----
 
 
-def check_state(spec: SignatureSpec, program_type: ProgramType,
-                state: dict[str, Any]) -> dict[str, Any]:
+def check_state(spec: SignatureSpec, program_type: ProgramType, state: dict[str, Any],
+                options: dict[str, Any], tools: Mapping[str, HostFunction]) -> dict[str, Any]:
     """A state document from the wire, reduced to what a program may take from it:
     demos, instructions and field prefixes/descriptions (never an LM, never any other
     attribute DSPy's load_state would set)."""
-    template = program_type.build(build_signature(spec, program_type))
+    template = program_type.build(build_signature(spec, program_type), options, tools)
     predictors = dict(template.named_predictors())
     if list(predictors) == ["self"]:
         return _check_predictor(state, predictors["self"], "document.state")

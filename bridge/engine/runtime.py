@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
 import dspy_bridge.engine.fixes as fixes
+from dspy_bridge.domain.engine_port import Run
+from dspy_bridge.domain.host import HostCaller, HostFunction
 from dspy_bridge.domain.limits import CacheLimits
 from dspy_bridge.domain.usage import ModelUsage
 from dspy_bridge.engine.cache import (
@@ -29,7 +31,13 @@ from dspy_bridge.engine.cache import (
     default_cache_settings,
     install_cache,
 )
-from dspy_bridge.engine.errors import check_outputs, invalid_output, parse_error, provider_error
+from dspy_bridge.engine.errors import (
+    check_outputs,
+    invalid_output,
+    no_prediction,
+    parse_error,
+    provider_error,
+)
 from dspy_bridge.engine.lm import LmHandle, build_lm, import_litellm
 from dspy_bridge.engine.metrics import Metric, check_metric
 from dspy_bridge.engine.programs import (
@@ -43,11 +51,24 @@ from dspy_bridge.engine.programs import (
     to_wire,
 )
 from dspy_bridge.engine.scope import SCOPE, CallScope
+from dspy_bridge.engine.tools import check_parameters, steps_of
 from dspy_bridge.protocol.errors import invalid_field
 
 if TYPE_CHECKING:
     from dspy_bridge.domain.lm import CheckedLm
     from dspy_bridge.domain.signatures import SignatureSpec
+
+
+def translate(exc: Exception, lm: LmHandle) -> Exception:
+    """A DSPy failure as the typed error the host sees; anything else unchanged."""
+    if isinstance(exc, dspy.AdapterParseError):
+        return parse_error(exc, lm.model, lm.checked.secrets)
+    if isinstance(exc, RecursionError):
+        # An answer nested so deeply that parsing or converting it blew the stack.
+        return invalid_output(lm.model, None, "is nested too deeply to parse")
+    if isinstance(exc, dspy.LMError):
+        return provider_error(exc, lm.model, lm.checked.secrets)
+    return exc
 
 
 class Engine:
@@ -97,49 +118,63 @@ class Engine:
 
     def build_program(self, program_id: str, session_id: str, spec: SignatureSpec,
                       type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
-                      state: dict[str, Any] | None) -> ProgramHandle:
-        return build_program(program_id, session_id, spec, type_name, lm, demos, state)
+                      state: dict[str, Any] | None, options: dict[str, Any],
+                      tools: Mapping[str, HostFunction]) -> ProgramHandle:
+        return build_program(program_id, session_id, spec, type_name, lm, demos, state,
+                             options, tools)
 
     def export_state(self, program: ProgramHandle) -> dict[str, Any]:
         return export_state(program)
 
     def check_state(self, spec: SignatureSpec, program_type: ProgramType,
-                    state: dict[str, Any]) -> dict[str, Any]:
-        return check_state(spec, program_type, state)
+                    state: dict[str, Any], options: dict[str, Any],
+                    tools: Mapping[str, HostFunction]) -> dict[str, Any]:
+        return check_state(spec, program_type, state, options, tools)
+
+    def check_tool_parameters(self, schema: dict[str, Any], field_name: str) -> None:
+        check_parameters(schema, field_name)
 
     # ----- execution -----
 
     async def execute(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
                       config: dict[str, Any],
-                      record: Callable[[dict[str, ModelUsage]], None]) -> dict[str, Any]:
-        scope = CallScope(partition=f"{program.session_id}\x1f{lm.fingerprint}")
+                      record: Callable[[dict[str, ModelUsage]], None],
+                      host: HostCaller | None = None,
+                      expected: dict[str, Any] | None = None) -> Run:
+        scope = CallScope(partition=f"{program.session_id}\x1f{lm.fingerprint}", host=host,
+                          expected=expected or {})
         token = SCOPE.set(scope)
         tracker = UsageTracker()
         failed = False
         try:
-            kwargs = dict(inputs)
-            if config:
-                kwargs["config"] = config
-            with dspy.context(lm=lm.lm, adapter=None, usage_tracker=tracker,
-                              track_usage=False, max_history_size=0, max_trace_size=0):
-                if hasattr(program.module, "aforward"):
-                    prediction = await program.module.acall(**kwargs)
-                else:  # a module without an async path: a thread (the context goes with it)
-                    prediction = await asyncio.to_thread(program.module, **kwargs)
-            outputs = {name: to_wire(prediction.get(name)) for name in program.output_names}
-            check_outputs(outputs, lm.model)
-            return outputs
-        except dspy.AdapterParseError as exc:
-            raise parse_error(exc, lm.model, lm.checked.secrets) from None
-        except RecursionError:
-            # An answer nested so deeply that parsing or converting it blew the stack.
-            raise invalid_output(lm.model, None, "is nested too deeply to parse") from None
-        except dspy.LMError as exc:
-            failed = True
-            raise provider_error(exc, lm.model, lm.checked.secrets) from None
+            return await self._run(program, lm, inputs, config, tracker)
+        except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
+            failed = isinstance(exc, dspy.LMError)
+            failure = None if host is None else host.first_failure
+            if failure is not None:  # a reward or mock generator failed: that is the cause
+                raise failure.to_error() from None
+            raise translate(exc, lm) from None
         finally:
             SCOPE.reset(token)
             record(self._usage(scope, tracker, lm.model, failed))
+
+    async def _run(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
+                   config: dict[str, Any], tracker: UsageTracker) -> Run:
+        kwargs = dict(inputs)
+        if config:
+            kwargs["config"] = config
+        with dspy.context(lm=lm.lm, adapter=None, usage_tracker=tracker,
+                          track_usage=False, max_history_size=0, max_trace_size=0):
+            if hasattr(program.module, "aforward"):
+                prediction = await program.module.acall(**kwargs)
+            else:  # a module without an async path: a thread (the context goes with it)
+                prediction = await asyncio.to_thread(program.module, **kwargs)
+        if prediction is None:  # BestOfN and Refine, when every attempt failed
+            raise no_prediction(program.program_type, lm.model)
+        outputs = {name: to_wire(prediction.get(name)) for name in program.output_names}
+        check_outputs(outputs, lm.model)
+        trajectory = prediction.get("trajectory")
+        return Run(outputs, None if trajectory is None else to_wire(steps_of(trajectory)))
 
     @staticmethod
     def _usage(scope: CallScope, tracker: UsageTracker, model: str,

@@ -1,8 +1,9 @@
 """The per-call scope and DSPy's response cache as the bridge runs them.
 
 A `CallScope` contextvar carries one call's cache partition (its session and LM config,
-so tenants never share a cached answer) and collects its LM history entries (for usage
-and cost), instead of DSPy's process-wide history.
+so tenants never share a cached answer) and its way to the host's functions, and
+collects its LM history entries (for usage and cost), instead of DSPy's process-wide
+history.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ import dspy.clients.base_lm as dspy_base_lm
 from cachetools import LRUCache
 from dspy.clients.cache import Cache
 
+from dspy_bridge.domain.host import HostCaller
+
 
 @dataclass(slots=True)
 class CallScope:
     partition: str
+    # The calling request's way to the host's functions (tools, rewards, mock generators).
+    host: HostCaller | None = None
+    # The call's `expected` output values, for a built-in reward without its own.
+    expected: dict[str, Any] = field(default_factory=dict)
     cache_hits: int = 0
     entries: list[dict[str, Any]] = field(default_factory=list)
 

@@ -39,15 +39,17 @@ class Outbound:
         self._stats = stats
         self._log = log
 
-    def emit_event(self, name: str, **fields: Any) -> None:
+    def emit_event(self, name: str, **fields: Any) -> bool:
+        """Send an event; False (and a log line) when it cannot go out as it is."""
         message = event(name, **fields)
         try:
             frame = self._connection.send_event(message)
         except Unsendable as problem:
             self._log.error("event_not_sent", event=name, problem=problem.sentence)
-            return
+            return False
         self.observe("outgoing", message)
         self._pipes.send(frame)
+        return True
 
     def reply(self, message: dict[str, Any]) -> None:
         """Send a request's (or a refused frame's) one response: the Connection replaces

@@ -10,14 +10,23 @@ import traceback
 from typing import Any
 
 from dspy_bridge.commands.table import CommandSpec, RequestContext
+from dspy_bridge.domain.host import HostCallFailed
 from dspy_bridge.domain.redaction import book, scrub
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
 from dspy_bridge.io.logs import bind_request
 from dspy_bridge.protocol.envelope import Request, error_response, ok_response
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.serve.callbacks import RequestCallbacks
 from dspy_bridge.serve.outbound import Outbound
 from dspy_bridge.serve.requests import InFlight, InFlightTable
+
+# What a callback's abandonment says, by the error that ended its request.
+ABANDON_REASONS = {
+    ErrorType.TIMEOUT: "timeout",
+    ErrorType.CANCELLED: "cancelled",
+    ErrorType.SHUTTING_DOWN: "shutting_down",
+}
 
 
 class RequestRunner:
@@ -36,6 +45,7 @@ class RequestRunner:
         args: Any,
         context: RequestContext,
         entry: InFlight,
+        calls: RequestCallbacks | None = None,
     ) -> None:
         session = SessionStore.resolve_id(args.session_id) if hasattr(args, "session_id") else None
         bind_request(request.id, request.command, session)
@@ -50,6 +60,8 @@ class RequestRunner:
                     result = await spec.handler(context, args)
         except asyncio.CancelledError:
             if entry.abandon_error is None:
+                if calls is not None:
+                    calls.close("request_ended")
                 self._in_flight.remove(request.id)
                 raise  # the host is gone: nobody to answer
             error = entry.abandon_error
@@ -64,8 +76,17 @@ class RequestRunner:
                 error = self._internal(request)
         except BridgeError as exc:
             error = exc
+        except HostCallFailed as failure:  # a host function the work needed failed
+            error = failure.to_error()
         except Exception:  # noqa: BLE001 - any bug becomes an `internal` reply, never a crash
             error = self._internal(request)
+        if error is None and calls is not None and calls.first_failure is not None:
+            # A reward or mock generator failed, and DSPy carried on (BestOfN counts an
+            # attempt failed): the request still fails, as PROTOCOL.md says.
+            error = calls.first_failure.to_error()
+        if calls is not None:  # the host hears of abandoned callbacks before the reply
+            calls.close(ABANDON_REASONS.get(error.type, "request_ended") if error else
+                        "request_ended")
         self._in_flight.remove(request.id)
         duration_ms = (time.perf_counter() - entry.started) * 1000
         outcome = "ok" if error is None else error.type.value

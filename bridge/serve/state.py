@@ -5,11 +5,13 @@ so neither ever holds the `Worker` itself."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from dspy_bridge.domain.stats import Stats
 from dspy_bridge.io.logs import LogQueue
 from dspy_bridge.io.outbox import OutboxBudget
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.serve.callbacks import Answer, CallbackTable
 from dspy_bridge.serve.engine_loader import EngineLoader
 from dspy_bridge.serve.lifecycle import Lifecycle
 from dspy_bridge.serve.requests import InFlightTable
@@ -26,6 +28,7 @@ class ServingState:
         stats: Stats,
         outbox_budget: OutboxBudget,
         log_queue: LogQueue | None,
+        callbacks: CallbackTable,
     ) -> None:
         self.worker_id = worker_id
         self.max_in_flight = max_in_flight
@@ -35,6 +38,7 @@ class ServingState:
         self._in_flight = in_flight
         self._lifecycle = lifecycle
         self._engine_loader = engine_loader
+        self._callbacks = callbacks
         self._started_at = time.monotonic()
 
     @property
@@ -66,6 +70,11 @@ class ServingState:
             request_id,
             BridgeError(ErrorType.CANCELLED, f"request {request_id!r} was cancelled by the host"),
         )
+
+    def settle_callback(
+        self, callback_id: str, result: Any, error: dict[str, Any] | None
+    ) -> str | None:
+        return self._callbacks.settle(callback_id, Answer(result, error))
 
     def begin_shutdown(self, grace_ms: int) -> None:
         self._lifecycle.begin_shutdown(grace_ms)

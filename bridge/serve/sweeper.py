@@ -18,7 +18,7 @@ def sweep_interval(ttl_s: float) -> float:
 class IdleSweeper:
     """Evicts idle sessions every `sweep_interval(ttl_s)` and announces each eviction."""
 
-    def __init__(self, store: SessionStore, ttl_s: float, emit: Callable[..., None]) -> None:
+    def __init__(self, store: SessionStore, ttl_s: float, emit: Callable[..., object]) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._emit = emit

@@ -31,6 +31,7 @@ from dspy_bridge.protocol.connection import Connection, Rejected
 from dspy_bridge.protocol.envelope import Request, error_response, validate
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.serve.admission import refusal, unknown_command
+from dspy_bridge.serve.callbacks import CallbackTable, RequestCallbacks
 from dspy_bridge.serve.engine_loader import EngineLoader
 from dspy_bridge.serve.lifecycle import Lifecycle
 from dspy_bridge.serve.outbound import FrameObserver, Outbound
@@ -71,6 +72,7 @@ class Worker:
         self.outbound = Outbound(
             connection, self._pipes, observers, self.stats, self._log
         )
+        self.callbacks = CallbackTable(self.outbound.emit_event, options.callback_timeout_ms)
         self._no_args: dict[str, Any] = {}
         self._runner = RequestRunner(self.in_flight, self.outbound, self.stats, self._log)
         # Signals that arrived before the loop could handle them (bridge/startup held them).
@@ -86,7 +88,7 @@ class Worker:
         self._lifecycle = Lifecycle(self._loop, self.in_flight, self._log)
         self._state = ServingState(
             self.worker_id, self.options.max_in_flight, self.in_flight, self._lifecycle,
-            self.engine_loader, self.stats, self.outbox_budget, self.log_queue,
+            self.engine_loader, self.stats, self.outbox_budget, self.log_queue, self.callbacks,
         )
         self.outbound.observe("outgoing", self._ready)  # `ready` went out in bridge/startup
         reader, writer = self._pipes.start(
@@ -195,11 +197,26 @@ class Worker:
         entry = InFlight(item.command, spec.control, started=received)
         self.in_flight.add(item.id, entry)
         self.stats.observe_in_flight(self.in_flight.work)
+        calls = self._callbacks_for(item, args) if spec.needs_engine else None
         context = RequestContext(
             item.id, self.options, self.sessions, self.engine, self.outbound.emit_event,
-            self._state,
+            self._state, calls,
         )
-        entry.task = self._loop.create_task(self._runner.run(item, spec, args, context, entry))
+        entry.task = self._loop.create_task(
+            self._runner.run(item, spec, args, context, entry, calls)
+        )
+
+    def _callbacks_for(self, request: Request, args: Any) -> RequestCallbacks:
+        """The request's way to the host functions its session declares."""
+        session_id = SessionStore.resolve_id(getattr(args, "session_id", None))
+        sessions = self.sessions.sessions
+
+        def lookup(name: str) -> Any:
+            session = sessions.get(session_id)
+            return None if session is None else session.tools.get(name)
+
+        return RequestCallbacks(self.callbacks, self._loop, request.id, session_id, lookup,
+                                request.timeout_ms)
 
     def _arguments(self, spec: CommandSpec[Any], request: Request) -> Any:
         """The request's arguments, validated. Argument models are frozen, so the one

@@ -1,7 +1,9 @@
 """A Python host for the worker: spawn it, send frames, receive decoded messages.
 
 Used by `dspy-bridge replay`, the benchmarks and the tests, and usable by any Python
-program that wants to drive a worker the way the Elixir client does.
+program that wants to drive a worker the way the Elixir client does. Python callables
+registered as host functions (`register_function`) answer the worker's callbacks by
+themselves (see `bridge.tools.callbacks`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dspy_bridge.protocol.framing import MAX_LENGTH, encode_frame
-from dspy_bridge.protocol.host import HostConnection, HostItem, InvalidFrame
+from dspy_bridge.protocol.host import Event, HostConnection, HostItem, InvalidFrame, Response
+from dspy_bridge.protocol.peer import LocalProtocolError
+from dspy_bridge.tools.callbacks import Callback, HostCallable, HostFunction, answer
 
 DEFAULT_TIMEOUT_S = 10.0
 READER_JOIN_S = 2.0
@@ -60,6 +64,17 @@ class WorkerClient:
     requests, while `send`, `send_payload` and `send_bytes` send anything (tests of the
     worker send invalid frames on purpose) and still count the responses they are owed.
     `stderr_lines` bounds how many of the worker's log lines are kept (None: all).
+
+    Host functions: `register_function(name, fn, ...)` makes a Python callable answer the
+    worker's `callback` events for that function. The reader thread hands each such
+    callback to a thread of its own (reading frames never waits for a callable), which
+    sends `callback_reply` with the return value as `result`, or `error` with the message
+    of the exception it raised — unless the worker abandoned the callback meanwhile
+    (`callback_abandoned`), in which case nothing is sent. Those callbacks, their
+    abandonment and the responses to those replies never reach `receive`: they are kept
+    as `Callback` records (`callbacks`). Callbacks for functions not registered here are
+    received like any event, for the caller to answer. `register_tools(session_id)`
+    declares the registered functions in a session.
     """
 
     def __init__(
@@ -90,6 +105,12 @@ class WorkerClient:
         self._ids = itertools.count(1)
         self.output_closed = False
         self.backlog: list[dict[str, Any]] = []
+        # Host functions, and the callbacks they serve: by callback id, and by the request
+        # id of their reply (the reader thread settles them, handler threads fill them).
+        self._functions: dict[str, HostFunction] = {}
+        self._callbacks: dict[str, Callback] = {}
+        self._replies: dict[str, Callback] = {}
+        self._callbacks_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._read_frames, name="worker-frames", daemon=True),
             threading.Thread(target=self._read_stderr, name="worker-stderr", daemon=True),
@@ -108,10 +129,12 @@ class WorkerClient:
             except OSError:
                 data = b""
             if not data:
+                self._settle_all_callbacks()
                 self._inbox.put(_Eof())
                 return
             for item in self._connection.receive_data(data):
-                self._inbox.put(item)
+                if not self._take_callback_item(item):
+                    self._inbox.put(item)
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -121,6 +144,133 @@ class WorkerClient:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    # --- host functions ---
+
+    def register_function(
+        self,
+        name: str,
+        fn: HostCallable,
+        *,
+        description: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        pass_callback: bool = False,
+    ) -> HostFunction:
+        """Answer the worker's callbacks for `name` with `fn`, called with the callback's
+        `args` as keyword arguments (after the `Callback` record if `pass_callback`).
+        `description` and `parameters` are what `register_tools` declares. Registering a
+        name again replaces its callable; callbacks already running keep the old one."""
+        function = HostFunction(name, fn, description, parameters, pass_callback)
+        with self._callbacks_lock:
+            self._functions[name] = function
+        return function
+
+    def unregister_function(self, name: str) -> None:
+        """Stop answering callbacks for `name` (they reach `receive` again)."""
+        with self._callbacks_lock:
+            self._functions.pop(name, None)
+
+    @property
+    def functions(self) -> dict[str, HostFunction]:
+        with self._callbacks_lock:
+            return dict(self._functions)
+
+    def declarations(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The `register_tools` entries of the registered functions (or of `names`, in
+        that order; KeyError for one not registered)."""
+        functions = self.functions
+        chosen = list(functions) if names is None else list(names)
+        return [functions[name].declaration() for name in chosen]
+
+    def register_tools(
+        self,
+        session_id: str | None = None,
+        names: Sequence[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> Any:
+        """Declare the registered functions (or `names`) in a session (the default one
+        when None) with `register_tools`; returns its result, raises RequestFailed."""
+        args: dict[str, Any] = {"tools": self.declarations(names)}
+        if session_id is not None:
+            args["session_id"] = session_id
+        return self.call("register_tools", args, timeout)
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        """Every callback a registered function took, in the order they arrived."""
+        with self._callbacks_lock:
+            return list(self._callbacks.values())
+
+    def callback(self, callback_id: str) -> Callback | None:
+        with self._callbacks_lock:
+            return self._callbacks.get(callback_id)
+
+    def _take_callback_item(self, item: HostItem) -> bool:
+        """Reader thread: whether the item belongs to a registered function's callback
+        (and was taken care of), or is for `receive`."""
+        if isinstance(item, Response):
+            with self._callbacks_lock:
+                record = self._replies.pop(item.id, None) if isinstance(item.id, str) else None
+            if record is None:
+                return False
+            record.response = item.message
+            record.settle()
+            return True
+        if not isinstance(item, Event):
+            return False
+        message = item.message
+        if item.name == "callback":
+            name, callback_id = message.get("function"), message.get("callback_id")
+            if not isinstance(name, str) or not isinstance(callback_id, str):
+                return False
+            with self._callbacks_lock:
+                function = self._functions.get(name)
+                if function is None:
+                    return False
+                record = Callback(message)
+                self._callbacks[callback_id] = record
+            threading.Thread(
+                target=self._serve_callback, args=(function, record),
+                name=f"callback-{callback_id}", daemon=True,
+            ).start()
+            return True
+        if item.name == "callback_abandoned":
+            callback_id = message.get("callback_id")
+            with self._callbacks_lock:
+                record = self._callbacks.get(callback_id) if isinstance(callback_id, str) else None
+                if record is None:
+                    return False
+                record.mark_abandoned(message.get("reason"))
+            return True
+        return False
+
+    def _serve_callback(self, function: HostFunction, record: Callback) -> None:
+        """A callback's own thread: run the function, send its answer (unless abandoned)."""
+        reply = answer(function, record)
+        with self._callbacks_lock:
+            if record.abandoned.is_set():
+                record.skipped = True
+                record.settle()
+                return
+            record.reply = reply
+            self._replies[record.reply_id] = record
+        try:
+            self._send_request({"id": record.reply_id, "command": "callback_reply",
+                                "args": reply})
+        except (WorkerExited, LocalProtocolError) as exc:
+            with self._callbacks_lock:
+                self._replies.pop(record.reply_id, None)
+            record.send_error = str(exc)
+            record.settle()
+
+    def _settle_all_callbacks(self) -> None:
+        """The worker's output ended: no reply will be answered any more."""
+        with self._callbacks_lock:
+            waiting = list(self._replies.values())
+            self._replies.clear()
+        for record in waiting:
+            record.send_error = record.send_error or "the worker exited"
+            record.settle()
 
     # --- sending ---
 
@@ -184,29 +334,47 @@ class WorkerClient:
         """Send a message as it is (unchecked, so tests may send anything) and wait for the
         response under its id; other messages go to `backlog`."""
         self.send(message)
-        return self._gather([message.get("id")], timeout)[message.get("id")]
+        return self.response(message.get("id"), timeout)
+
+    def response(self, request_id: Any, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """The response to a request sent earlier (by `send`); other messages go to
+        `backlog`."""
+        return self._gather([request_id], timeout)[request_id]
 
     def new_id(self) -> int:
         return next(self._ids)
 
     def call(
-        self, command: str, args: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        command: str,
+        args: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        timeout_ms: int | None = None,
     ) -> Any:
-        """Run one command and return its result; raises RequestFailed on an error reply."""
-        return self.call_many([(command, args)], timeout)[0]
+        """Run one command and return its result; raises RequestFailed on an error reply.
+        `timeout_ms` is the request's own (the worker's) timeout; `timeout` bounds the
+        wait here, in seconds."""
+        return self.call_many([(command, args)], timeout, timeout_ms=timeout_ms)[0]
 
     def call_many(
         self,
         calls: Sequence[tuple[str, dict[str, Any] | None]],
         timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        timeout_ms: int | None = None,
     ) -> list[Any]:
         """Send every request at once (they run concurrently), then gather the results in
         the order given; raises RequestFailed for the first error reply, and
-        LocalProtocolError (before sending it) for a request the protocol forbids."""
+        LocalProtocolError (before sending it) for a request the protocol forbids.
+        `timeout_ms`, when given, is every request's envelope `timeout_ms`."""
         ids = []
         for command, args in calls:
             ids.append(self.new_id())
-            self._send_request({"id": ids[-1], "command": command, "args": args or {}})
+            message: dict[str, Any] = {"id": ids[-1], "command": command, "args": args or {}}
+            if timeout_ms is not None:
+                message["timeout_ms"] = timeout_ms
+            self._send_request(message)
         responses = self._gather(ids, timeout)
         results = []
         for request_id in ids:

@@ -13,7 +13,10 @@ file replays as-is against a fresh worker (`dspy-bridge replay FILE`):
   `get_stats` figure and the known commands listed by an `unknown_command` error;
 - ids the worker generated (an `*_id` value in a reply that the host never sent) are
   captured as `"<any:NAME>"` and every later use, in sends and replies, is written
-  `"<var:NAME>"`; a reply string that merely contains one becomes `"<any>"`.
+  `"<var:NAME>"`; a reply string that merely contains one becomes `"<any>"` (unless the
+  host sent that very string). A `callback` event's `callback_id` is always captured
+  (`cb-1` is short, but its number depends on every callback before it), and its
+  `timeout_ms` (the request's time left) is volatile.
 
 `TranscriptRecorder` is the sans-I/O part (messages in, transcript lines out);
 `Recorder` is the observer the worker calls, appending those lines to the file.
@@ -61,9 +64,15 @@ VOLATILE_RESULT_KEYS: dict[str, frozenset[str] | None] = {
     "shutdown": frozenset({"in_flight"}),
     "get_stats": None,  # every figure
 }
-READY_VOLATILE = frozenset({"worker_id", "pid", "versions", "commands"})
 # `*_id` keys that never hold a generated id to capture.
 NOT_GENERATED = frozenset({"worker_id", "request_id", "id"})
+# `*_id` keys whose new values are always generated, however short.
+ALWAYS_GENERATED = frozenset({"callback_id"})
+# Keys of an event whose value depends on timing.
+VOLATILE_EVENT_KEYS: dict[str, frozenset[str]] = {
+    "ready": frozenset({"worker_id", "pid", "versions", "commands"}),
+    "callback": frozenset({"timeout_ms"}),
+}
 
 
 def _is_volatile_key(key: Any) -> bool:
@@ -133,9 +142,9 @@ class TranscriptRecorder:
 
     def outgoing(self, message: dict[str, Any]) -> list[str]:
         if "event" in message and "id" not in message:
-            event = dict(message)
-            if event.get("event") == "ready":
-                event = {k: tx.ANY if k in READY_VOLATILE else v for k, v in event.items()}
+            name = message.get("event")
+            volatile = VOLATILE_EVENT_KEYS.get(name, frozenset()) if isinstance(name, str) else ()
+            event = {k: tx.ANY if k in volatile else v for k, v in message.items()}
             return [tx.format_step(tx.ExpectEvent(self._scrub_reply(event)))]
         request_id = message.get("id")
         command: str | None = None
@@ -178,12 +187,14 @@ class TranscriptRecorder:
                 return f"<var:{self._captured[value]}>"
             if value == tx.ANY:
                 return value
+            if value in self._seen:
+                # The host sent this very string: replaying sends it again, as it is.
+                return value
             if (
                 isinstance(key, str)
                 and key.endswith("_id")
                 and key not in NOT_GENERATED
-                and value not in self._seen
-                and _looks_generated(value)
+                and (key in ALWAYS_GENERATED or _looks_generated(value))
             ):
                 return self._capture(key, value)
             if any(generated in value for generated in self._captured):
