@@ -215,7 +215,7 @@ def test_create_program_errors(worker: RecordingWorker) -> None:
     worker.ok("create_program", args)
     worker.error("create_program", args, "already_exists")
     assert "program_type" in worker.invalid_fields("create_program", {
-        "session_id": "create", "signature": "q -> a", "program_type": "react"})
+        "session_id": "create", "signature": "q -> a", "program_type": "program_of_thought"})
     assert "demos.0.zzz" in worker.invalid_fields("create_program", {
         "session_id": "create", "signature": "q -> a", "demos": [{"q": "x", "zzz": 1}]})
     assert "demos.0.n" in worker.invalid_fields("create_program", {
@@ -650,7 +650,7 @@ def test_export_import_round_trip(worker: RecordingWorker) -> None:
     (lambda d: d.update(format="other"), "document.format"),
     (lambda d: d.update(version=2), "document.version"),
     (lambda d: d.update(callbacks=[]), "document.callbacks"),
-    (lambda d: d.update(program_type="react"), "document.program_type"),
+    (lambda d: d.update(program_type="program_of_thought"), "document.program_type"),
     (lambda d: d["signature"]["outputs"][0].update(type="os.system"),
      "document.signature.outputs.0.type"),
     (lambda d: d["state"].update(lm={"model": "openai/x"}), "document.state.lm"),

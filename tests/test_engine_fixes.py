@@ -4,6 +4,7 @@ DSPy's code — these fail loudly when an upgrade changes it — and that each w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from typing import Any
 
@@ -44,7 +45,7 @@ def _run(cache: bool) -> int:
     lm = ENGINE.build_lm(check_lm(LmConfig.model_validate(
         {"model": "mock/fixes", "num_retries": 0, "cache": cache, "extra": {"default": "x"}})))
     program = ENGINE.build_program("fixes", "fixes", parse_signature("question -> answer"),
-                                   "predict", None, [], None)
+                                   "predict", None, [], None, {}, {})
     hops: list[Any] = []
     loop = asyncio.new_event_loop()
     executor = loop.run_in_executor
@@ -61,7 +62,7 @@ def _run(cache: bool) -> int:
         )
     finally:
         loop.close()
-    assert outputs == {"answer": "x"}
+    assert outputs.outputs == {"answer": "x"}
     return len(hops)
 
 
@@ -100,3 +101,41 @@ def test_type_adapters_are_shared_per_type_and_format_the_same() -> None:
     assert shared(dict[str, Any], config=None) is not shared(dict[str, Any], config=None)
     assert fixes.adapter_utils.serialize_for_json({"a": [1, 2.5]}) == {"a": [1, 2.5]}
     assert fixes.adapter_utils.parse_value("3", int) == 3
+
+
+def test_dspy_logs_plain_text_through_its_own_handler_which_the_fix_routes_to_json() -> None:
+    import logging
+
+    from dspy.utils.logging_utils import configure_dspy_loggers
+
+    logger = logging.getLogger("dspy")
+    configure_dspy_loggers("dspy")  # what importing DSPy does
+    assert [h.get_name() for h in logger.handlers].count(fixes.DSPY_HANDLER_NAME) == 1
+    assert logger.propagate is False
+    fixes.route_dspy_logs()
+    assert fixes.DSPY_HANDLER_NAME not in [h.get_name() for h in logger.handlers]
+    assert logger.propagate is True
+
+
+def test_dspy_best_of_n_counts_failures_on_the_module_where_the_programs_count_per_call() -> (
+    None
+):
+    from dspy_bridge.engine import programs
+
+    def reward(inputs: Any, prediction: Any) -> float:
+        return 1.0
+
+    def failing_calls(cls: Any) -> int:
+        # A DummyLM answer without the `answer` field cannot be parsed: every attempt fails.
+        lm = dspy.utils.DummyLM([{"other": "x"}] * 20)
+        module = cls(module=dspy.Predict("question -> answer"), N=3, reward_fn=reward,
+                     threshold=1.0)
+        with dspy.context(lm=lm, adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
+            with contextlib.suppress(dspy.AdapterParseError):  # the last failure is raised
+                module(question="q")
+        return int(module.fail_count)
+
+    for dspy_class in (dspy.BestOfN, dspy.Refine):
+        assert failing_calls(dspy_class) < 3  # DSPy's own: the module's count went down
+    for bridge_class in (programs.BestOfN, programs.Refine):
+        assert failing_calls(bridge_class) == 3

@@ -28,7 +28,7 @@ def _lm(**options: Any) -> Any:
 
 def _program(program_id: str) -> Any:
     spec = parse_signature("question -> answer")
-    return ENGINE.build_program(program_id, "runtime", spec, "predict", None, [], None)
+    return ENGINE.build_program(program_id, "runtime", spec, "predict", None, [], None, {}, {})
 
 
 class SyncOnly(dspy.Module):  # type: ignore[misc]
@@ -47,9 +47,9 @@ def test_a_module_without_an_async_path_runs_in_a_thread() -> None:
     program.module = SyncOnly(program.module)
     assert not hasattr(program.module, "aforward")
     usage: dict[str, ModelUsage] = {}
-    outputs = asyncio.run(ENGINE.execute(program, _lm(default="from a thread"),
-                                         {"question": "q"}, {}, usage.update))
-    assert outputs == {"answer": "from a thread"}
+    run = asyncio.run(ENGINE.execute(program, _lm(default="from a thread"),
+                                     {"question": "q"}, {}, usage.update))
+    assert run.outputs == {"answer": "from a thread"}
     assert usage["mock/runtime"].requests == 1 and usage["mock/runtime"].prompt_tokens > 0
 
 

@@ -107,7 +107,8 @@ def test_the_mock_options_are_named_once() -> None:
     from dspy_bridge.domain.lm import MOCK_OPTION_NAMES, LmConfig
 
     assert set(MOCK_OPTION_NAMES) <= set(LmConfig.model_fields)
-    assert MOCK_OPTION_NAMES == ("responses", "default", "sequence", "latency_ms", "fail")
+    assert MOCK_OPTION_NAMES == ("responses", "default", "sequence", "latency_ms", "fail",
+                                 "generator")
 
 
 def test_every_wire_type_has_an_annotation_and_a_check() -> None:

@@ -12,6 +12,9 @@ so an upgrade that changes one fails loudly instead of silently losing the fix.
 2. TypeAdapters. Formatting a prompt builds a new pydantic `TypeAdapter` for every value
    (`dspy.adapters.utils`), ~40 µs each; one per type is kept instead. Upstream would
    need the same cache.
+3. Log lines. DSPy's loggers write plain text to stderr through their own handler
+   (`dspy_handler`, not propagated); the worker's stderr carries JSON lines only, so the
+   handler goes and DSPy's records reach the worker's JSON handler on the root logger.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -72,3 +76,15 @@ def install() -> None:
     # place all its hops go through is the module's to_thread; ours forwards the rest.
     asyncio.to_thread = _to_thread
     adapter_utils.TypeAdapter = _shared_type_adapter
+    route_dspy_logs()
+
+
+DSPY_HANDLER_NAME = "dspy_handler"
+
+
+def route_dspy_logs() -> None:
+    logger = logging.getLogger("dspy")
+    for handler in list(logger.handlers):
+        if handler.get_name() == DSPY_HANDLER_NAME:
+            logger.removeHandler(handler)
+    logger.propagate = True

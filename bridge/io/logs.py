@@ -110,17 +110,31 @@ def route_std_streams(sink: LogQueue) -> None:
     sys.stdout = sys.stderr = QueueTextStream(sink)
 
 
+class StdlibToStructlog(logging.Handler):
+    """A stdlib log record as one of our JSON lines (`event: "library_log"`, with the
+    library's `logger` and `message`), so nothing but JSON reaches stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger("library").log(
+                record.levelno, "library_log", logger=record.name,
+                message=record.getMessage()[:LIBRARY_MESSAGE_CHARS],
+            )
+        except Exception:  # noqa: BLE001 - logging must never raise into the library
+            self.handleError(record)
+
+
+LIBRARY_MESSAGE_CHARS = 2000
+
+
 def configure_logging(level: str, sink: LogQueue, worker_id: str | None = None) -> None:
     """JSON lines into `sink`. Each names the worker (`worker_id`), and a line written
     while a request runs also names it (`id`, `command`, `session_id`: bound by the
     request's task, see `bind_request`)."""
     numeric = logging.getLevelName(level.upper())
-    # Libraries that use the stdlib logger (litellm, httpx) also go to the queue.
+    # Libraries that use the stdlib logger (litellm, httpx, DSPy) log JSON lines too.
     logging.basicConfig(
-        stream=QueueTextStream(sink),
-        level=max(numeric, logging.WARNING),
-        format="%(message)s",
-        force=True,
+        handlers=[StdlibToStructlog()], level=max(numeric, logging.WARNING), force=True
     )
     structlog.configure(
         processors=[

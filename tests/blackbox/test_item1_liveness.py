@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from .client import Worker, mock_session, names_field, pack
 
-CONTROL = {"ping", "get_stats", "cancel", "shutdown"}
+CONTROL = {"ping", "get_stats", "cancel", "shutdown", "callback_reply"}
 TEST_ONLY = {"sleep", "echo", "fail", "stdout_noise"}
 
 
