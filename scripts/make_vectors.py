@@ -97,6 +97,44 @@ VALUES: list[tuple[str, str, Any]] = [
             "versions": {"bridge": "0.1.0"},
         },
     ),
+    (
+        "event_callback",
+        "event",
+        {
+            "event": "callback",
+            "callback_id": "cb-1",
+            "request_id": 7,
+            "session_id": "acme",
+            "function": "lookup_order",
+            "purpose": "tool",
+            "args": {"order_id": "A-17"},
+            "timeout_ms": 29500,
+        },
+    ),
+    (
+        "request_callback_reply_result",
+        "request",
+        {"id": 8, "command": "callback_reply",
+         "args": {"callback_id": "cb-1", "result": {"status": "shipped"}}},
+    ),
+    (
+        "request_callback_reply_error",
+        "request",
+        {"id": 9, "command": "callback_reply",
+         "args": {"callback_id": "cb-2", "error": {"message": "no order A-99",
+                                                   "retryable": False}}},
+    ),
+    (
+        "response_callback_not_waiting",
+        "response",
+        {"id": 10, "success": True, "result": {"accepted": False, "reason": "not_waiting"}},
+    ),
+    (
+        "event_callback_abandoned",
+        "event",
+        {"event": "callback_abandoned", "callback_id": "cb-3", "request_id": 7,
+         "reason": "timeout"},
+    ),
 ]
 
 # Forms a decoder must accept although an encoder would choose a smaller one.
