@@ -272,12 +272,14 @@ def test_many_agents_wait_on_a_slow_host_tool_while_ping_answers(
         host.pump()
     ping = worker.call("ping")  # answered while 200 callbacks are outstanding
     assert ping["status"] == "ok" and ping["in_flight"] == count
+    assert worker.call("get_stats")["callbacks"] == {"waiting": count, "issued": count}
     for callback in host.callbacks:
         host.answer(callback, lambda args: "shipped")
     for request_id in ids:
         response = host.until(request_id)
         assert response["success"], response
         assert response["result"]["trajectory"][0]["observation"] == "shipped"
+    assert worker.call("get_stats")["callbacks"] == {"waiting": 0, "issued": count}
 
 
 # ----- callback_reply -----

@@ -73,6 +73,7 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
         },
         "observer_failures": stats.observer_failures,
         "secrets_held": len(book),
+        "callbacks": worker.callback_counts(),
         "logs": {
             "queued": worker.log_queue.queued if worker.log_queue else 0,
             "dropped": worker.log_queue.dropped if worker.log_queue else 0,

@@ -52,6 +52,8 @@ class ControlPort(Protocol):
 
     def cancel(self, request_id: int | str) -> bool: ...
 
+    def callback_counts(self) -> dict[str, int]: ...
+
     def settle_callback(
         self, callback_id: str, result: Any, error: dict[str, Any] | None
     ) -> str | None:

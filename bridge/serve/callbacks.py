@@ -50,8 +50,9 @@ class CallbackTable:
         self._waiting: dict[str, Waiting] = {}
         self._issued = 0
 
-    def __len__(self) -> int:
-        return len(self._waiting)
+    def counts(self) -> dict[str, int]:
+        """For get_stats: callbacks waited for now, and issued since start."""
+        return {"waiting": len(self._waiting), "issued": self._issued}
 
     def issue(
         self, request_id: int | str, event: dict[str, Any]

@@ -71,6 +71,9 @@ class ServingState:
             BridgeError(ErrorType.CANCELLED, f"request {request_id!r} was cancelled by the host"),
         )
 
+    def callback_counts(self) -> dict[str, int]:
+        return self._callbacks.counts()
+
     def settle_callback(
         self, callback_id: str, result: Any, error: dict[str, Any] | None
     ) -> str | None:
