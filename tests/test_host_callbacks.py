@@ -589,3 +589,76 @@ def test_shutdown_abandons_callbacks_past_the_grace(worker: RecordingWorker) -> 
     assert response["error"]["type"] == "shutting_down"
     assert [a["reason"] for a in host.abandoned] == ["shutting_down"]
     assert worker.wait_exit(30) == 0
+
+
+# ----- host metrics and failures inside evaluate_program -----
+
+
+def test_evaluate_with_a_host_metric(worker: RecordingWorker) -> None:
+    worker.ok("configure_lm", {"session_id": "ev", "model": "mock",
+                               "responses": {"a": "x", "b": "yy", "c": "zzz"}})
+    worker.ok("register_tools", {"session_id": "ev", "tools": [{"name": "judge"}]})
+    worker.ok("create_program", {"session_id": "ev", "program_id": "p",
+                                 "signature": "question -> answer"})
+
+    def judge(args: Any) -> Any:
+        if args["inputs"]["question"] == "c":
+            raise HostError("judge down")
+        return len(args["outputs"]["answer"]) / len(args["expected"])
+
+    host = Host(worker, {"judge": judge})
+    response = host.run("evaluate_program", {
+        "session_id": "ev", "program_id": "p", "per_example": True,
+        "metric": {"name": "host", "function": "judge", "threshold": 0.9},
+        "devset": [{"question": "a", "answer": "xx"}, {"question": "b", "answer": "yy"},
+                   {"question": "c", "answer": "zzz"}]})
+    assert response["success"], response
+    result = response["result"]
+    assert [e["score"] for e in result["per_example"]] == [0.5, 1.0, 0.0]
+    assert result["passed"] == 1 and result["metric"]["name"] == "host"
+    assert result["per_example"][2]["error"]["type"] == "host_error"
+    assert {c["purpose"] for c in host.callbacks} == {"metric"}
+    assert host.callbacks[0]["args"] == {"field": "answer", "inputs": {"question": "a"},
+                                         "outputs": {"answer": "x"}, "expected": "xx"}
+    assert "metric.function" in worker.invalid_fields("evaluate_program", {
+        "session_id": "ev", "program_id": "p", "metric": {"name": "host", "function": "nope"},
+        "devset": [{"question": "a", "answer": "x"}]})
+    assert "metric.function" in worker.invalid_fields("evaluate_program", {
+        "session_id": "ev", "program_id": "p", "metric": {"name": "host"},
+        "devset": [{"question": "a", "answer": "x"}]})
+
+
+def test_a_host_score_out_of_range_fails_that_example(worker: RecordingWorker) -> None:
+    worker.ok("configure_lm", {"session_id": "ev2", "model": "mock", "default": "x"})
+    worker.ok("register_tools", {"session_id": "ev2", "tools": [{"name": "judge"}]})
+    worker.ok("create_program", {"session_id": "ev2", "program_id": "p",
+                                 "signature": "question -> answer"})
+    host = Host(worker, {"judge": lambda args: 2})
+    response = host.run("evaluate_program", {
+        "session_id": "ev2", "program_id": "p", "metric": {"name": "host", "function": "judge"},
+        "devset": [{"question": "a", "answer": "x"}]})
+    (failed,) = response["result"]["failed_examples"]
+    assert failed["error"]["details"]["reason"] == "malformed"
+
+
+def test_a_failed_generator_fails_only_its_example(worker: RecordingWorker) -> None:
+    worker.ok("register_tools", {"session_id": "ev3", "tools": [{"name": "gen"}]})
+    worker.ok("configure_lm", {"session_id": "ev3", "model": "mock", "generator": "gen",
+                               "num_retries": 0})
+    worker.ok("create_program", {"session_id": "ev3", "program_id": "p",
+                                 "signature": "question -> answer"})
+
+    def gen(args: Any) -> Any:
+        if args["inputs"]["question"] == "bad":
+            raise HostError("no answer for you")
+        return args["inputs"]["question"]
+
+    host = Host(worker, {"gen": gen})
+    response = host.run("evaluate_program", {
+        "session_id": "ev3", "program_id": "p", "metric": "exact_match", "max_concurrency": 4,
+        "per_example": True,
+        "devset": [{"question": q, "answer": q} for q in ("a", "bad", "c", "d")]})
+    assert response["success"], response
+    results = response["result"]["per_example"]
+    assert [r["passed"] for r in results] == [True, False, True, True]
+    assert results[1]["error"]["type"] == "host_error"

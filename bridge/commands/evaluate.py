@@ -22,11 +22,12 @@ from dspy_bridge.commands.execute import (
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, ProgramHandle
+from dspy_bridge.domain.host import HostCaller, HostCallFailed, Purpose, unit_score
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import merge_usage
-from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_fields
+from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field, invalid_fields
 
 table = CommandTable(needs_engine=True)
 
@@ -106,8 +107,22 @@ async def _run_example(
         return {"score": 0.0, "passed": False, "error": error.to_wire()}
     except BridgeError as error:
         return {"score": 0.0, "passed": False, "error": error.to_wire()}
-    score = metric.score(outputs.get(metric.field), expected)
+    if metric.function is None:
+        score = metric.score(outputs.get(metric.field), expected)
+    else:
+        try:
+            score = float(await host_of(ctx).call(metric.function, Purpose.METRIC, {
+                "field": metric.field, "inputs": inputs, "outputs": outputs,
+                "expected": expected}, unit_score))
+        except HostCallFailed as failure:
+            return {"score": 0.0, "passed": False, "outputs": outputs,
+                    "error": failure.to_error().to_wire()}
     return {"score": score, "passed": score >= metric.threshold, "outputs": outputs}
+
+
+def host_of(ctx: RequestContext) -> HostCaller:
+    assert ctx.host is not None, "DSPy commands always get a HostCaller"
+    return ctx.host
 
 
 @table.command("evaluate_program", EvaluateProgramArgs)
@@ -122,6 +137,9 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
     with store.using(session):
         engine = await engine_of(ctx)
         metric = engine.metric(args.metric, outputs[0], outputs)
+        if metric.function is not None and metric.function not in session.tools:
+            raise invalid_field("metric.function", f"no host function {metric.function!r} "
+                                "is declared in the session (register_tools)")
         examples = split_examples(program, args.devset, metric.field)
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
         lm, source = resolve_lm(call_lm, program, session, store.default_lm)

@@ -102,6 +102,9 @@ class MetricHandle(Protocol):
     @property
     def threshold(self) -> float: ...
 
+    @property
+    def function(self) -> str | None: ...
+
     def score(self, predicted: Any, expected: Any) -> float: ...
 
 

@@ -7,6 +7,7 @@ ReAct tool, a reward or a mock generator. Nothing here knows frames or DSPy.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Purpose(StrEnum):
     TOOL = "tool"
     REWARD = "reward"
     MOCK = "mock"
+    METRIC = "metric"
 
 
 class Failure(StrEnum):
@@ -60,7 +62,7 @@ class HostFunction:
 
 class HostCallFailed(Exception):
     """A callback that gave no usable answer. A ReAct tool shows `message` to the LM as
-    its observation; anything else makes it the request's `host_error`."""
+    its observation; anything else makes it the call's `host_error`."""
 
     def __init__(self, reason: Failure, function: str, purpose: Purpose, message: str, *,
                  retryable: bool = False, callback_id: str | None = None,
@@ -89,8 +91,7 @@ class HostCallFailed(Exception):
 class HostCaller(Protocol):
     """One request's way to the host. `call` awaits the answer on the event loop;
     `call_blocking` is for DSPy code running in a thread (its own loop is the worker's).
-    Both raise HostCallFailed; `first_failure` is the first failure of a purpose other
-    than `tool`, which becomes the request's error even if DSPy swallowed it."""
+    Both raise HostCallFailed; `check` tells a usable result from a malformed one."""
 
     async def call(self, function: str, purpose: Purpose, args: dict[str, Any],
                    check: Callable[[Any], str | None] | None = None) -> Any: ...
@@ -98,5 +99,17 @@ class HostCaller(Protocol):
     def call_blocking(self, function: str, purpose: Purpose, args: dict[str, Any],
                       check: Callable[[Any], str | None] | None = None) -> Any: ...
 
-    @property
-    def first_failure(self) -> HostCallFailed | None: ...
+
+# ----- checks of a callback's result, by purpose -----
+
+
+def finite_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"a reward must be a finite number, got {type(value).__name__}"
+    return None
+
+
+def unit_score(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return f"a metric's score must be a number from 0 to 1, got {value!r:.100}"
+    return None

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from dspy.evaluate.metrics import em_score, f1_score, normalize_text
 from pydantic import Field, ValidationError
 
+from dspy_bridge.domain.host import FunctionName
 from dspy_bridge.domain.models import Args, invalid_from
 from dspy_bridge.protocol.errors import invalid_field
 
@@ -28,6 +29,15 @@ class TextMetric(Args):
 
 class F1Metric(TextMetric):
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class HostMetric(Args):
+    """Scored by a host function (a `metric` callback), declared in the session."""
+
+    name: str
+    function: FunctionName
+    field: FieldName | None = None
+    threshold: Annotated[float, Field(ge=0, le=1)] = 1.0
 
 
 class JsonFieldMetric(Args):
@@ -52,6 +62,10 @@ def _contains(_: Any, predicted: Any, expected: Any) -> float:
 
 def _f1(_: Any, predicted: Any, expected: Any) -> float:
     return float(f1_score(_text(predicted), _text(expected)))
+
+
+def _host_scored(_: Any, predicted: Any, expected: Any) -> float:
+    raise RuntimeError("a host metric is scored by a callback, not here")
 
 
 _MISSING = object()
@@ -86,6 +100,8 @@ METRICS: dict[str, MetricKind] = {
     "contains": MetricKind(TextMetric, _contains),
     "f1": MetricKind(F1Metric, _f1),
     "json_field": MetricKind(JsonFieldMetric, _json_field, alternatives=False),
+    # scored by the host, asynchronously: evaluate_program calls it (see `function`)
+    "host": MetricKind(HostMetric, _host_scored, alternatives=False),
 }
 
 
@@ -96,6 +112,11 @@ class Metric:
     threshold: float
     _kind: MetricKind
     _options: Any
+
+    @property
+    def function(self) -> str | None:
+        """The host function that scores, for a host metric."""
+        return getattr(self._options, "function", None)
 
     def score(self, predicted: Any, expected: Any) -> float:
         if self._kind.alternatives and isinstance(expected, list):

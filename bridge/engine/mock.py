@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from dspy import lm15
 from dspy.clients.engines.base import validate_request
 
-from dspy_bridge.domain.host import Purpose
-from dspy_bridge.engine.tools import current_host
+from dspy_bridge.domain.host import HostCallFailed, Purpose
+from dspy_bridge.engine.tools import current_host, noted
 
 if TYPE_CHECKING:
     from dspy_bridge.domain.lm import MockOptions
@@ -95,8 +95,11 @@ class MockEngine:
     def complete(self, request: lm15.Request) -> lm15.Response:
         generated = MISSING
         if self.options.generator is not None:  # DSPy's sync path runs in a thread
-            generated = current_host().call_blocking(
-                self.options.generator, Purpose.MOCK, self.generator_args(request))
+            try:
+                generated = current_host().call_blocking(
+                    self.options.generator, Purpose.MOCK, self.generator_args(request))
+            except HostCallFailed as failure:
+                raise noted(failure) from None
         delay, outcome = self.plan(request, generated)
         if delay:
             time.sleep(delay)
@@ -198,8 +201,11 @@ class AsyncMockEngine:
         generated = MISSING
         generator = self.sync.options.generator
         if generator is not None:
-            generated = await current_host().call(
-                generator, Purpose.MOCK, self.sync.generator_args(request))
+            try:
+                generated = await current_host().call(
+                    generator, Purpose.MOCK, self.sync.generator_args(request))
+            except HostCallFailed as failure:
+                raise noted(failure) from None
         delay, outcome = self.sync.plan(request, generated)
         if delay:
             await asyncio.sleep(delay)

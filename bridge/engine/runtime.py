@@ -147,13 +147,16 @@ class Engine:
         tracker = UsageTracker()
         failed = False
         try:
-            return await self._run(program, lm, inputs, config, tracker)
+            run = await self._run(program, lm, inputs, config, tracker)
         except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
             failed = isinstance(exc, dspy.LMError)
-            failure = None if host is None else host.first_failure
-            if failure is not None:  # a reward or mock generator failed: that is the cause
-                raise failure.to_error() from None
+            if scope.host_failure is not None:  # a reward or generator failed: the cause
+                raise scope.host_failure.to_error() from None
             raise translate(exc, lm) from None
+        else:
+            if scope.host_failure is not None:  # DSPy carried on past it
+                raise scope.host_failure.to_error()
+            return run
         finally:
             SCOPE.reset(token)
             record(self._usage(scope, tracker, lm.model, failed))

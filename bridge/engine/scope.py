@@ -17,7 +17,7 @@ import dspy.clients.base_lm as dspy_base_lm
 from cachetools import LRUCache
 from dspy.clients.cache import Cache
 
-from dspy_bridge.domain.host import HostCaller
+from dspy_bridge.domain.host import HostCaller, HostCallFailed
 
 
 @dataclass(slots=True)
@@ -27,6 +27,9 @@ class CallScope:
     host: HostCaller | None = None
     # The call's `expected` output values, for a built-in reward without its own.
     expected: dict[str, Any] = field(default_factory=dict)
+    # The first reward or mock generator that failed: the call's error even where DSPy
+    # carried on (BestOfN counts a failed attempt and tries the next).
+    host_failure: HostCallFailed | None = None
     cache_hits: int = 0
     entries: list[dict[str, Any]] = field(default_factory=list)
 

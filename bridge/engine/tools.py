@@ -8,14 +8,19 @@ built once and shared by every request, the host caller is the request's own.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import dspy
 import jsonschema
 
-from dspy_bridge.domain.host import HostCaller, HostCallFailed, HostFunction, Purpose
+from dspy_bridge.domain.host import (
+    HostCaller,
+    HostCallFailed,
+    HostFunction,
+    Purpose,
+    finite_number,
+)
 from dspy_bridge.engine.metrics import check_metric
 from dspy_bridge.engine.scope import SCOPE
 from dspy_bridge.protocol.errors import invalid_field
@@ -101,6 +106,15 @@ def current_host() -> HostCaller:
     return scope.host
 
 
+def noted(failure: HostCallFailed) -> HostCallFailed:
+    """Keep the call's first failed reward or generator in its scope (the call fails with
+    it even if DSPy carries on), and hand it back to be raised."""
+    scope = SCOPE.get()
+    if scope is not None and scope.host_failure is None:
+        scope.host_failure = failure
+    return failure
+
+
 def steps_of(trajectory: dict[str, Any]) -> list[dict[str, Any]]:
     """ReAct's flat trajectory (`thought_0`, `tool_name_0`, ...) as a list of steps."""
     steps, index = [], 0
@@ -114,12 +128,6 @@ def steps_of(trajectory: dict[str, Any]) -> list[dict[str, Any]]:
 # ----- rewards -----
 
 
-def finite_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return f"a reward must be a finite number, got {type(value).__name__}"
-    return None
-
-
 def reward_function(reward: dict[str, Any], outputs: list[str],
                     to_wire: Callable[[Any], Any]) -> Callable[[dict[str, Any], Any], float]:
     """BestOfN's `reward_fn(inputs, prediction)` for a checked reward spec: a built-in
@@ -130,11 +138,17 @@ def reward_function(reward: dict[str, Any], outputs: list[str],
         def host_reward(inputs: dict[str, Any], prediction: Any) -> float:
             args = {"inputs": to_wire(inputs),
                     "outputs": {field: to_wire(prediction.get(field)) for field in outputs}}
-            score = current_host().call_blocking(name, Purpose.REWARD, args, finite_number)
+            try:
+                score = current_host().call_blocking(name, Purpose.REWARD, args, finite_number)
+            except HostCallFailed as failure:
+                raise noted(failure) from None
             return float(score)
 
         return host_reward
     metric = check_metric(reward["metric"], _default_field(outputs), outputs)
+    if metric.function is not None:
+        raise invalid_field("options.reward.metric", "a host function scores as "
+                            "{function: name}, not as a metric")
     constant = "expected" in reward
 
     def metric_reward(inputs: dict[str, Any], prediction: Any) -> float:

@@ -109,19 +109,9 @@ class RequestCallbacks:
         self._outstanding: dict[str, None] = {}  # in the order issued
         self._threaded: set[concurrent.futures.Future[Any]] = set()
         self._closed = False
-        self.first_failure: HostCallFailed | None = None
 
     async def call(self, function: str, purpose: Purpose, args: dict[str, Any],
                    check: ResultCheck | None = None) -> Any:
-        try:
-            return await self._call(function, purpose, args, check)
-        except HostCallFailed as failure:
-            if purpose is not Purpose.TOOL and self.first_failure is None:
-                self.first_failure = failure
-            raise
-
-    async def _call(self, function: str, purpose: Purpose, args: dict[str, Any],
-                    check: ResultCheck | None) -> Any:
         def failed(reason: Failure, message: str, **more: Any) -> HostCallFailed:
             return HostCallFailed(reason, function, purpose, message, **more)
 

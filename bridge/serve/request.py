@@ -80,10 +80,6 @@ class RequestRunner:
             error = failure.to_error()
         except Exception:  # noqa: BLE001 - any bug becomes an `internal` reply, never a crash
             error = self._internal(request)
-        if error is None and calls is not None and calls.first_failure is not None:
-            # A reward or mock generator failed, and DSPy carried on (BestOfN counts an
-            # attempt failed): the request still fails, as PROTOCOL.md says.
-            error = calls.first_failure.to_error()
         if calls is not None:  # the host hears of abandoned callbacks before the reply
             calls.close(ABANDON_REASONS.get(error.type, "request_ended") if error else
                         "request_ended")
