@@ -139,3 +139,22 @@ def test_dspy_best_of_n_counts_failures_on_the_module_where_the_programs_count_p
         assert failing_calls(dspy_class) < 3  # DSPy's own: the module's count went down
     for bridge_class in (programs.BestOfN, programs.Refine):
         assert failing_calls(bridge_class) == 3
+
+
+def test_dspy_threads_see_its_settings_not_the_callers_context_so_the_scope_rides_both() -> (
+    None
+):
+    from dspy.utils.parallelizer import ParallelExecutor
+
+    from dspy_bridge.engine.scope import SCOPE, SCOPE_SETTING, CallScope, current_scope
+
+    scope = CallScope(partition="p")
+    token = SCOPE.set(scope)
+    try:
+        with dspy.context(**{SCOPE_SETTING: scope}):
+            seen = ParallelExecutor(num_threads=2, disable_progress_bar=True).execute(
+                lambda item: (SCOPE.get(), current_scope()), [1, 2])
+    finally:
+        SCOPE.reset(token)
+    assert [context for context, _ in seen] == [None, None]  # DSPy's threads: no context
+    assert [found for _, found in seen] == [scope, scope]

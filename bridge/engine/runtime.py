@@ -50,7 +50,7 @@ from dspy_bridge.engine.programs import (
     find_program_type,
     to_wire,
 )
-from dspy_bridge.engine.scope import SCOPE, CallScope
+from dspy_bridge.engine.scope import SCOPE, SCOPE_SETTING, CallScope
 from dspy_bridge.engine.tools import check_parameters, steps_of
 from dspy_bridge.protocol.errors import invalid_field
 
@@ -147,7 +147,7 @@ class Engine:
         tracker = UsageTracker()
         failed = False
         try:
-            run = await self._run(program, lm, inputs, config, tracker)
+            run = await self._run(program, lm, inputs, config, tracker, scope)
         except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
             failed = isinstance(exc, dspy.LMError)
             if scope.host_failure is not None:  # a reward or generator failed: the cause
@@ -162,12 +162,13 @@ class Engine:
             record(self._usage(scope, tracker, lm.model, failed))
 
     async def _run(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
-                   config: dict[str, Any], tracker: UsageTracker) -> Run:
+                   config: dict[str, Any], tracker: UsageTracker, scope: CallScope) -> Run:
         kwargs = dict(inputs)
         if config:
             kwargs["config"] = config
         with dspy.context(lm=lm.lm, adapter=None, usage_tracker=tracker,
-                          track_usage=False, max_history_size=0, max_trace_size=0):
+                          track_usage=False, max_history_size=0, max_trace_size=0,
+                          **{SCOPE_SETTING: scope}):
             if hasattr(program.module, "aforward"):
                 prediction = await program.module.acall(**kwargs)
             else:  # a module without an async path: a thread (the context goes with it)

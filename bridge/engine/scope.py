@@ -16,6 +16,7 @@ from typing import Any
 import dspy.clients.base_lm as dspy_base_lm
 from cachetools import LRUCache
 from dspy.clients.cache import Cache
+from dspy.dsp.utils.settings import thread_local_overrides
 
 from dspy_bridge.domain.host import HostCaller, HostCallFailed
 
@@ -37,6 +38,20 @@ class CallScope:
 SCOPE: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
     "bridge_call_scope", default=None
 )
+# The same scope as a DSPy setting: DSPy's ParallelExecutor (Evaluate, the optimizers)
+# runs work in pool threads with DSPy's own settings copied over, not the caller's
+# context, so the scope must travel with the settings too.
+SCOPE_SETTING = "bridge_call_scope"
+
+
+def current_scope() -> CallScope | None:
+    """The calling request's scope: in its context, or in DSPy's settings in a thread
+    DSPy started (tests/test_engine_fixes.py checks DSPy still copies its settings)."""
+    scope = SCOPE.get()
+    if scope is None:
+        found = thread_local_overrides.get().get(SCOPE_SETTING)
+        scope = found if isinstance(found, CallScope) else None
+    return scope
 
 
 class BridgeCache(Cache):  # type: ignore[misc]
@@ -53,14 +68,14 @@ class BridgeCache(Cache):  # type: ignore[misc]
 
     def cache_key(self, request: dict[str, Any],
                   ignored_args_for_cache_key: list[str] | None = None) -> str:
-        scope = SCOPE.get()
+        scope = current_scope()
         partitioned = {**request, "_bridge_partition": scope.partition if scope else ""}
         return str(super().cache_key(partitioned, ignored_args_for_cache_key))
 
     def get(self, request: dict[str, Any],
             ignored_args_for_cache_key: list[str] | None = None) -> Any:
         value = super().get(request, ignored_args_for_cache_key)
-        scope = SCOPE.get()
+        scope = current_scope()
         if value is not None and scope is not None:
             scope.cache_hits += 1
         return value
@@ -96,7 +111,7 @@ class HistorySink(list):  # type: ignore[type-arg]
     that made it (for its cost), and nothing accumulates in the worker."""
 
     def append(self, entry: Any) -> None:
-        scope = SCOPE.get()
+        scope = current_scope()
         if scope is not None:
             scope.entries.append(entry)
 

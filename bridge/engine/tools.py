@@ -22,7 +22,7 @@ from dspy_bridge.domain.host import (
     finite_number,
 )
 from dspy_bridge.engine.metrics import check_metric
-from dspy_bridge.engine.scope import SCOPE
+from dspy_bridge.engine.scope import current_scope
 from dspy_bridge.protocol.errors import invalid_field
 
 # Keywords whose values jsonschema would evaluate as regular expressions: a tenant's
@@ -100,7 +100,7 @@ def host_tool(function: HostFunction) -> dspy.Tool:
 
 
 def current_host() -> HostCaller:
-    scope = SCOPE.get()
+    scope = current_scope()
     if scope is None or scope.host is None:
         raise RuntimeError("a host function was called outside a request")
     return scope.host
@@ -109,7 +109,7 @@ def current_host() -> HostCaller:
 def noted(failure: HostCallFailed) -> HostCallFailed:
     """Keep the call's first failed reward or generator in its scope (the call fails with
     it even if DSPy carries on), and hand it back to be raised."""
-    scope = SCOPE.get()
+    scope = current_scope()
     if scope is not None and scope.host_failure is None:
         scope.host_failure = failure
     return failure
@@ -152,7 +152,7 @@ def reward_function(reward: dict[str, Any], outputs: list[str],
     constant = "expected" in reward
 
     def metric_reward(inputs: dict[str, Any], prediction: Any) -> float:
-        scope = SCOPE.get()
+        scope = current_scope()
         expected = reward["expected"] if constant else (scope.expected if scope else {}).get(
             metric.field)
         return metric.score(prediction.get(metric.field), expected)
