@@ -67,7 +67,7 @@ def _serve(
     from dspy_bridge.serve.worker import Worker
 
     log_queue = LogQueue(options.max_log_queue)
-    route_std_streams(log_queue)
+    route_std_streams()
     configure_logging(options.log_level, log_queue, ready["worker_id"])
     table = build_table(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []

@@ -158,3 +158,22 @@ def test_dspy_threads_see_its_settings_not_the_callers_context_so_the_scope_ride
         SCOPE.reset(token)
     assert [context for context, _ in seen] == [None, None]  # DSPy's threads: no context
     assert [found for _, found in seen] == [scope, scope]
+
+
+def test_dspy_formats_a_list_observation_as_text_blobs_so_tools_answer_observations() -> None:
+    from dspy.adapters.utils import format_field_value
+
+    from dspy_bridge.engine.tools import Observation, observed
+
+    text_field = dspy.InputField()
+    text_field.annotation = str
+    try:
+        format_field_value(text_field, [1, 2])
+    except TypeError:
+        pass  # DSPy's own: a list of anything but text breaks the prompt
+    else:
+        raise AssertionError("DSPy formats non-text lists now: Observation may go")
+    wrapped = observed([1, 2])
+    assert isinstance(wrapped, Observation) and wrapped.value == [1, 2]
+    assert format_field_value(text_field, wrapped) == "[1, 2]"
+    assert observed("plain") == "plain" and not isinstance(observed("plain"), Observation)

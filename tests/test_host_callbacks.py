@@ -297,6 +297,18 @@ def test_callback_reply_refuses_what_it_cannot_take(worker: RecordingWorker) -> 
         "callback_reply", {"callback_id": "cb-1", "error": {"message": "x", "bogus": 1}})
 
 
+@pytest.mark.parametrize("result", [[1, 2, 3], [], [{"a": b"\x00"}], 7, 1.5, True, None,
+                                    {"nested": [[1], {"x": None}]}, b"\x01\x02", "text"])
+def test_a_tool_result_of_any_shape_is_the_observation(worker: RecordingWorker,
+                                                       result: Any) -> None:
+    agent(worker, "shapes", [step("Look.", "lookup_order", {"order_id": "A"}), FINISH,
+                             {"answer": "ok"}])
+    response = Host(worker, {"lookup_order": lambda args: result}).run(
+        "execute_program", ask("shapes"))
+    assert response["success"], response
+    assert response["result"]["trajectory"][0]["observation"] == result
+
+
 def test_a_malformed_reply_leaves_the_callback_waiting(worker: RecordingWorker) -> None:
     agent(worker, "malformed", [step("Look.", "lookup_order", {"order_id": "A"}), FINISH,
                                 {"answer": "ok"}])
@@ -374,6 +386,10 @@ def test_declarations_are_all_or_nothing_and_bounded(worker: RecordingWorker) ->
         "limit_exceeded")
     assert error["details"]["limit"] == "max_tools"
     assert len(worker.ok("list_tools", {"session_id": "batch"})["tools"]) == 100
+    error = worker.error("register_tools", {
+        "session_id": "batch-2", "tools": [{"name": f"v{i}"} for i in range(129)]},
+        "limit_exceeded")
+    assert error["details"]["limit"] == "max_tools"
 
 
 def test_declarations_count_to_the_session_bytes(spawn: Callable[..., WorkerProcess]) -> None:
@@ -450,6 +466,21 @@ def test_best_of_n_takes_the_expected_value_from_the_call(worker: RecordingWorke
     assert result["outputs"] == {"answer": "Nice"}
 
 
+def test_a_reward_names_its_field_at_the_top(worker: RecordingWorker) -> None:
+    worker.ok("configure_lm", {"session_id": "two", "model": "mock", "num_retries": 0,
+                               "sequence": [{"answer": "x", "city": "Lyon"},
+                                            {"answer": "y", "city": "Paris"}]})
+    created = worker.ok("create_program", {
+        "session_id": "two", "program_id": "p", "signature": "question -> answer, city",
+        "program_type": "best_of_n",
+        "options": {"reward": {"metric": "exact_match", "field": "city", "expected": "Paris"}}})
+    assert created["options"]["reward"] == {"metric": {"name": "exact_match", "field": "city"},
+                                            "expected": "Paris"}
+    result = worker.ok("execute_program", {"session_id": "two", "program_id": "p",
+                                           "inputs": {"question": "q"}})
+    assert result["outputs"] == {"answer": "y", "city": "Paris"}
+
+
 def test_best_of_n_keeps_the_best_when_none_reaches_the_threshold(
     worker: RecordingWorker,
 ) -> None:
@@ -512,7 +543,9 @@ def test_attempt_programs_check_their_options(worker: RecordingWorker) -> None:
                           ({"metric": "exact_match", "function": "score"}, "options.reward"),
                           ({"function": "score", "expected": 1}, "options.reward"),
                           ({"function": "nope"}, "options.reward.function"),
-                          ({"metric": "bleu"}, "metric.name")]:
+                          ({"metric": "bleu"}, "options.reward.metric.name"),
+                          ({"metric": "exact_match", "field": "nope"},
+                           "options.reward.metric.field")]:
         assert field in worker.invalid_fields(
             "create_program", {**base, "options": {"reward": reward}}), reward
     for bad, field in [({"n": 0}, "options.n"), ({"n": 21}, "options.n"),
@@ -548,6 +581,33 @@ def test_the_mock_asks_the_host_for_every_answer(worker: RecordingWorker) -> Non
     assert host.callbacks[0]["purpose"] == "mock"
     assert host.callbacks[0]["args"] == {"model": "mock/gen", "inputs": {"question": "abc"},
                                          "outputs": ["answer", "length"]}
+
+
+def test_a_generator_drives_a_react_agent_from_its_trajectory(
+    worker: RecordingWorker,
+) -> None:
+    worker.ok("register_tools", {"session_id": "gen-react",
+                                 "tools": [LOOKUP, {"name": "agent_lm"}]})
+    worker.ok("configure_lm", {"session_id": "gen-react", "model": "mock",
+                               "generator": "agent_lm"})
+    worker.ok("create_program", {"session_id": "gen-react", "program_id": "agent",
+                                 "signature": "question -> answer", "program_type": "react",
+                                 "options": {"tools": ["lookup_order"]}})
+    seen: list[dict[str, Any]] = []
+
+    def agent_lm(args: Any) -> Any:
+        seen.append(args["inputs"])
+        if "next_tool_name" not in args["outputs"]:  # the extraction step
+            return {"answer": "order " + args["inputs"]["question"].split()[-1]}
+        if "observation_0" in args["inputs"]["trajectory"]:
+            return FINISH
+        return step("Look it up.", "lookup_order", {"order_id": args["inputs"]["question"]})
+
+    host = Host(worker, {"agent_lm": agent_lm, "lookup_order": lambda args: "found"})
+    response = host.run("execute_program", ask("gen-react", "A-5"))
+    assert response["result"]["outputs"]["answer"] == "order A-5"
+    assert [set(inputs) for inputs in seen] == [{"question", "trajectory"}] * 3
+    assert "[[ ## observation_0 ## ]]" in seen[1]["trajectory"]
 
 
 def test_a_failing_generator_is_the_request_s_host_error(worker: RecordingWorker) -> None:

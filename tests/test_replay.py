@@ -341,6 +341,39 @@ def test_recorder_captures_generated_ids_and_refers_to_them() -> None:
     assert mine["expect"]["result"]["program_id"] == "qa_2024_v1"
 
 
+def test_recorder_captures_callback_ids_and_their_replies_refer_to_them() -> None:
+    recorder = TranscriptRecorder()
+    recorder.incoming({"id": 1, "command": "execute_program", "args": {"program_id": "agent"},
+                       "timeout_ms": 30000})
+    callback = json.loads(recorder.outgoing({
+        "event": "callback", "callback_id": "cb-1", "request_id": 1, "session_id": "default",
+        "function": "lookup_order", "purpose": "tool", "args": {"order_id": "A-17"},
+        "timeout_ms": 29987})[0])
+    # Short as it is, the id is the worker's; the time left is volatile.
+    assert callback["expect_event"]["callback_id"] == "<any:callback_id_1>"
+    assert callback["expect_event"]["timeout_ms"] == "<any>"
+    assert callback["expect_event"]["request_id"] == 1
+    send = json.loads(recorder.incoming({"id": "callback_reply:cb-1", "command": "callback_reply",
+                                         "args": {"callback_id": "cb-1", "result": "ok"}})[0])
+    assert send["send"]["args"]["callback_id"] == "<var:callback_id_1>"
+    # The request id holds the callback id, but the host chose it: it stays as it is.
+    assert send["send"]["id"] == "callback_reply:cb-1"
+    reply = json.loads(recorder.outgoing({"id": "callback_reply:cb-1", "success": True,
+                                          "result": {"accepted": True}})[0])
+    assert reply["expect"]["id"] == "callback_reply:cb-1"
+    abandoned = json.loads(recorder.outgoing({"event": "callback_abandoned",
+                                              "callback_id": "cb-1", "request_id": 1,
+                                              "reason": "timeout"})[0])
+    assert abandoned["expect_event"]["callback_id"] == "<var:callback_id_1>"
+    # A callback id the host made up (never issued) is the host's, not captured.
+    recorder.incoming({"id": 2, "command": "callback_reply",
+                       "args": {"callback_id": "cb-999", "result": 1}})
+    unknown = json.loads(recorder.outgoing({"id": 2, "success": False, "error": {
+        "type": "not_found", "message": "no callback 'cb-999'",
+        "details": {"callback_id": "cb-999"}}})[0])
+    assert unknown["expect"]["error"]["details"]["callback_id"] == "cb-999"
+
+
 def test_recorder_pairs_nil_id_replies_with_what_it_saw() -> None:
     recorder = TranscriptRecorder()
     nil_reply = {"id": None, "success": False, "error": {"type": "invalid_request"}}
@@ -635,6 +668,42 @@ def test_recording_appends_sessions_that_each_replay_on_a_fresh_worker(tmp_path:
     steps = tx.parse(path.read_text())
     assert sum(isinstance(step, tx.WorkerArgs) for step in steps) == 2
     result = replay_file(path, cwd=REPO)
+    assert result.passed, result.report()
+
+
+def test_a_recorded_session_with_callbacks_replays_as_is(tmp_path: Path) -> None:
+    """Callbacks answered by the client's Python functions are recorded as `expect_event`
+    and `send` steps tied by the captured callback id, and replay as they are."""
+    path = tmp_path / "callbacks.jsonl"
+    with WorkerClient(["--record", str(path)], cwd=REPO) as worker:
+        worker.wait_event("ready", 60)
+        worker.register_function("lookup_order", lambda order_id: {"status": "shipped"},
+                                 parameters={"type": "object",
+                                             "properties": {"order_id": {"type": "string"}}})
+        worker.register_tools(timeout=60)
+        steps = [
+            {"next_thought": "Look.", "next_tool_name": "lookup_order",
+             "next_tool_args": {"order_id": "A-17"}},
+            {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+            {"reasoning": "Shipped.", "answer": "It has shipped."},
+        ]
+        worker.call("create_program", {
+            "program_id": "agent", "signature": "question -> answer", "program_type": "react",
+            "options": {"tools": ["lookup_order"]},
+            "lm": {"model": "mock/agent", "extra": {"sequence": steps}}}, 60)
+        ran = worker.call("execute_program", {"program_id": "agent",
+                                              "inputs": {"question": "Where is A-17?"}}, 60,
+                          timeout_ms=60000)
+        assert ran["trajectory"][0]["observation"] == {"status": "shipped"}
+        (callback,) = worker.callbacks
+        assert callback.wait(60) and callback.accepted
+    text = path.read_text()
+    assert '"callback_id": "<any:callback_id_1>"' in text
+    assert '"callback_id": "<var:callback_id_1>"' in text
+    recorded = tx.parse(text)
+    assert [step.message["event"] for step in recorded if isinstance(step, tx.ExpectEvent)] == [
+        "ready", "callback"]
+    result = replay_file(path, cwd=REPO, timeout=60)
     assert result.passed, result.report()
 
 

@@ -47,7 +47,7 @@ def test_the_suite_touches_every_command_error_type_and_event() -> None:
     # engine_unavailable needs a broken DSPy installation (an environment a transcript
     # cannot set): tests/test_hardening.py covers it against a real worker.
     assert {error.value for error in ErrorType} - {"engine_unavailable"} <= errors
-    assert {"ready", "session_evicted"} <= events
+    assert {"ready", "session_evicted", "callback", "callback_abandoned"} <= events
 
 
 # A bound on waiting, not a wait: on a loaded machine the first DSPy command of a worker

@@ -310,6 +310,29 @@ def test_stray_stdout_writes_never_corrupt_frames(worker: WorkerProcess) -> None
     assert worker.stderr_text().count("oops") >= 1
 
 
+def test_python_prints_become_json_log_lines(worker: WorkerProcess) -> None:
+    """A library's `print` (DSPy's BestOfN prints each failed attempt) is a JSON line
+    naming the request, not raw text among the log lines."""
+    worker.call("stdout_noise", {"text": "half a line, "})  # held until its newline
+    request_id = worker.start("stdout_noise", {"text": "the rest\n"})
+    worker.response(request_id)
+    worker.call("shutdown", {"grace_ms": 0})
+    worker.wait_exit(30)
+    printed = [line for line in map(_json_or_none, worker.stderr_text().splitlines())
+               if line is not None and line.get("event") == "printed"]
+    assert {"stream": "stdout", "text": "half a line, the rest", "id": request_id,
+            "command": "stdout_noise"}.items() <= next(
+        line for line in printed if "the rest" in line["text"]).items()
+
+
+def _json_or_none(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 # ----- lifecycle -----
 
 

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from dspy_bridge.commands.common import SessionRef, engine_of
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.host import MAX_TOOLS, RESERVED_NAMES, FunctionName, HostFunction
+from dspy_bridge.domain.host import RESERVED_NAMES, FunctionName, HostFunction
 from dspy_bridge.domain.models import Args, SessionId
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
@@ -35,7 +35,8 @@ class ToolDeclaration(Args):
 
 class RegisterToolsArgs(Args):
     session_id: SessionId | None = None
-    tools: Annotated[list[ToolDeclaration], Field(min_length=1, max_length=MAX_TOOLS)]
+    # how many a session may declare is the store's check (limit_exceeded, max_tools)
+    tools: Annotated[list[ToolDeclaration], Field(min_length=1)]
 
 
 class ToolRef(Args):

@@ -27,6 +27,8 @@ class RewardSpec(Args):
     function that scores each attempt."""
 
     metric: Annotated[str, Field(min_length=1, max_length=100)] | dict[str, Any] | None = None
+    # the output field scored (short for the metric's own `field`)
+    field: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     expected: Any = None
     function: FunctionName | None = None
 
@@ -34,12 +36,18 @@ class RewardSpec(Args):
     def _one_kind(self) -> RewardSpec:
         if (self.metric is None) == (self.function is None):
             raise ValueError("give exactly one of metric and function")
-        if self.function is not None and "expected" in self.model_fields_set:
-            raise ValueError("expected goes with a metric, not a host function")
+        if self.function is not None and self.model_fields_set & {"expected", "field"}:
+            raise ValueError("expected and field go with a metric, not a host function")
         return self
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(include=self.model_fields_set, exclude_none=False)
+        """The spec with `field` folded into the metric's own options."""
+        wire = self.model_dump(include=self.model_fields_set - {"field"}, exclude_none=False)
+        if self.field is not None:
+            metric = self.metric
+            wire["metric"] = {**({"name": metric} if isinstance(metric, str) else
+                                 dict(metric or {})), "field": self.field}
+        return wire
 
 
 class AttemptsOptions(Args):

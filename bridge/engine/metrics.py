@@ -125,21 +125,22 @@ class Metric:
         return self._kind.score(self._options, predicted, expected)
 
 
-def check_metric(spec: str | dict[str, Any], default_field: str, outputs: list[str]) -> Metric:
+def check_metric(spec: str | dict[str, Any], default_field: str, outputs: list[str],
+                 where: str = "metric") -> Metric:
     """The metric `spec` names (a name, or `{name, ...options}`), checked; errors name
-    `metric.<option>`."""
+    `<where>.<option>`."""
     given = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = given.get("name")
     kind = METRICS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise invalid_field("metric.name", f"unknown metric {name!r}; known: "
+        raise invalid_field(f"{where}.name", f"unknown metric {name!r}; known: "
                             + ", ".join(METRICS))
     try:
         options: Any = kind.options.model_validate(given)
     except ValidationError as exc:
-        raise invalid_from(exc, "metric") from None
+        raise invalid_from(exc, where) from None
     field = options.field or default_field
     if field not in outputs:
-        raise invalid_field("metric.field", f"{field!r} is not an output field of the "
+        raise invalid_field(f"{where}.field", f"{field!r} is not an output field of the "
                             "program; its outputs are " + ", ".join(outputs))
     return Metric(options.name, field, options.threshold, kind, options)

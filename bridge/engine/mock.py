@@ -32,6 +32,7 @@ RAW_KEY = "__raw__"
 OUTPUT_SECTION = re.compile(r"Your output fields are:\n(.*?)(?:\nAll interactions|\Z)", re.S)
 OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \((.+?)\):", re.M)
 INPUT_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]\n")
+INPUT_SECTION = re.compile(r"Your input fields are:\n(.*?)\nYour output fields are:", re.S)
 RESPOND_MARKER = re.compile(r"\n\nRespond with (?:the corresponding output fields|a JSON object)")
 TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -117,7 +118,9 @@ class MockEngine:
         """What a host generator is asked: the prompt's inputs and the outputs wanted."""
         user_texts = [m.text or "" for m in request.messages if m.role == "user"]
         outputs = parse_output_fields(_text_of(request.system))
-        return {"model": self.model, "inputs": parse_inputs(user_texts[-1] if user_texts else ""),
+        system = _text_of(request.system)
+        return {"model": self.model,
+                "inputs": parse_inputs(user_texts[-1] if user_texts else "", system),
                 "outputs": [name for name, _ in outputs]}
 
     def plan(self, request: lm15.Request,
@@ -159,7 +162,8 @@ class MockEngine:
             or "Outputs will be a JSON object" in system
             or "Respond with a JSON object" in last_user
         )
-        value = generated if generated is not MISSING else self._choose(parse_inputs(last_user))
+        value = generated if generated is not MISSING else self._choose(
+            parse_inputs(last_user, system))
         if isinstance(value, dict) and set(value) == {RAW_KEY}:
             text = str(value[RAW_KEY])
         else:
@@ -231,14 +235,34 @@ def parse_output_fields(system: str) -> tuple[tuple[str, str], ...]:
     return tuple(OUTPUT_FIELD.findall(section.group(1)))
 
 
-def parse_inputs(user_text: str) -> dict[str, str]:
-    """The input field values of the last user message, as the adapter rendered them."""
+@functools.lru_cache(maxsize=64)
+def parse_input_names(system: str) -> frozenset[str] | None:
+    """The input fields the adapter declares (None when the prompt declares none)."""
+    section = INPUT_SECTION.search(system)
+    if section is None:
+        return None
+    return frozenset(name for name, _ in OUTPUT_FIELD.findall(section.group(1)))
+
+
+def parse_inputs(user_text: str, system: str = "") -> dict[str, str]:
+    """The input field values of the last user message, as the adapter rendered them.
+    A marker that names no declared input is part of the value before it (ReAct's
+    trajectory renders its steps with markers of their own)."""
     marker = RESPOND_MARKER.search(user_text)
     if marker is not None:
         user_text = user_text[: marker.start()]
-    parts = INPUT_FIELD.split(user_text)
-    # parts: [preamble, name1, value1, name2, value2, ...]
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+    parts = INPUT_FIELD.split(user_text)  # [preamble, name1, value1, name2, value2, ...]
+    known = parse_input_names(system)
+    values: dict[str, str] = {}
+    current: str | None = None
+    for index in range(1, len(parts) - 1, 2):
+        name, text = parts[index], parts[index + 1]
+        if current is None or known is None or name in known:
+            current = name
+            values[name] = text
+        else:
+            values[current] += f"[[ ## {name} ## ]]\n{text}"
+    return {name: text.strip() for name, text in values.items()}
 
 
 # ----- writing the answer -----

@@ -8,6 +8,7 @@ built once and shared by every request, the host caller is the request's own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,24 @@ def failure_observation(name: str, message: str) -> str:
     return f"Execution error in {name}: {message}"
 
 
+class Observation(str):
+    """A tool's structured result as the LM reads it (JSON text), keeping the value for
+    the trajectory the host gets back. DSPy formats a list observation as a list of text
+    blobs and fails on any other item (`[1, 2]`), so no result reaches it as a list
+    (tests/test_engine_fixes.py fails when DSPy changes this)."""
+
+    value: Any
+
+    def __new__(cls, value: Any) -> Observation:
+        text = super().__new__(cls, json.dumps(value, ensure_ascii=False, default=repr))
+        text.value = value
+        return text
+
+
+def observed(result: Any) -> Any:
+    return result if isinstance(result, str) else Observation(result)
+
+
 def host_tool(function: HostFunction) -> dspy.Tool:
     """A dspy.Tool that runs the host function of that name for the calling request."""
 
@@ -90,7 +109,7 @@ def host_tool(function: HostFunction) -> dspy.Tool:
         if problem is not None:
             return failure_observation(function.name, problem)
         try:
-            return await current_host().call(function.name, Purpose.TOOL, arguments)
+            return observed(await current_host().call(function.name, Purpose.TOOL, arguments))
         except HostCallFailed as failure:
             return failure_observation(function.name, failure.message)
 
@@ -119,8 +138,11 @@ def steps_of(trajectory: dict[str, Any]) -> list[dict[str, Any]]:
     """ReAct's flat trajectory (`thought_0`, `tool_name_0`, ...) as a list of steps."""
     steps, index = [], 0
     while f"tool_name_{index}" in trajectory:
-        steps.append({part: trajectory.get(f"{part}_{index}")
-                      for part in ("thought", "tool_name", "tool_args", "observation")})
+        step = {part: trajectory.get(f"{part}_{index}")
+                for part in ("thought", "tool_name", "tool_args", "observation")}
+        if isinstance(step["observation"], Observation):
+            step["observation"] = step["observation"].value
+        steps.append(step)
         index += 1
     return steps
 
@@ -145,7 +167,8 @@ def reward_function(reward: dict[str, Any], outputs: list[str],
             return float(score)
 
         return host_reward
-    metric = check_metric(reward["metric"], _default_field(outputs), outputs)
+    metric = check_metric(reward["metric"], _default_field(outputs), outputs,
+                          "options.reward.metric")
     if metric.function is not None:
         raise invalid_field("options.reward.metric", "a host function scores as "
                             "{function: name}, not as a metric")

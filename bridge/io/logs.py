@@ -66,17 +66,33 @@ class LogQueue:
                 self._lines.task_done()
 
 
-class QueueTextStream(io.TextIOBase):
-    """`sys.stdout`/`sys.stderr` for Python code in the worker: into the log queue."""
+class PrintedLines(io.TextIOBase):
+    """`sys.stdout`/`sys.stderr` for Python code in the worker (a library's `print`, a
+    warning): each line becomes a JSON log line (`event: "printed"`, with `stream` and
+    `text`), so stderr carries JSON lines only. A line is held until its newline, at most
+    MAX_HELD characters."""
 
-    def __init__(self, sink: LogQueue) -> None:
-        self._sink = sink
+    MAX_HELD = 8192
+
+    def __init__(self, stream: str) -> None:
+        self._stream = stream
+        self._held = ""
+        self._lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        return self._sink.write(text) if text else 0
+        with self._lock:
+            *lines, self._held = (self._held + text).split("\n")
+            if len(self._held) > self.MAX_HELD:
+                lines.append(self._held)
+                self._held = ""
+        for line in lines:
+            if line.strip():
+                structlog.get_logger("printed").warning(
+                    "printed", stream=self._stream, text=line[:self.MAX_HELD])
+        return len(text)
 
 
 # The worker's own words in every line: never scrubbed, so a tenant whose "key" is
@@ -105,9 +121,10 @@ def bind_request(request_id: int | str, command: str, session_id: str | None) ->
         structlog.contextvars.bind_contextvars(session_id=session_id)
 
 
-def route_std_streams(sink: LogQueue) -> None:
-    """Python-level writes to stdout/stderr (warnings, a stray print) go to the queue."""
-    sys.stdout = sys.stderr = QueueTextStream(sink)
+def route_std_streams() -> None:
+    """Python-level writes to stdout/stderr (warnings, a stray print) become log lines."""
+    sys.stdout = PrintedLines("stdout")
+    sys.stderr = PrintedLines("stderr")
 
 
 class StdlibToStructlog(logging.Handler):

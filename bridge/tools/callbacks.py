@@ -14,11 +14,12 @@ registered with `pass_callback=True` receives the record as its first argument.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dspy_bridge.protocol import codec
+from dspy_bridge.protocol.host import Event, HostItem, Response
 
 # The worker refuses longer error texts (`invalid_args`), which would leave the callback
 # waiting for a proper answer until it times out: they are cut to length instead.
@@ -179,3 +180,112 @@ def error_reply(
     if type is not None:
         error["type"] = type[:MAX_ERROR_TYPE_CHARS]
     return {"callback_id": callback_id, "error": error}
+
+
+class CallbackServer:
+    """The host functions a client registered, and the callbacks they serve: by callback
+    id, and by the request id of their reply. The client's reader thread hands it every
+    item (`take`); each callback runs in a thread of its own, which answers through
+    `send_request` (a `callback_reply` request) unless the worker abandoned it."""
+
+    def __init__(self, send_request: Callable[[dict[str, Any]], None]) -> None:
+        self._send_request = send_request
+        self._functions: dict[str, HostFunction] = {}
+        self._callbacks: dict[str, Callback] = {}
+        self._replies: dict[str, Callback] = {}
+        self._lock = threading.Lock()
+
+    def register(self, function: HostFunction) -> HostFunction:
+        with self._lock:
+            self._functions[function.name] = function
+        return function
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._functions.pop(name, None)
+
+    @property
+    def functions(self) -> dict[str, HostFunction]:
+        with self._lock:
+            return dict(self._functions)
+
+    def declarations(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        functions = self.functions
+        chosen = list(functions) if names is None else list(names)
+        return [functions[name].declaration() for name in chosen]
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        with self._lock:
+            return list(self._callbacks.values())
+
+    def callback(self, callback_id: str) -> Callback | None:
+        with self._lock:
+            return self._callbacks.get(callback_id)
+
+    def take(self, item: HostItem) -> bool:
+        """Reader thread: whether the item belongs to a registered function's callback
+        (and was taken care of), or is for the client's `receive`."""
+        if isinstance(item, Response):
+            with self._lock:
+                record = self._replies.pop(item.id, None) if isinstance(item.id, str) else None
+            if record is None:
+                return False
+            record.response = item.message
+            record.settle()
+            return True
+        if not isinstance(item, Event):
+            return False
+        if item.name == "callback":
+            return self._start(item.message)
+        if item.name == "callback_abandoned":
+            callback_id = item.message.get("callback_id")
+            with self._lock:
+                record = self._callbacks.get(callback_id) if isinstance(callback_id, str) else None
+                if record is None:
+                    return False
+                record.mark_abandoned(item.message.get("reason"))
+            return True
+        return False
+
+    def _start(self, message: dict[str, Any]) -> bool:
+        name, callback_id = message.get("function"), message.get("callback_id")
+        if not isinstance(name, str) or not isinstance(callback_id, str):
+            return False
+        with self._lock:
+            function = self._functions.get(name)
+            if function is None:
+                return False
+            record = Callback(message)
+            self._callbacks[callback_id] = record
+        threading.Thread(target=self._serve, args=(function, record),
+                         name=f"callback-{callback_id}", daemon=True).start()
+        return True
+
+    def _serve(self, function: HostFunction, record: Callback) -> None:
+        """A callback's own thread: run the function, send its answer (unless abandoned)."""
+        reply = answer(function, record)
+        with self._lock:
+            if record.abandoned.is_set():
+                record.skipped = True
+                record.settle()
+                return
+            record.reply = reply
+            self._replies[record.reply_id] = record
+        try:
+            self._send_request({"id": record.reply_id, "command": "callback_reply",
+                                "args": reply})
+        except Exception as exc:  # noqa: BLE001 - the worker exited, or the id is in use
+            with self._lock:
+                self._replies.pop(record.reply_id, None)
+            record.send_error = str(exc)
+            record.settle()
+
+    def settle_all(self) -> None:
+        """The worker's output ended: no reply will be answered any more."""
+        with self._lock:
+            waiting = list(self._replies.values())
+            self._replies.clear()
+        for record in waiting:
+            record.send_error = record.send_error or "the worker exited"
+            record.settle()

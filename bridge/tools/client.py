@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dspy_bridge.protocol.framing import MAX_LENGTH, encode_frame
-from dspy_bridge.protocol.host import Event, HostConnection, HostItem, InvalidFrame, Response
-from dspy_bridge.protocol.peer import LocalProtocolError
-from dspy_bridge.tools.callbacks import Callback, HostCallable, HostFunction, answer
+from dspy_bridge.protocol.host import HostConnection, HostItem, InvalidFrame
+from dspy_bridge.tools.callbacks import Callback, CallbackServer, HostCallable, HostFunction
 
 DEFAULT_TIMEOUT_S = 10.0
 READER_JOIN_S = 2.0
@@ -66,15 +65,10 @@ class WorkerClient:
     `stderr_lines` bounds how many of the worker's log lines are kept (None: all).
 
     Host functions: `register_function(name, fn, ...)` makes a Python callable answer the
-    worker's `callback` events for that function. The reader thread hands each such
-    callback to a thread of its own (reading frames never waits for a callable), which
-    sends `callback_reply` with the return value as `result`, or `error` with the message
-    of the exception it raised — unless the worker abandoned the callback meanwhile
-    (`callback_abandoned`), in which case nothing is sent. Those callbacks, their
-    abandonment and the responses to those replies never reach `receive`: they are kept
-    as `Callback` records (`callbacks`). Callbacks for functions not registered here are
-    received like any event, for the caller to answer. `register_tools(session_id)`
-    declares the registered functions in a session.
+    worker's `callback` events for that function, off the reader thread; those callbacks
+    never reach `receive` but are kept as `Callback` records (`callbacks`; see
+    `bridge.tools.callbacks`). Callbacks for functions not registered here are received
+    like any event. `register_tools(session_id)` declares the registered functions.
     """
 
     def __init__(
@@ -105,12 +99,7 @@ class WorkerClient:
         self._ids = itertools.count(1)
         self.output_closed = False
         self.backlog: list[dict[str, Any]] = []
-        # Host functions, and the callbacks they serve: by callback id, and by the request
-        # id of their reply (the reader thread settles them, handler threads fill them).
-        self._functions: dict[str, HostFunction] = {}
-        self._callbacks: dict[str, Callback] = {}
-        self._replies: dict[str, Callback] = {}
-        self._callbacks_lock = threading.Lock()
+        self._host = CallbackServer(self._send_request)
         self._threads = [
             threading.Thread(target=self._read_frames, name="worker-frames", daemon=True),
             threading.Thread(target=self._read_stderr, name="worker-stderr", daemon=True),
@@ -129,11 +118,11 @@ class WorkerClient:
             except OSError:
                 data = b""
             if not data:
-                self._settle_all_callbacks()
+                self._host.settle_all()
                 self._inbox.put(_Eof())
                 return
             for item in self._connection.receive_data(data):
-                if not self._take_callback_item(item):
+                if not self._host.take(item):
                     self._inbox.put(item)
 
     def _read_stderr(self) -> None:
@@ -145,7 +134,7 @@ class WorkerClient:
     def pid(self) -> int:
         return self.process.pid
 
-    # --- host functions ---
+    # --- host functions (see bridge.tools.callbacks.CallbackServer) ---
 
     def register_function(
         self,
@@ -160,27 +149,21 @@ class WorkerClient:
         `args` as keyword arguments (after the `Callback` record if `pass_callback`).
         `description` and `parameters` are what `register_tools` declares. Registering a
         name again replaces its callable; callbacks already running keep the old one."""
-        function = HostFunction(name, fn, description, parameters, pass_callback)
-        with self._callbacks_lock:
-            self._functions[name] = function
-        return function
+        return self._host.register(HostFunction(name, fn, description, parameters,
+                                                pass_callback))
 
     def unregister_function(self, name: str) -> None:
         """Stop answering callbacks for `name` (they reach `receive` again)."""
-        with self._callbacks_lock:
-            self._functions.pop(name, None)
+        self._host.unregister(name)
 
     @property
     def functions(self) -> dict[str, HostFunction]:
-        with self._callbacks_lock:
-            return dict(self._functions)
+        return self._host.functions
 
     def declarations(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The `register_tools` entries of the registered functions (or of `names`, in
         that order; KeyError for one not registered)."""
-        functions = self.functions
-        chosen = list(functions) if names is None else list(names)
-        return [functions[name].declaration() for name in chosen]
+        return self._host.declarations(names)
 
     def register_tools(
         self,
@@ -198,79 +181,10 @@ class WorkerClient:
     @property
     def callbacks(self) -> list[Callback]:
         """Every callback a registered function took, in the order they arrived."""
-        with self._callbacks_lock:
-            return list(self._callbacks.values())
+        return self._host.callbacks
 
     def callback(self, callback_id: str) -> Callback | None:
-        with self._callbacks_lock:
-            return self._callbacks.get(callback_id)
-
-    def _take_callback_item(self, item: HostItem) -> bool:
-        """Reader thread: whether the item belongs to a registered function's callback
-        (and was taken care of), or is for `receive`."""
-        if isinstance(item, Response):
-            with self._callbacks_lock:
-                record = self._replies.pop(item.id, None) if isinstance(item.id, str) else None
-            if record is None:
-                return False
-            record.response = item.message
-            record.settle()
-            return True
-        if not isinstance(item, Event):
-            return False
-        message = item.message
-        if item.name == "callback":
-            name, callback_id = message.get("function"), message.get("callback_id")
-            if not isinstance(name, str) or not isinstance(callback_id, str):
-                return False
-            with self._callbacks_lock:
-                function = self._functions.get(name)
-                if function is None:
-                    return False
-                record = Callback(message)
-                self._callbacks[callback_id] = record
-            threading.Thread(
-                target=self._serve_callback, args=(function, record),
-                name=f"callback-{callback_id}", daemon=True,
-            ).start()
-            return True
-        if item.name == "callback_abandoned":
-            callback_id = message.get("callback_id")
-            with self._callbacks_lock:
-                record = self._callbacks.get(callback_id) if isinstance(callback_id, str) else None
-                if record is None:
-                    return False
-                record.mark_abandoned(message.get("reason"))
-            return True
-        return False
-
-    def _serve_callback(self, function: HostFunction, record: Callback) -> None:
-        """A callback's own thread: run the function, send its answer (unless abandoned)."""
-        reply = answer(function, record)
-        with self._callbacks_lock:
-            if record.abandoned.is_set():
-                record.skipped = True
-                record.settle()
-                return
-            record.reply = reply
-            self._replies[record.reply_id] = record
-        try:
-            self._send_request({"id": record.reply_id, "command": "callback_reply",
-                                "args": reply})
-        except (WorkerExited, LocalProtocolError) as exc:
-            with self._callbacks_lock:
-                self._replies.pop(record.reply_id, None)
-            record.send_error = str(exc)
-            record.settle()
-
-    def _settle_all_callbacks(self) -> None:
-        """The worker's output ended: no reply will be answered any more."""
-        with self._callbacks_lock:
-            waiting = list(self._replies.values())
-            self._replies.clear()
-        for record in waiting:
-            record.send_error = record.send_error or "the worker exited"
-            record.settle()
+        return self._host.callback(callback_id)
 
     # --- sending ---
 

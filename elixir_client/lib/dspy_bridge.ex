@@ -38,17 +38,43 @@ defmodule DSPyBridge do
   inside them keeps its string keys). Arguments may use atom or string
   keys, and keyword lists where a map is expected.
 
+  ## Host functions
+
+  Elixir functions can serve the worker while it runs a program: the tools
+  of a ReAct agent, the reward of `best_of_n`/`refine`, the answers of a
+  mock LM. Declare them with `register_tools/3` (or inline in
+  `create_program/3`); the worker calls back for them, and the client runs
+  each call in a supervised task, never in a worker process:
+
+      {:ok, _} =
+        DSPyBridge.register_tools(MyApp.DSPy, [
+          %{name: "lookup_order", description: "Finds an order by id",
+            parameters: %{type: "object", properties: %{order_id: %{type: "string"}}},
+            run: &MyApp.Orders.lookup/1}
+        ], session: "tenant-1")
+
+      {:ok, _} =
+        DSPyBridge.create_program(MyApp.DSPy,
+          %{program_id: "agent", signature: "question -> answer", program_type: :react,
+            options: %{tools: ["lookup_order"], max_iters: 5}},
+          session: "tenant-1")
+
+      {:ok, %{"outputs" => %{"answer" => answer}, "trajectory" => steps}} =
+        DSPyBridge.execute(MyApp.DSPy, "agent", %{question: "Where is order A-17?"},
+          session: "tenant-1")
+
   ## Events
 
   `subscribe/1` makes the calling process receive
   `{:dspy_bridge_event, %DSPyBridge.Event{}}` messages: the workers' `ready`,
-  `session_evicted`, `progress` and `engine_failed` events, and the client's own
+  `session_evicted`, `progress`, `engine_failed`, `callback` and
+  `callback_abandoned` events, and the client's own
   `worker_exited`, `replayed` and `late_reply_dropped`. Events are also
   logged with `Logger`, and sent as `:telemetry` events when `:telemetry`
   is loaded (see `DSPyBridge.Telemetry`).
   """
 
-  alias DSPyBridge.{Args, Error, Options, Pool}
+  alias DSPyBridge.{Args, Error, HostFunction, Options, Pool}
   alias DSPyBridge.Pool.Store
 
   @typedoc "A pool name, as given to `DSPyBridge.Pool` in `:name`."
@@ -59,6 +85,26 @@ defmodule DSPyBridge do
           {:session, String.t() | atom() | nil}
           | {:timeout, timeout()}
           | {:worker, non_neg_integer()}
+
+  @typedoc """
+  A host function (see `register_tools/3`): a map or keyword list with
+
+    * `:name` (required) — a string or atom: 1–64 characters, a letter or
+      `_` first, then letters, digits and `_` (an LM writes it back);
+      `finish` is reserved;
+    * `:run` (required) — the implementation: a function of the callback's
+      `args` (arity 1); a function of `args` and a context map (arity 2:
+      `:function`, `:purpose` (`"tool"`, `"reward"`, `"mock"`),
+      `:session_id`, `:request_id`, `:callback_id`, `:timeout_ms`); or
+      `{module, function, extra_args}`, called as `apply(module, function,
+      [args | extra_args])`;
+    * `:description` — what it does, shown to the LM (up to 8,192
+      characters);
+    * `:parameters` — a JSON schema (an `object` schema, as a map) of its
+      arguments; the worker checks the LM's arguments against it before
+      asking the host.
+  """
+  @type tool :: keyword() | map()
 
   @typedoc "The result of every call."
   @type result(ok) :: {:ok, ok} | {:error, Error.t()}
@@ -80,23 +126,64 @@ defmodule DSPyBridge do
 
       DSPyBridge.configure_lm(pool, [model: "mock/a", extra: %{default: "A"}], session: "s1")
 
+  A mock LM can ask the host for its answers: `extra: %{generator: name}`
+  names a host function of the session (see `register_tools/3`), which is
+  called with `%{"model" => ..., "inputs" => ..., "outputs" => [field names]}`
+  and returns the answer (a map of output fields, or one value). The
+  generator may also be given inline, as a tool spec with `:name` and
+  `:run`: it is registered first.
+
+      DSPyBridge.configure_lm(pool,
+        [model: "mock", extra: %{generator: %{name: "gen", run: fn %{"inputs" => i} -> %{answer: i["question"]} end}}],
+        session: "s1")
+
   Returns the worker's answer (string keys), with any key redacted.
   """
   @spec configure_lm(pool(), lm(), [option()]) :: result(map())
   def configure_lm(pool, lm, opts \\ []) do
     opts = Options.validate!(opts, :call)
-    args = lm_args(lm)
+    {args, inline} = inline_lm(lm_args(lm))
 
-    mutate(pool, "configure_lm", args, opts, fn session, args ->
-      {:put_lm, session, args}
-    end)
+    with {:ok, _} <- register_inline(pool, inline, opts) do
+      mutate(pool, "configure_lm", args, opts, fn session, args ->
+        {:put_lm, session, args}
+      end)
+    end
   end
 
   @doc """
   Creates a program. `spec` is a signature string (`"question -> answer"`)
   or a keyword list / map with `:signature` and optionally `:program_id`,
-  `:program_type` (`"predict"`, `"chain_of_thought"`), `:lm`, `:demos`,
-  `:instructions`.
+  `:program_type`, `:options`, `:lm`, `:demos`, `:instructions`.
+
+  `:program_type` (a string or atom) is `predict` (the default),
+  `chain_of_thought`, `react`, `best_of_n` or `refine`; `:options` holds the
+  type's own settings (see the protocol's "Program types"):
+
+    * `react`: `tools:` 1–32 host functions of the session (see
+      `register_tools/3`), `max_iters:` (default 20). A ReAct run calls its
+      tools through the host: their Elixir functions run in this VM.
+    * `best_of_n`, `refine`: `module:` (`predict` or `chain_of_thought`),
+      `n:` attempts (default 3), `threshold:` (default 1.0), `reward:` —
+      `%{metric: "exact_match" | "contains" | "f1", field: ..., expected:
+      ...}` or `%{function: name}`, a host function that scores an attempt
+      (called with `%{"inputs" => ..., "outputs" => ...}`, returning a
+      number), `fail_count:`.
+
+  Where a host function's name is expected (each of `options.tools`,
+  `options.reward.function`, a mock `lm`'s `extra.generator`), a tool spec
+  with `:run` may be given instead (see `t:tool/0`): it is registered in the
+  session first (`register_tools/3`), and the program names it.
+
+      DSPyBridge.create_program(pool,
+        %{program_id: "agent", signature: "question -> answer", program_type: :react,
+          options: %{tools: [%{name: "lookup_order", description: "Finds an order by id",
+                               parameters: %{type: "object",
+                                             properties: %{order_id: %{type: "string"}},
+                                             required: ["order_id"]},
+                               run: &MyApp.Orders.lookup/1}],
+                     max_iters: 5}},
+        session: "acme")
 
   Returns `%{"program_id" => ..., "session_id" => ..., "program_type" => ...,
   "signature" => ...}`. Without `session:` the program is created on every
@@ -113,14 +200,125 @@ defmodule DSPyBridge do
       end
 
     args = if is_map_key(args, "lm"), do: Map.update!(args, "lm", &lm_args/1), else: args
+    {args, inline} = inline_program(args)
 
     args =
       if session(opts) == nil and not is_map_key(args, "program_id"),
         do: Map.put(args, "program_id", generate_id("prog")),
         else: args
 
-    mutate(pool, "create_program", args, opts, fn session, args ->
-      {:put_program, session, "create_program", args}
+    with {:ok, _} <- register_inline(pool, inline, opts) do
+      mutate(pool, "create_program", args, opts, fn session, args ->
+        {:put_program, session, "create_program", args}
+      end)
+    end
+  end
+
+  @doc """
+  Declares host functions in a session (or, without `session:`, in the
+  default session of every worker): the tools of `react` programs, the
+  rewards of `best_of_n`/`refine` programs, the generators of mock LMs.
+  Each is a `t:tool/0`: a name, the Elixir function that implements it,
+  and, for a tool, the description and JSON schema of its arguments the LM
+  is shown.
+
+      DSPyBridge.register_tools(pool, [
+        %{name: "lookup_order",
+          description: "Finds an order by id",
+          parameters: %{type: "object", properties: %{order_id: %{type: "string"}},
+                        required: ["order_id"]},
+          run: &MyApp.Orders.lookup/1},
+        [name: "score", run: {MyApp.Scores, :score, []}]
+      ], session: "acme")
+
+  Returns `{:ok, %{"session_id" => ..., "registered" => [names], "tools" =>
+  count}}`. Registering a name again replaces its declaration and its
+  function. Raises `ArgumentError` for a spec without a `:name` or a
+  `:run` of the wrong kind; the worker checks the rest (`:invalid_args`
+  naming the field, `:limit_exceeded` past 128 per session).
+
+  ## How a host function runs
+
+  While it serves a request, the worker asks for a function with a
+  `callback` event; the client looks the function up and runs it in a
+  task under the pool's `Task.Supervisor`, never in the worker process (so
+  a slow function holds up nothing but its own request), with the
+  callback's `timeout_ms` (the request's time left, at most the worker's
+  `--callback-timeout-ms`) as its deadline. It is called with the
+  callback's `args` (string keys, as decoded):
+
+    * a tool (`react`): the arguments the LM chose, already checked against
+      `:parameters`;
+    * a reward: `%{"inputs" => ..., "outputs" => ...}`, one attempt's;
+    * a mock generator: `%{"model" => ..., "inputs" => ..., "outputs" =>
+      [names]}`.
+
+  What it returns is the answer:
+
+    * `{:ok, value}`, or any other value, is the result (for a tool, the
+      observation the LM sees; for a reward, a number; for a generator, a
+      map of output fields or one value). Atom keys and keyword lists are
+      sent as maps with string keys.
+    * `{:error, reason}` is an error answer: `reason` a string (the
+      message), an exception, or a map / keyword list with `:message` and
+      optionally `:type` and `:retryable`.
+    * A raise, throw or exit, a value that cannot be sent as msgpack (a
+      tuple, a pid, ...), or no answer before the deadline (the task is
+      then killed) are error answers too. The worker process never crashes
+      on a host function.
+
+  A tool's error becomes its observation (`"Execution error in <name>:
+  <message>"`) and the agent goes on; a reward's or a generator's fails
+  the request with `:host_error` (`details["reason"]`: `"error"`,
+  `"malformed"`, `"timeout"`, `"unknown_function"`). When the worker stops
+  waiting (`callback_abandoned`: the request timed out, was cancelled or
+  ended), the task is killed, and so it is when the worker process ends.
+  Each call emits `[:dspy_bridge, :tool, :start]` and `[:dspy_bridge,
+  :tool, :stop]` (see `DSPyBridge.Telemetry`).
+
+  ## Replay
+
+  The declarations and their functions are recorded with the session: a
+  restarted worker gets them back (one `register_tools` per session,
+  before the session's LM and programs are replayed), and they keep
+  working. After a restart every program sees the latest declaration of
+  each of its tools (a program made before a name was registered again
+  keeps the older description only until then). `end_session/3` and
+  `delete_tool/3` forget them.
+  """
+  @spec register_tools(pool(), [tool()], [option()]) :: result(map())
+  def register_tools(pool, tools, opts \\ []) when is_list(tools) do
+    opts = Options.validate!(opts, :call)
+    {declarations, runs} = tools |> Enum.map(&HostFunction.split!/1) |> Enum.unzip()
+    runs = declarations |> Enum.map(& &1["name"]) |> Enum.zip(runs) |> Map.new()
+
+    mutate(pool, "register_tools", %{"tools" => declarations}, opts, fn session, _ ->
+      {:put_tools, session, declarations, runs}
+    end)
+  end
+
+  @doc """
+  Lists a session's host functions as the worker declares them:
+  `{:ok, %{"session_id" => ..., "tools" => [%{"name" => ..., "description"
+  => ..., "parameters" => ...}]}}`.
+  """
+  @spec list_tools(pool(), [option()]) :: result(map())
+  def list_tools(pool, opts \\ []),
+    do: read(pool, "list_tools", %{}, Options.validate!(opts, :call))
+
+  @doc """
+  Deletes a host function of a session (`:not_found` if it has none of that
+  name); it is no longer replayed, and a later callback for it gets an
+  error answer. Programs that name it keep the name: calling it is then the
+  worker's "not declared" case.
+  """
+  @spec delete_tool(pool(), String.t() | atom(), [option()]) :: result(map())
+  def delete_tool(pool, name, opts \\ []) do
+    opts = Options.validate!(opts, :call)
+    name = to_string(name)
+
+    mutate(pool, "delete_tool", %{"name" => name}, opts, fn session, _ ->
+      {:delete_tool, session, name}
     end)
   end
 
@@ -348,7 +546,7 @@ defmodule DSPyBridge do
   @doc """
   Pool statistics, with **atom keys**:
 
-      %{pool: MyApp.DSPy, size: 2, sessions: 3, programs: 5,
+      %{pool: MyApp.DSPy, size: 2, sessions: 3, programs: 5, tools: 2,
         workers: [%{index: 0, status: :ready, os_pid: 1234, worker_id: "...",
                     in_flight: 0, queued: 0, requests: 10, timeouts: 0,
                     cancels_sent: 0, late_replies_dropped: 0, overloaded: 0,
@@ -357,7 +555,8 @@ defmodule DSPyBridge do
 
   `worker_stats` is the worker's own `get_stats` answer (string keys), or
   `nil` if it could not be fetched (pass `worker_stats: false` to skip it).
-  `sessions`/`programs` count what the pool would replay.
+  `sessions`/`programs`/`tools` count what the pool would replay (a
+  default-session record once, however many workers hold it).
   """
   @spec stats(pool(), keyword()) :: {:ok, map()}
   def stats(pool, opts \\ []) do
@@ -458,6 +657,73 @@ defmodule DSPyBridge do
       do: Pool.request(pool, session, command, args, call_opts),
       else: Pool.broadcast(pool, command, args, call_opts)
   end
+
+  # Host functions given inline where their names are expected (tool specs
+  # with `:run`): the args with their names instead, and the specs, to
+  # register first.
+  defp inline_program(args) do
+    {options, from_options} = inline_options(args["options"])
+    {lm, from_lm} = inline_lm(args["lm"])
+    {args |> Map.replace("options", options) |> Map.replace("lm", lm), from_options ++ from_lm}
+  end
+
+  defp inline_options(%{} = options) do
+    {tools, from_tools} =
+      case options["tools"] do
+        tools when is_list(tools) ->
+          {names, specs} = tools |> Enum.map(&inline_one/1) |> Enum.unzip()
+          {names, Enum.concat(specs)}
+
+        other ->
+          {other, []}
+      end
+
+    {reward, from_reward} =
+      case options["reward"] do
+        %{"function" => function} = reward ->
+          {name, specs} = inline_one(function)
+          {Map.put(reward, "function", name), specs}
+
+        other ->
+          {other, []}
+      end
+
+    {options |> Map.replace("tools", tools) |> Map.replace("reward", reward),
+     from_tools ++ from_reward}
+  end
+
+  defp inline_options(other), do: {other, []}
+
+  defp inline_lm(%{} = lm) do
+    {generator, from_top} = inline_one(lm["generator"])
+
+    {extra, from_extra} =
+      case lm["extra"] do
+        %{"generator" => generator} = extra ->
+          {name, specs} = inline_one(generator)
+          {Map.put(extra, "generator", name), specs}
+
+        other ->
+          {other, []}
+      end
+
+    {lm |> Map.replace("generator", generator) |> Map.replace("extra", extra),
+     from_top ++ from_extra}
+  end
+
+  defp inline_lm(other), do: {other, []}
+
+  defp inline_one(value) do
+    if HostFunction.spec?(value) do
+      {declaration, _run} = HostFunction.split!(value)
+      {declaration["name"], [value]}
+    else
+      {value, []}
+    end
+  end
+
+  defp register_inline(_pool, [], _opts), do: {:ok, nil}
+  defp register_inline(pool, specs, opts), do: register_tools(pool, specs, opts)
 
   defp all_workers(pool, command, args, opts) do
     %{size: size} = Store.config(pool)

@@ -8,7 +8,11 @@ defmodule DSPyBridge.Error do
       `:invalid_args`, `:not_found`, `:already_exists`, `:lm_not_configured`,
       `:lm_error`, `:timeout`, `:cancelled`, `:limit_exceeded`,
       `:shutting_down`, `:engine_unavailable` (DSPy failed to load in that
-      worker; retryable — the worker is replaced), `:internal`;
+      worker; retryable — the worker is replaced), `:host_error` (a host
+      function the request needed — a `best_of_n`/`refine` reward or a mock
+      LM's generator — failed, answered something malformed or nothing in
+      time, or is not declared; `details["reason"]` says which, see
+      `DSPyBridge.register_tools/3`), `:internal`;
     * from the client itself: `:timeout` (the call's timeout ran out; the
       worker was sent `cancel`), `:worker_exited` (the worker process died
       or was stopped while the call was in flight or queued; also, not
@@ -29,7 +33,7 @@ defmodule DSPyBridge.Error do
 
   @worker_types ~w(invalid_frame invalid_request unknown_command invalid_args not_found
                    already_exists lm_not_configured lm_error timeout cancelled
-                   limit_exceeded shutting_down engine_unavailable internal)a
+                   limit_exceeded shutting_down engine_unavailable host_error internal)a
   @client_types [:worker_exited, :overloaded]
 
   @typedoc "An error type from the protocol, or one the client adds."
@@ -47,6 +51,7 @@ defmodule DSPyBridge.Error do
           | :limit_exceeded
           | :shutting_down
           | :engine_unavailable
+          | :host_error
           | :internal
           | :worker_exited
           | :overloaded

@@ -4,8 +4,10 @@ defmodule DSPyBridge.Event do
 
   `source: :worker` events come from the Python worker (`name` is the wire
   event name: `"ready"`, `"session_evicted"`, `"progress"`,
-  `"engine_failed"`, or any other the worker sends) and `data` is the
-  decoded event map with string keys. After `"engine_failed"` (DSPy failed
+  `"engine_failed"`, `"callback"` and `"callback_abandoned"` (a host
+  function asked for, and given up on: the client runs the function itself,
+  see `DSPyBridge.register_tools/3`), or any other the worker sends) and
+  `data` is the decoded event map with string keys. After `"engine_failed"` (DSPy failed
   to load; `data["error"]` is an `engine_unavailable` error) the worker is
   stopped and its supervisor replaces it.
 

@@ -182,9 +182,10 @@ defmodule DSPyBridge.Options do
     doc: "set by the client: what to record for replay once the request succeeds"
   ]
 
-  @call_functions ~w(configure_lm/3 create_program/3 get_program/3 list_programs/2
-                     delete_program/3 export_program/3 checkpoint_program/3 get_usage/2
-                     reset_usage/2 list_sessions/2 ping/2 request/4)
+  @call_functions ~w(configure_lm/3 create_program/3 register_tools/3 list_tools/2
+                     delete_tool/3 get_program/3 list_programs/2 delete_program/3
+                     export_program/3 checkpoint_program/3 get_usage/2 reset_usage/2
+                     list_sessions/2 ping/2 request/4)
 
   # Per entry point: `where` names it in error messages, `heading` and
   # `intro` in the docs; `extends` takes another schema's options first.

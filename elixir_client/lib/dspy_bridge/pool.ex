@@ -25,14 +25,19 @@ defmodule DSPyBridge.Pool do
       flight; more wait in a bounded queue (`:max_queue`) up to their
       timeout, or fail at once with `:overloaded` when `overflow: :error`.
     * **No lost sessions.** Every successful `configure_lm`,
-      `configure_cache`, `create_program` and `import_program` is recorded in
-      the pool's ETS table (`DSPyBridge.Pool.Store`), and `delete_program` /
-      `end_session` remove records. When a worker restarts (the supervisor
+      `configure_cache`, `register_tools`, `create_program` and
+      `import_program` is recorded in the pool's ETS table
+      (`DSPyBridge.Pool.Store`), host functions with their implementations,
+      and `delete_program` / `delete_tool` / `end_session` remove records. When a worker restarts (the supervisor
       restarts it after its OS process dies), the records of the sessions
       that hash to it are replayed into the new process before it takes any
       traffic; callers that arrive meanwhile wait. A worker whose DSPy
       engine fails to load (`engine_failed`) is stopped and restarted the
       same way.
+    * **Host functions.** A worker's `callback` runs the registered
+      function in a task under the pool's `Task.Supervisor`
+      (`<name>.Tasks`), never in the worker process (see
+      `DSPyBridge.register_tools/3`).
     * **Stopping.** All workers are asked to shut down at once, then each is
       waited for; none outlives the pool (see `DSPyBridge.Worker`).
 
@@ -109,6 +114,7 @@ defmodule DSPyBridge.Pool do
     size = Keyword.fetch!(opts, :size)
     table = Store.new(name)
     registry = Module.concat(name, Subscribers)
+    tasks = Module.concat(name, Tasks)
     load = :atomics.new(size, signed: true)
     user_on_event = opts[:on_event]
 
@@ -126,6 +132,7 @@ defmodule DSPyBridge.Pool do
       size: size,
       load: load,
       registry: registry,
+      tasks: tasks,
       started_at: System.system_time(:millisecond)
     })
 
@@ -137,7 +144,7 @@ defmodule DSPyBridge.Pool do
           worker_opts ++
             [
               id: {:worker, index},
-              pool: worker_hooks(name, table, index, size, load),
+              pool: worker_hooks(name, table, index, size, load, tasks),
               on_event: on_event,
               init_commands: init_commands,
               replay: fn -> Store.replay_batches(table, index, size) end
@@ -169,7 +176,10 @@ defmodule DSPyBridge.Pool do
     # :pg monitors its members instead of linking to them, so subscribers do
     # not die with the pool.
     subscribers = %{id: :subscribers, start: {:pg, :start_link, [registry]}}
-    children = [subscribers] ++ workers ++ extra ++ [stopper]
+    # host functions run here, never in a worker process; started before the
+    # workers and stopped after them
+    task_supervisor = {Task.Supervisor, name: tasks}
+    children = [subscribers, task_supervisor] ++ workers ++ extra ++ [stopper]
 
     Supervisor.init(children,
       strategy: :one_for_one,
@@ -180,10 +190,11 @@ defmodule DSPyBridge.Pool do
 
   # What a worker tells its pool, as callbacks (the worker knows nothing of
   # the pool's table): it runs them in its own process.
-  defp worker_hooks(name, table, index, size, load) do
+  defp worker_hooks(name, table, index, size, load, tasks) do
     %{
       name: name,
       index: index,
+      tasks: tasks,
       on_start: fn ->
         Store.note_start(table, index)
         # calls counted against the previous process were answered or failed
@@ -195,7 +206,8 @@ defmodule DSPyBridge.Pool do
       on_down: fn pid -> Store.unregister_worker(table, index, pid) end,
       on_record: fn record, reply -> Store.apply_record(table, record, reply) end,
       serves_session?: fn session -> Router.index_for(session, size) == index end,
-      on_session_evicted: fn session -> Store.forget_session(table, session) end
+      on_session_evicted: fn session -> Store.forget_session(table, session) end,
+      host_function: fn session, function -> Store.host_function(table, session, function) end
     }
   end
 

@@ -9,7 +9,27 @@ defmodule DSPyBridge.Telemetry do
       metadata `%{command: String.t(), outcome: :ok | DSPyBridge.Error.type(),
       pool: atom() | nil, worker: non_neg_integer() | nil}`;
     * `[:dspy_bridge, :event]` — measurements `%{count: 1}`,
-      metadata `%{event: DSPyBridge.Event.t()}`.
+      metadata `%{event: DSPyBridge.Event.t()}`;
+    * `[:dspy_bridge, :tool, :start]` and `[:dspy_bridge, :tool, :stop]` —
+      a host function called for a worker's `callback` (a ReAct tool, a
+      reward, a mock LM's generator; see `DSPyBridge.register_tools/3`):
+      measurements `%{system_time: native_time}` at the start and
+      `%{duration: native_time}` at the stop; metadata `%{function:
+      String.t(), purpose: "tool" | "reward" | "mock", session_id:
+      String.t(), callback_id: String.t(), request_id: term(), pool: atom() |
+      nil, worker: non_neg_integer() | nil}`, and at the stop `outcome`:
+
+      | outcome | |
+      | --- | --- |
+      | `:ok` | it returned a result, sent to the worker |
+      | `:error` | it returned `{:error, reason}`, sent as an error answer |
+      | `:exception` | it raised, threw or exited (an error answer) |
+      | `:unencodable` | its result cannot be sent as msgpack (an error answer) |
+      | `:too_large` | its result is over the worker's frame limits (an error answer) |
+      | `:timeout` | it did not return within the callback's `timeout_ms`: killed, an error answer |
+      | `:abandoned` | the worker stopped waiting (`callback_abandoned`; metadata `reason`): killed |
+      | `:not_found` | no function of that name is registered for the session (an error answer) |
+      | `:worker_exited` | the worker process ended while it ran: killed |
 
   Otherwise these calls do nothing.
   """

@@ -123,8 +123,19 @@ defmodule DSPyBridge.Worker do
   what happens, run in the worker process: `:on_start` (0-arity),
   `:on_status` (pid, OS pid, status), `:on_down` (pid), `:on_record`
   (record, reply) for a successful recorded request, `:serves_session?`
-  (session id) and `:on_session_evicted` (session id). A worker without
-  `:pool` calls nothing.
+  (session id), `:on_session_evicted` (session id) and `:host_function`
+  (session id, name: `{:ok, run}` or `:error`), with `:tasks`, the
+  `Task.Supervisor` the host functions run under. A worker without `:pool`
+  calls nothing, and answers every `callback` with an error.
+
+  ## Host functions
+
+  A `callback` event from the worker (see `DSPyBridge.register_tools/3`)
+  is answered without blocking this process: the function runs in a task
+  under the pool's `Task.Supervisor`, with the callback's `timeout_ms` as
+  its deadline, and its answer is sent as a `callback_reply` when it comes.
+  The task is killed when its deadline passes, when the worker sends
+  `callback_abandoned`, or when this process ends.
 
   `child_spec/1` also takes `:id`, the child's id (default
   `DSPyBridge.Worker`).
@@ -140,6 +151,7 @@ defmodule DSPyBridge.Worker do
     Data,
     Effects,
     Frames,
+    HostCalls,
     Outbound,
     Replayer,
     Replies,
@@ -305,9 +317,11 @@ defmodule DSPyBridge.Worker do
   `:max_frame_bytes` (the worker's announced frame limit), `:uptime_ms`,
   the counters `:requests`, `:timeouts`, `:cancels_sent`,
   `:late_replies_dropped`, `:overloaded`, `:limit_exceeded` (requests
-  refused before sending) and `:unexpected_frames` (frames from the worker
-  that were undecodable, malformed, or answered no pending request), and the
-  `ready` event as `:ready`.
+  refused before sending), `:unexpected_frames` (frames from the worker
+  that were undecodable, malformed, or answered no pending request) and
+  `:callbacks` (host function calls the worker asked for),
+  `:callbacks_running` (those running now), and the `ready` event as
+  `:ready`.
   """
   @spec info(server()) :: map()
   def info(server), do: GenServer.call(server, :info)
@@ -470,6 +484,16 @@ defmodule DSPyBridge.Worker do
 
   defp common(:info, {:timeout, _tref, {:req_timeout, id}}, state, data),
     do: {:keep_state, Admission.timed_out(data, id, state)}
+
+  # A host function's task (see Worker.HostCalls): its answer, its end, its deadline.
+  defp common(:info, {ref, answer}, _state, data) when is_reference(ref),
+    do: {:keep_state, HostCalls.finished(data, ref, answer)}
+
+  defp common(:info, {:DOWN, ref, :process, _pid, reason}, _state, data),
+    do: {:keep_state, HostCalls.down(data, ref, reason)}
+
+  defp common(:info, {:timeout, _tref, {:callback_timeout, ref}}, _state, data),
+    do: {:keep_state, HostCalls.timed_out(data, ref)}
 
   # A write to a dead process can close the port with :epipe and no exit
   # status: that is the worker's death too. The process is killed in case it

@@ -11,9 +11,13 @@ defmodule DSPyBridge.Pool.Store do
   #     serving `index`;
   #   * `{{:rec, session_id, kind, key}, seq, command, args}` — what to replay:
   #     `kind` is `:lm` (the session's `configure_lm`), `:cache` (a worker-wide
-  #     `configure_cache`) or `:program` (`create_program`/`import_program`
-  #     with its program id). `session_id` `nil` is the default session, which
-  #     lives on every worker.
+  #     `configure_cache`), `:tool` (one host function's declaration, replayed
+  #     with the session's others in one `register_tools`) or `:program`
+  #     (`create_program`/`import_program` with its program id). `session_id`
+  #     `nil` is the default session, which lives on every worker;
+  #   * `{{:fun, session_id, name}, run}` — a host function's implementation
+  #     (see DSPyBridge.HostFunction), looked up by the worker process that
+  #     gets its `callback`; it goes with its `:tool` record.
   #
   # Records are written by the worker process that got the successful
   # response, before the caller is answered, so a worker that dies after
@@ -25,6 +29,8 @@ defmodule DSPyBridge.Pool.Store do
   @type record ::
           {:put_lm, String.t() | nil, map()}
           | {:put_cache, map()}
+          | {:put_tools, String.t() | nil, [map()], %{String.t() => term()}}
+          | {:delete_tool, String.t() | nil, String.t()}
           | {:put_program, String.t() | nil, String.t(), map()}
           | {:delete_program, String.t() | nil, String.t()}
           | {:delete_session, String.t() | nil}
@@ -96,6 +102,25 @@ defmodule DSPyBridge.Pool.Store do
       {:put_cache, args} ->
         put(table, {:rec, nil, :cache, nil}, "configure_cache", args)
 
+      {:put_tools, session, declarations, runs} ->
+        for %{"name" => name} = declaration <- declarations do
+          # the implementation first: a callback may follow the reply at once
+          :ets.insert(table, {{:fun, session, name}, Map.fetch!(runs, name)})
+          key = {:rec, session, :tool, name}
+          # a name registered again keeps its place (the worker's order)
+          seq =
+            case :ets.lookup(table, key) do
+              [{_, seq, _, _}] -> seq
+              [] -> System.unique_integer([:monotonic, :positive])
+            end
+
+          :ets.insert(table, {key, seq, "register_tools", declaration})
+        end
+
+      {:delete_tool, session, name} ->
+        :ets.delete(table, {:rec, session, :tool, name})
+        :ets.delete(table, {:fun, session, name})
+
       {:put_program, session, command, args} ->
         program_id =
           (is_map(result) && Map.get(result, "program_id")) || Map.get(args, "program_id")
@@ -151,15 +176,40 @@ defmodule DSPyBridge.Pool.Store do
   @doc false
   def forget_session(table, session) do
     :ets.match_delete(table, {{:rec, session, :_, :_}, :_, :_, :_})
+    :ets.match_delete(table, {{:fun, session, :_}, :_})
     :ok
   rescue
     ArgumentError -> :ok
   end
 
   @doc """
+  The implementation of host function `name` of `session` (as a worker's
+  `callback` names it: the default session is `"default"` on the wire, `nil`
+  here): `{:ok, run}` or `:error`.
+  """
+  @spec host_function(atom(), String.t() | nil, String.t()) :: {:ok, term()} | :error
+  def host_function(table, session, name) do
+    keys =
+      if session in [nil, "default"],
+        do: [{:fun, session, name}, {:fun, nil, name}],
+        else: [{:fun, session, name}]
+
+    Enum.find_value(keys, :error, fn key ->
+      case :ets.lookup(table, key) do
+        [{_, run}] -> {:ok, run}
+        [] -> nil
+      end
+    end)
+  rescue
+    ArgumentError -> :error
+  end
+
+  @doc """
   The batches of commands to replay into the worker at `index` of a pool of
-  `size`: first every LM and cache configuration (sent concurrently), then
-  every program (sent concurrently, in creation order).
+  `size`: first the host functions, one `register_tools` per session (so
+  that LM configurations and programs naming them find them declared), then
+  every LM and cache configuration (sent concurrently), then every program
+  (sent concurrently, in creation order).
   """
   @spec replay_batches(atom(), non_neg_integer(), pos_integer()) :: [[{String.t(), map()}]]
   def replay_batches(table, index, size) do
@@ -171,23 +221,42 @@ defmodule DSPyBridge.Pool.Store do
       end)
       |> Enum.sort_by(fn {_, seq, _, _} -> seq end)
 
+    {tools, records} =
+      Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} -> kind == :tool end)
+
     {config, programs} =
       Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} -> kind in [:lm, :cache] end)
 
-    [to_commands(config), to_commands(programs)]
+    [tool_commands(tools), to_commands(config), to_commands(programs)]
+  end
+
+  # One `register_tools` per session, its declarations in registration order.
+  defp tool_commands(records) do
+    records
+    |> Enum.group_by(fn {{:rec, session, _, _}, _, _, _} -> session end)
+    |> Enum.sort_by(fn {_, [{_, seq, _, _} | _]} -> seq end)
+    |> Enum.map(fn {session, records} ->
+      args = %{"tools" => Enum.map(records, fn {_, _, _, declaration} -> declaration end)}
+      {"register_tools", if(session, do: Map.put(args, "session_id", session), else: args)}
+    end)
   end
 
   defp to_commands(records),
     do: Enum.map(records, fn {_, _, command, args} -> {command, args} end)
 
-  @doc "Counts of recorded sessions and programs (for `DSPyBridge.stats/1`)."
-  @spec counts(atom()) :: %{sessions: non_neg_integer(), programs: non_neg_integer()}
+  @doc "Counts of recorded sessions, programs and host functions (for `DSPyBridge.stats/1`)."
+  @spec counts(atom()) :: %{
+          sessions: non_neg_integer(),
+          programs: non_neg_integer(),
+          tools: non_neg_integer()
+        }
   def counts(table) do
     records = :ets.match(table, {{:rec, :"$1", :"$2", :_}, :_, :_, :_})
 
     %{
       sessions: records |> Enum.map(&hd/1) |> Enum.reject(&is_nil/1) |> Enum.uniq() |> length(),
-      programs: Enum.count(records, fn [_, kind] -> kind == :program end)
+      programs: Enum.count(records, fn [_, kind] -> kind == :program end),
+      tools: Enum.count(records, fn [_, kind] -> kind == :tool end)
     }
   end
 end

@@ -11,7 +11,7 @@ defmodule DSPyBridge.Worker.Admission do
   alias DSPyBridge.Worker.{Data, Effects, Outbound, Request, Requests}
 
   # answered at once by the worker, so never held back by the in-flight bound
-  @unbounded ["ping", "get_stats", "cancel", "shutdown"]
+  @unbounded ["ping", "get_stats", "cancel", "shutdown", "callback_reply"]
 
   @doc "A request to a ready worker: sent, queued or refused."
   @spec admit(Data.t(), GenServer.from(), Request.message()) ::

@@ -1,14 +1,15 @@
 defmodule DSPyBridge.Worker.Data do
   @moduledoc false
   # The state data of DSPyBridge.Worker: its options, its port, its request
-  # table (DSPyBridge.Worker.Requests), its replay, the `ready` event and the
+  # table (DSPyBridge.Worker.Requests), its running host function calls
+  # (DSPyBridge.Worker.Callbacks), its replay, the `ready` event and the
   # limits it announced, and the counters `DSPyBridge.Worker.info/1` reports
   # (which are counted, and the info map built, here).
 
   require Logger
 
   alias DSPyBridge.Protocol
-  alias DSPyBridge.Worker.{Replay, Requests}
+  alias DSPyBridge.Worker.{Callbacks, Replay, Requests}
 
   @counters [
     :requests,
@@ -17,7 +18,8 @@ defmodule DSPyBridge.Worker.Data do
     :late_replies_dropped,
     :overloaded,
     :limit_exceeded,
-    :unexpected_frames
+    :unexpected_frames,
+    :callbacks
   ]
 
   @enforce_keys [:port, :os_pid]
@@ -35,6 +37,7 @@ defmodule DSPyBridge.Worker.Data do
     :kill_after,
     :limits,
     :requests,
+    :callbacks,
     :replay,
     :ready,
     :started_at,
@@ -53,6 +56,7 @@ defmodule DSPyBridge.Worker.Data do
           | :overloaded
           | :limit_exceeded
           | :unexpected_frames
+          | :callbacks
 
   @type t :: %__MODULE__{
           port: port(),
@@ -68,6 +72,7 @@ defmodule DSPyBridge.Worker.Data do
           kill_after: non_neg_integer(),
           limits: Protocol.limits(),
           requests: Requests.t(),
+          callbacks: Callbacks.t(),
           replay: Replay.t() | nil,
           ready: map() | nil,
           started_at: integer(),
@@ -99,6 +104,7 @@ defmodule DSPyBridge.Worker.Data do
       kill_after: Keyword.fetch!(opts, :kill_after),
       limits: Protocol.default_limits(),
       requests: Requests.new(),
+      callbacks: Callbacks.new(),
       started_at: System.monotonic_time(:millisecond),
       counters: Map.new(@counters, &{&1, 0})
     }
@@ -128,6 +134,7 @@ defmodule DSPyBridge.Worker.Data do
       worker_id: data.ready && data.ready["worker_id"],
       in_flight: data.requests.in_flight,
       queued: data.requests.queued,
+      callbacks_running: Callbacks.size(data.callbacks),
       max_in_flight: data.max_in_flight,
       max_frame_bytes: data.limits.max_frame_bytes,
       uptime_ms: System.monotonic_time(:millisecond) - data.started_at,

@@ -77,11 +77,14 @@ defmodule DSPyBridge.Worker.Effects do
 
   @doc """
   Waits until the port's process exits or `deadline` (monotonic ms) passes,
-  giving each frame that arrives meanwhile to `on_frame.(frame, acc)`:
+  giving each frame that arrives meanwhile to `on_frame.(frame, acc)` and
+  each message of a host function's task (its answer, `:DOWN` or deadline,
+  see DSPyBridge.Worker.HostCalls) to `on_task.(message, acc)`:
   `{:exited | :alive, acc}`.
   """
-  def drain_until_exit(port, os_pid, deadline, acc, on_frame) do
+  def drain_until_exit(port, os_pid, deadline, acc, on_frame, on_task \\ fn _, acc -> acc end) do
     wait = max(deadline - System.monotonic_time(:millisecond), 0)
+    again = &drain_until_exit(port, os_pid, deadline, &1, on_frame, on_task)
 
     receive do
       {^port, {:exit_status, _}} ->
@@ -92,7 +95,16 @@ defmodule DSPyBridge.Worker.Effects do
         {:exited, acc}
 
       {^port, {:data, frame}} ->
-        drain_until_exit(port, os_pid, deadline, on_frame.(frame, acc), on_frame)
+        again.(on_frame.(frame, acc))
+
+      {ref, _} = message when is_reference(ref) ->
+        again.(on_task.(message, acc))
+
+      {:DOWN, _, :process, _, _} = message ->
+        again.(on_task.(message, acc))
+
+      {:timeout, _, {:callback_timeout, _}} = message ->
+        again.(on_task.(message, acc))
     after
       wait -> {:alive, acc}
     end

@@ -3,12 +3,14 @@ defmodule DSPyBridge.Worker.Frames do
   # What DSPyBridge.Worker does with a decoded frame from the worker
   # (DSPyBridge.Protocol.decode/1): its `ready` event, a response (see
   # DSPyBridge.Worker.Replies), the events it acts on (`engine_failed`,
-  # `session_evicted`) and those it only passes on, as :gen_statem results.
+  # `session_evicted`, the host function `callback` and `callback_abandoned`,
+  # see DSPyBridge.Worker.HostCalls) and those it only passes on, as
+  # :gen_statem results.
 
   require Logger
 
   alias DSPyBridge.{Error, Protocol}
-  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replayer, Replies}
+  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replayer, Replies}
 
   @doc "The worker's `ready` event, while :starting: on to :replaying."
   @spec ready(map(), Data.t()) :: :gen_statem.event_handler_result(atom())
@@ -85,6 +87,18 @@ defmodule DSPyBridge.Worker.Frames do
         Effects.emit(data, :worker, "session_evicted", event)
         :keep_state_and_data
     end
+  end
+
+  def handle({:event, "callback", event}, _state, data) do
+    data = HostCalls.callback(data, event)
+    Effects.emit(data, :worker, "callback", event)
+    {:keep_state, data}
+  end
+
+  def handle({:event, "callback_abandoned", event}, _state, data) do
+    data = HostCalls.abandoned(data, event)
+    Effects.emit(data, :worker, "callback_abandoned", event)
+    {:keep_state, data}
   end
 
   def handle({:event, name, event}, _state, data) do

@@ -58,8 +58,31 @@ defmodule DSPyBridge.Worker.Outbound do
   @spec send_command(Data.t(), String.t(), map(), atom()) ::
           {:ok, Requests.id(), Data.t()} | {:error, Data.t()}
   def send_command(data, command, args, tag) do
-    {id, requests} = Requests.new_id(data.requests)
     encoded = {MsgPack.encode!(args), Protocol.shape(args)}
+
+    case send_encoded(data, command, encoded, tag) do
+      {:ok, id, data} ->
+        {:ok, id, data}
+
+      {:error, error, data} ->
+        Logger.error("dspy_bridge worker #{data.os_pid}: #{command} not sent: #{error.message}")
+        {:error, data}
+    end
+  rescue
+    ArgumentError -> {:error, data}
+  end
+
+  @doc """
+  Like `send_command/4` with args already encoded (`{args_bin, shape}`, as
+  `DSPyBridge.Protocol.encode_args/1` makes them, e.g. in a host function's
+  task): `{:ok, id, data}`, or `{:error, %DSPyBridge.Error{type:
+  :limit_exceeded}, data}` when the frame is over the worker's limits (not
+  sent, not logged).
+  """
+  @spec send_encoded(Data.t(), String.t(), {binary(), Protocol.shape()}, atom()) ::
+          {:ok, Requests.id(), Data.t()} | {:error, DSPyBridge.Error.t(), Data.t()}
+  def send_encoded(data, command, encoded, tag) do
+    {id, requests} = Requests.new_id(data.requests)
 
     case Protocol.encode_request(data.limits, id, command, encoded, nil) do
       {:ok, frame} ->
@@ -67,11 +90,8 @@ defmodule DSPyBridge.Worker.Outbound do
         {:ok, id, %{data | requests: Requests.put(requests, id, {:internal, tag})}}
 
       {:error, error} ->
-        Logger.error("dspy_bridge worker #{data.os_pid}: #{command} not sent: #{error.message}")
-        {:error, data}
+        {:error, error, data}
     end
-  rescue
-    ArgumentError -> {:error, data}
   end
 
   @doc "Asks the worker to shut down within `:shutdown_grace`."

@@ -29,6 +29,10 @@ defmodule DSPyBridge.Worker.Replies do
       {{:internal, :replay}, requests} ->
         Replayer.answered(%{data | requests: requests}, id, response)
 
+      {{:internal, :callback_reply}, requests} ->
+        callback_replied(data, response)
+        {%{data | requests: requests}, :ok}
+
       {{:internal, tag}, requests} ->
         if match?(%{"success" => false}, response) do
           Logger.debug(
@@ -47,6 +51,25 @@ defmodule DSPyBridge.Worker.Replies do
           "an answer to no pending request (id #{inspect(id)}): #{inspect(response, limit: 10)}"
 
         {Data.unexpected(data, what), :ok}
+    end
+  end
+
+  # The worker's answer to a host function's `callback_reply`: a late one
+  # (the worker stopped waiting) is ignored by the worker, as by us.
+  defp callback_replied(data, response) do
+    case response do
+      %{"success" => true, "result" => %{"accepted" => true}} ->
+        :ok
+
+      %{"success" => true, "result" => result} ->
+        Logger.debug(
+          "dspy_bridge worker #{data.os_pid}: callback answer not taken: #{inspect(result, limit: 10)}"
+        )
+
+      other ->
+        Logger.warning(
+          "dspy_bridge worker #{data.os_pid}: callback_reply refused: #{inspect(other, limit: 20)}"
+        )
     end
   end
 

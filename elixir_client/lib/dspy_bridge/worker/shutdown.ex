@@ -9,7 +9,7 @@ defmodule DSPyBridge.Worker.Shutdown do
   require Logger
 
   alias DSPyBridge.Protocol
-  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replies, StartFailure}
+  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replies, StartFailure}
 
   @doc """
   The OS process is gone (or its port closed, `kill?` then makes sure):
@@ -26,6 +26,7 @@ defmodule DSPyBridge.Worker.Shutdown do
     )
 
     if opts[:kill?], do: Effects.kill(data.os_pid)
+    data = HostCalls.kill_all(data, :worker_exited)
     data = Replies.fail_all(%{data | exited: true}, Keyword.fetch!(opts, :message))
 
     Effects.emit(data, :client, "worker_exited", %{
@@ -62,6 +63,7 @@ defmodule DSPyBridge.Worker.Shutdown do
   @spec terminate(term(), atom(), Data.t()) :: term()
   def terminate(_reason, _state, %Data{exited: true} = data) do
     StartFailure.discard(data.start)
+    HostCalls.kill_all(data, :worker_exited)
     Effects.unregister(data)
   end
 
@@ -84,18 +86,37 @@ defmodule DSPyBridge.Worker.Shutdown do
           elem(drain_until_exit(data, System.monotonic_time(:millisecond) + 3_000), 1)
       end
 
+    data = HostCalls.kill_all(data, :worker_exited)
     Replies.fail_all(data, "worker stopped (#{inspect(reason)})")
     Effects.unregister(data)
   end
 
-  # Callers keep getting their answers while the worker drains.
+  # Callers keep getting their answers while the worker drains, and the
+  # host functions their requests need keep running.
   defp drain_until_exit(data, deadline),
-    do: Effects.drain_until_exit(data.port, data.os_pid, deadline, data, &drain_frame/2)
+    do:
+      Effects.drain_until_exit(
+        data.port,
+        data.os_pid,
+        deadline,
+        data,
+        &drain_frame/2,
+        &drain_task/2
+      )
 
   defp drain_frame(frame, data) do
     case Protocol.decode(frame) do
       {:response, id, response} -> data |> Replies.response(id, response) |> elem(0)
+      {:event, "callback", event} -> HostCalls.callback(data, event)
+      {:event, "callback_abandoned", event} -> HostCalls.abandoned(data, event)
       _ -> data
     end
   end
+
+  defp drain_task({:DOWN, ref, :process, _, reason}, data), do: HostCalls.down(data, ref, reason)
+
+  defp drain_task({:timeout, _, {:callback_timeout, ref}}, data),
+    do: HostCalls.timed_out(data, ref)
+
+  defp drain_task({ref, answer}, data), do: HostCalls.finished(data, ref, answer)
 end
