@@ -4,7 +4,8 @@
 #
 # Starts a pool of 2 Python workers on the built-in mock LM, gives two
 # sessions different LMs, creates a question-answering program and a
-# chain-of-thought program, runs them, kills a worker with SIGKILL to show a
+# chain-of-thought program, runs them, runs a ReAct agent whose tool is an
+# Elixir function, kills a worker with SIGKILL to show a
 # session surviving it, and prints results and pool statistics.
 
 # The client logs worker events with Logger; the demo prints its own account.
@@ -164,6 +165,87 @@ before =
 
 isolation = DSPyBridge.execute(pool, "reasoner", %{question: "What is 17 * 3?"}, session: "bob")
 Demo.show_answer("[bob/reasoner] (alice's program, from bob's session)", isolation)
+
+Demo.section("A ReAct agent calling an Elixir tool")
+
+# The tool is plain Elixir; it runs in a task of the pool, never in the worker process.
+orders = %{"A-17" => %{status: "shipped", carrier: "DHL", eta: "Monday"}}
+
+lookup_order = fn %{"order_id" => id} ->
+  case Map.fetch(orders, id) do
+    {:ok, order} -> {:ok, order}
+    :error -> {:error, "no order #{id}"}
+  end
+end
+
+# The mock LM scripts the agent's steps: a tool call, then finish, then the answer.
+agent_lm =
+  mock.("agent", %{
+    sequence: [
+      %{
+        next_thought: "I should look the order up.",
+        next_tool_name: "lookup_order",
+        next_tool_args: %{order_id: "A-17"}
+      },
+      %{next_thought: "I know where it is.", next_tool_name: "finish", next_tool_args: %{}},
+      %{
+        reasoning: "The tool says it shipped with DHL.",
+        answer: "Shipped with DHL; it arrives Monday."
+      }
+    ]
+  })
+
+{:ok, _} = DSPyBridge.configure_lm(pool, agent_lm, session: "carol")
+
+{:ok, _} =
+  DSPyBridge.register_tools(
+    pool,
+    [
+      %{
+        name: "lookup_order",
+        description: "Finds an order by its id.",
+        parameters: %{
+          type: "object",
+          properties: %{order_id: %{type: "string"}},
+          required: ["order_id"]
+        },
+        run: lookup_order
+      }
+    ],
+    session: "carol"
+  )
+
+{:ok, _} =
+  DSPyBridge.create_program(
+    pool,
+    %{
+      program_id: "agent",
+      signature: "question -> answer",
+      program_type: :react,
+      options: %{tools: ["lookup_order"], max_iters: 5}
+    },
+    session: "carol"
+  )
+
+question = "Where is order A-17?"
+IO.puts("  [carol/agent] #{question}")
+
+case DSPyBridge.execute(pool, "agent", %{question: question}, session: "carol", timeout: 30_000) do
+  {:ok, %{"outputs" => outputs, "trajectory" => steps}} ->
+    for {step, n} <- Enum.with_index(steps, 1) do
+      IO.puts("      step #{n}: #{step["thought"]}")
+
+      IO.puts(
+        "              #{step["tool_name"]}(#{inspect(step["tool_args"])}) -> " <>
+          inspect(step["observation"])
+      )
+    end
+
+    IO.puts("      answer:    #{outputs["answer"]}")
+
+  {:error, error} ->
+    IO.puts("      ERROR #{Exception.message(error)}")
+end
 
 Demo.section("Pool statistics")
 Demo.show_stats(pool)
