@@ -535,6 +535,18 @@ def test_refine_with_a_built_in_reward(worker: RecordingWorker) -> None:
     assert result["outputs"] == {"answer": "Paris"}
 
 
+def test_refine_with_a_host_reward(worker: RecordingWorker) -> None:
+    attempts(worker, "refine-host", "refine", ["short", {"discussion": "d", "advice": {}},
+                                               "a longer answer"], {"function": "score"},
+             threshold=0.9)
+    host = Host(worker, {"score": lambda args: min(len(args["outputs"]["answer"]) / 10, 1)})
+    response = host.run("execute_program", run_p("refine-host"))
+    assert response["success"], response
+    assert response["result"]["outputs"] == {"answer": "a longer answer"}
+    assert [c["args"]["outputs"]["answer"] for c in host.callbacks] == [
+        "short", "a longer answer"]
+
+
 def test_attempt_programs_check_their_options(worker: RecordingWorker) -> None:
     base = {"session_id": "opts", "signature": "question -> answer",
             "program_type": "best_of_n"}
