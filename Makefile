@@ -22,7 +22,7 @@ export LITELLM_TELEMETRY := False
 $(DEPS): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel
-	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[dev,mipro]' --config-settings editable_mode=strict
 	touch $(DEPS)
 
 $(PACKAGE_FILES): FORCE

@@ -33,6 +33,7 @@ class WorkerOptions:
     max_cache_entries: int = 10_000
     max_cache_bytes: int = 256 * 1024 * 1024
     disk_cache_root: Path | None = None
+    checkpoint_dir: Path | None = None
     max_disk_cache_bytes: int = 1024 * 1024 * 1024
     session_idle_ttl_s: float | None = None
     record: Path | None = None
@@ -137,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="evict sessions idle this long (default: never), with a session_evicted event",
+    )
+    add(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where compile_program keeps checkpoints (default: no checkpoints)",
     )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
     add(

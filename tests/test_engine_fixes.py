@@ -177,3 +177,26 @@ def test_dspy_formats_a_list_observation_as_text_blobs_so_tools_answer_observati
     assert isinstance(wrapped, Observation) and wrapped.value == [1, 2]
     assert format_field_value(text_field, wrapped) == "[1, 2]"
     assert observed("plain") == "plain" and not isinstance(observed("plain"), Observation)
+
+
+def test_dspy_validates_tool_arguments_one_by_one_where_host_tools_check_them_whole() -> None:
+    from dspy_bridge.domain.host import HostFunction
+    from dspy_bridge.engine.tools import HostTool, host_tool
+
+    assert "self._validate_and_parse_args(**kwargs)" in inspect.getsource(dspy.Tool.acall)
+
+    async def run(**kwargs: Any) -> Any:
+        return kwargs
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    plain = dspy.Tool(run, name="t", args=schema["properties"])
+    try:
+        asyncio.run(plain.acall(n="not a number"))
+    except ValueError:
+        pass  # DSPy's own check: ReAct would show its traceback to the LM
+    else:
+        raise AssertionError("DSPy no longer validates arguments itself")
+    tool = host_tool(HostFunction("t", "", schema, 0))
+    assert isinstance(tool, HostTool)
+    observation = asyncio.run(tool.acall(n="not a number"))
+    assert observation.startswith("Execution error in t: invalid arguments at n:")

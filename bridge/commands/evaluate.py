@@ -25,6 +25,7 @@ from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, Progr
 from dspy_bridge.domain.host import HostCaller, HostCallFailed, Purpose, unit_score
 from dspy_bridge.domain.lm import LmConfig
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
+from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import merge_usage
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field, invalid_fields
@@ -49,21 +50,22 @@ class EvaluateProgramArgs(Args):
 
 
 def split_examples(
-    program: ProgramHandle, devset: list[dict[str, Any]], field: str
+    program: ProgramHandle, devset: list[dict[str, Any]], field: str, where: str = "devset"
 ) -> list[tuple[dict[str, Any], Any]]:
-    """Each example's inputs (checked as execute_program checks them) and expected value."""
+    """Each example's inputs (checked as execute_program checks them) and expected value;
+    errors name `<where>.<index>.<field>`."""
     input_names = {f.name for f in program.spec.inputs}
     known = input_names | {f.name for f in program.spec.outputs}
     examples, errors = [], []
     for index, example in enumerate(devset):
         inputs = {name: value for name, value in example.items() if name in input_names}
         extra = [name for name in example if name not in known]
-        errors += [(f"devset.{index}.{name}", "not a field of the program's signature")
+        errors += [(f"{where}.{index}.{name}", "not a field of the program's signature")
                    for name in extra]
         if field not in example:
-            errors.append((f"devset.{index}.{field}", "missing: the metric compares it"))
+            errors.append((f"{where}.{index}.{field}", "missing: the metric compares it"))
         try:
-            check_inputs(program.spec, inputs, f"devset.{index}")
+            check_inputs(program.spec, inputs, f"{where}.{index}")
         except BridgeError as error:
             errors += [(e["field"], e["message"]) for e in (error.details or {})["errors"]]
         examples.append((inputs, example.get(field)))
@@ -120,6 +122,12 @@ async def _run_example(
     return {"score": score, "passed": score >= metric.threshold, "outputs": outputs}
 
 
+def check_host_metric(metric: MetricHandle, session: Session) -> None:
+    if metric.function is not None and metric.function not in session.tools:
+        raise invalid_field("metric.function", f"no host function {metric.function!r} "
+                            "is declared in the session (register_tools)")
+
+
 def host_of(ctx: RequestContext) -> HostCaller:
     assert ctx.host is not None, "DSPy commands always get a HostCaller"
     return ctx.host
@@ -137,9 +145,7 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
     with store.using(session):
         engine = await engine_of(ctx)
         metric = engine.metric(args.metric, outputs[0], outputs)
-        if metric.function is not None and metric.function not in session.tools:
-            raise invalid_field("metric.function", f"no host function {metric.function!r} "
-                                "is declared in the session (register_tools)")
+        check_host_metric(metric, session)
         examples = split_examples(program, args.devset, metric.field)
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
         lm, source = resolve_lm(call_lm, program, session, store.default_lm)

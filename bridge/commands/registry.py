@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "create_program": "dspy_bridge.commands.programs",
     "execute_program": "dspy_bridge.commands.execute",
     "evaluate_program": "dspy_bridge.commands.evaluate",
+    "compile_program": "dspy_bridge.commands.compile",
     "get_program": "dspy_bridge.commands.programs",
     "list_programs": "dspy_bridge.commands.programs",
     "delete_program": "dspy_bridge.commands.programs",

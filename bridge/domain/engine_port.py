@@ -26,6 +26,34 @@ class Run:
     trajectory: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CompileRequest:
+    """What compile_program asks of the engine, checked: the optimizer and its options,
+    the examples (wire maps), the metric, and where progress goes (`report(done, total,
+    score)`, callable from any thread)."""
+
+    optimizer: str
+    options: Any
+    trainset: list[dict[str, Any]]
+    valset: list[dict[str, Any]] | None
+    metric: MetricHandle
+    input_names: list[str]
+    report: Callable[[int, int, float | None], None]
+    prompt_lm: LmHandle | None = None
+    checkpoint_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompileOutcome:
+    """A compile's result: the compiled program's DSPy state, its scores on the valset
+    before and after (None without one), and how many metric evaluations it took."""
+
+    state: dict[str, Any]
+    score_before: float | None
+    score_after: float | None
+    metric_calls: int
+
+
 class LmHandle(Protocol):
     """A built LM (for DSPy: a `dspy.LM`) and the checked config it came from."""
 
@@ -153,6 +181,15 @@ class Engine(Protocol):
         host: HostCaller | None = None,
         expected: dict[str, Any] | None = None,
     ) -> Run: ...
+
+    async def compile(
+        self,
+        program: ProgramHandle,
+        lm: LmHandle,
+        request: CompileRequest,
+        record: Callable[[dict[str, ModelUsage]], None],
+        host: HostCaller | None,
+    ) -> CompileOutcome: ...
 
     def configure_cache(self, **changes: Any) -> dict[str, Any]: ...
 

@@ -32,6 +32,7 @@ RAW_KEY = "__raw__"
 OUTPUT_SECTION = re.compile(r"Your output fields are:\n(.*?)(?:\nAll interactions|\Z)", re.S)
 OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \((.+?)\):", re.M)
 INPUT_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]\n")
+OBJECTIVE = re.compile(r"your objective is: \n(.*)\Z", re.S)
 INPUT_SECTION = re.compile(r"Your input fields are:\n(.*?)\nYour output fields are:", re.S)
 RESPOND_MARKER = re.compile(r"\n\nRespond with (?:the corresponding output fields|a JSON object)")
 TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -115,13 +116,17 @@ class MockEngine:
     # ----- answering -----
 
     def generator_args(self, request: lm15.Request) -> dict[str, Any]:
-        """What a host generator is asked: the prompt's inputs and the outputs wanted."""
-        user_texts = [m.text or "" for m in request.messages if m.role == "user"]
-        outputs = parse_output_fields(_text_of(request.system))
+        """What a host generator is asked: the prompt's inputs, the outputs wanted, and
+        what an optimizer changes: the instructions and the demos (each a user message
+        and its answer before the last user message)."""
         system = _text_of(request.system)
+        user_texts = [m.text or "" for m in request.messages if m.role == "user"]
+        objective = OBJECTIVE.search(system)
         return {"model": self.model,
                 "inputs": parse_inputs(user_texts[-1] if user_texts else "", system),
-                "outputs": [name for name, _ in outputs]}
+                "outputs": [name for name, _ in parse_output_fields(system)],
+                "instructions": objective.group(1).strip() if objective else "",
+                "demos": max(len(user_texts) - 1, 0)}
 
     def plan(self, request: lm15.Request,
              generated: Any = MISSING) -> tuple[float, lm15.Response | Exception]:

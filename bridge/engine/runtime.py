@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import dspy
 from dspy.utils.usage_tracker import UsageTracker
 
 import dspy_bridge.engine.fixes as fixes
-from dspy_bridge.domain.engine_port import Run
+from dspy_bridge.domain.engine_port import CompileOutcome, CompileRequest, Run
 from dspy_bridge.domain.host import HostCaller, HostFunction
 from dspy_bridge.domain.limits import CacheLimits
 from dspy_bridge.domain.usage import ModelUsage
@@ -31,6 +32,7 @@ from dspy_bridge.engine.cache import (
     default_cache_settings,
     install_cache,
 )
+from dspy_bridge.engine.compiling import open_checkpoint, run_compile
 from dspy_bridge.engine.errors import (
     check_outputs,
     invalid_output,
@@ -40,6 +42,7 @@ from dspy_bridge.engine.errors import (
 )
 from dspy_bridge.engine.lm import LmHandle, build_lm, import_litellm
 from dspy_bridge.engine.metrics import Metric, check_metric
+from dspy_bridge.engine.optimizers import CallStopped, stoppable, stopped_quietly
 from dspy_bridge.engine.programs import (
     ProgramHandle,
     ProgramType,
@@ -57,6 +60,23 @@ from dspy_bridge.protocol.errors import invalid_field
 if TYPE_CHECKING:
     from dspy_bridge.domain.lm import CheckedLm
     from dspy_bridge.domain.signatures import SignatureSpec
+
+
+async def in_thread(work: Callable[[], Any], scope: CallScope) -> Any:
+    """Synchronous DSPy work (a module without an async path, a compile) in a thread,
+    with the caller's context (its scope, its request's log fields). Its LMs are
+    `stoppable` on `scope.stop`: a cancelled request sets it, so the thread ends at its
+    next LM call instead of spending calls nobody waits for; a failed reward sets it too,
+    and the call answers that failure."""
+    try:
+        return await asyncio.to_thread(stopped_quietly(work))
+    except asyncio.CancelledError:
+        scope.stop.set()
+        raise
+    except CallStopped:
+        if scope.host_failure is None:
+            raise RuntimeError("a call's thread was stopped, and nothing says why") from None
+        raise scope.host_failure.to_error() from None
 
 
 def translate(exc: Exception, lm: LmHandle) -> Exception:
@@ -166,13 +186,16 @@ class Engine:
         kwargs = dict(inputs)
         if config:
             kwargs["config"] = config
-        with dspy.context(lm=lm.lm, adapter=None, usage_tracker=tracker,
+        threaded = not hasattr(program.module, "aforward")  # then it runs in a thread
+        call_lm = stoppable(lm.lm, scope.stop) if threaded else lm.lm
+        with dspy.context(lm=call_lm, adapter=None, usage_tracker=tracker,
                           track_usage=False, max_history_size=0, max_trace_size=0,
                           **{SCOPE_SETTING: scope}):
-            if hasattr(program.module, "aforward"):
+            if not threaded:
                 prediction = await program.module.acall(**kwargs)
-            else:  # a module without an async path: a thread (the context goes with it)
-                prediction = await asyncio.to_thread(program.module, **kwargs)
+            else:
+                prediction = await in_thread(functools.partial(program.module, **kwargs),
+                                             scope)
         if prediction is None:  # BestOfN and Refine, when every attempt failed
             raise no_prediction(program.program_type, lm.model)
         outputs = {name: to_wire(prediction.get(name)) for name in program.output_names}
@@ -180,17 +203,52 @@ class Engine:
         trajectory = prediction.get("trajectory")
         return Run(outputs, None if trajectory is None else to_wire(steps_of(trajectory)))
 
+    # ----- compiling -----
+
+    async def compile(self, program: ProgramHandle, lm: LmHandle, request: CompileRequest,
+                      record: Callable[[dict[str, ModelUsage]], None],
+                      host: HostCaller | None) -> CompileOutcome:
+        """Run an optimizer over the program (a copy: the program itself is untouched) in
+        a thread; the compiled program's state, and its score before and after."""
+        scope = CallScope(partition=f"{program.session_id}\x1f{lm.fingerprint}", host=host,
+                          checkpoint=open_checkpoint(request.checkpoint_dir))
+        token = SCOPE.set(scope)
+        failed = False
+        try:
+            work = functools.partial(run_compile, program, stoppable(lm.lm, scope.stop),
+                                     request, scope)
+            return await in_thread(work, scope)  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
+            failed = isinstance(exc, dspy.LMError)
+            if scope.host_failure is not None:
+                raise scope.host_failure.to_error() from None
+            raise translate(exc, lm) from None
+        finally:
+            SCOPE.reset(token)
+            if scope.checkpoint is not None:
+                scope.checkpoint.close()
+            record(self._usage(scope, None, lm.model, failed))
+
     @staticmethod
-    def _usage(scope: CallScope, tracker: UsageTracker, model: str,
+    def _usage(scope: CallScope, tracker: UsageTracker | None, model: str,
                failed: bool) -> dict[str, ModelUsage]:
+        """A call's usage: requests and cost from its history entries; tokens from its
+        tracker, or (None: DSPy's pool threads track on copies of it) from the entries."""
         per_model: dict[str, ModelUsage] = {}
+        entry_tokens: dict[str, dict[str, int]] = {}
         for entry in scope.entries:
-            usage = per_model.setdefault(str(entry.get("model", model)), ModelUsage())
+            name = str(entry.get("model", model))
+            usage = per_model.setdefault(name, ModelUsage())
             usage.requests += 1
             cost = entry.get("cost")
             if entry.get("usage") and isinstance(cost, int | float):
                 usage.cost_usd = (usage.cost_usd or 0.0) + float(cost)
-        for name, tokens in tracker.get_total_tokens().items():
+            counted = entry_tokens.setdefault(name, {})
+            for kind, value in (entry.get("usage") or {}).items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    counted[kind] = counted.get(kind, 0) + value
+        totals = entry_tokens if tracker is None else tracker.get_total_tokens()
+        for name, tokens in totals.items():
             usage = per_model.setdefault(str(name), ModelUsage())
             usage.prompt_tokens += int(tokens.get("prompt_tokens") or 0)
             usage.completion_tokens += int(tokens.get("completion_tokens") or 0)

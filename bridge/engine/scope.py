@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import pickle
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,12 @@ class CallScope:
     # The first reward or mock generator that failed: the call's error even where DSPy
     # carried on (BestOfN counts a failed attempt and tries the next).
     host_failure: HostCallFailed | None = None
+    # A compile's checkpoint: LM answers kept on disk, so a re-run after a crash finds
+    # every answer the first run got (a `diskcache.Cache`, or None).
+    checkpoint: Any = None
+    # Set when the call's work should end: its request stopped, or a reward failed. A
+    # thread running it ends at its next LM call (`engine.optimizers.stoppable`).
+    stop: threading.Event = field(default_factory=threading.Event)
     cache_hits: int = 0
     entries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,11 +81,24 @@ class BridgeCache(Cache):  # type: ignore[misc]
 
     def get(self, request: dict[str, Any],
             ignored_args_for_cache_key: list[str] | None = None) -> Any:
-        value = super().get(request, ignored_args_for_cache_key)
         scope = current_scope()
+        value = None
+        if scope is not None and scope.checkpoint is not None:
+            found = scope.checkpoint.get(self.cache_key(request, ignored_args_for_cache_key))
+            value = None if found is None else self._prepare_cached_response(found)
+        if value is None:
+            value = super().get(request, ignored_args_for_cache_key)
         if value is not None and scope is not None:
             scope.cache_hits += 1
         return value
+
+    def put(self, request: dict[str, Any], value: Any,
+            ignored_args_for_cache_key: list[str] | None = None,
+            enable_memory_cache: bool = True) -> None:
+        super().put(request, value, ignored_args_for_cache_key, enable_memory_cache)
+        scope = current_scope()
+        if scope is not None and scope.checkpoint is not None:
+            scope.checkpoint.set(self.cache_key(request, ignored_args_for_cache_key), value)
 
 
 def answer_size(value: Any) -> int:

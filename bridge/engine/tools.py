@@ -101,6 +101,16 @@ def observed(result: Any) -> Any:
     return result if isinstance(result, str) else Observation(result)
 
 
+class HostTool(dspy.Tool):  # type: ignore[misc]
+    """A tool whose arguments the host function's own check validates, as one object
+    against the declared schema: DSPy's per-argument check would raise first, and ReAct
+    would show the LM a traceback of the worker's frames (tests/test_engine_fixes.py
+    checks DSPy still validates through this method)."""
+
+    def _validate_and_parse_args(self, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+
 def host_tool(function: HostFunction) -> dspy.Tool:
     """A dspy.Tool that runs the host function of that name for the calling request."""
 
@@ -114,7 +124,7 @@ def host_tool(function: HostFunction) -> dspy.Tool:
             return failure_observation(function.name, failure.message)
 
     properties = function.parameters.get("properties", {})
-    return dspy.Tool(run, name=function.name, desc=function.description or None,
+    return HostTool(run, name=function.name, desc=function.description or None,
                      args=dict(properties), arg_types=dict.fromkeys(properties, Any))
 
 
@@ -131,6 +141,7 @@ def noted(failure: HostCallFailed) -> HostCallFailed:
     scope = current_scope()
     if scope is not None and scope.host_failure is None:
         scope.host_failure = failure
+        scope.stop.set()  # the call is failed: its next LM call ends the thread's work
     return failure
 
 

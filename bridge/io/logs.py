@@ -150,9 +150,9 @@ def configure_logging(level: str, sink: LogQueue, worker_id: str | None = None) 
     request's task, see `bind_request`)."""
     numeric = logging.getLevelName(level.upper())
     # Libraries that use the stdlib logger (litellm, httpx, DSPy) log JSON lines too.
-    logging.basicConfig(
-        handlers=[StdlibToStructlog()], level=max(numeric, logging.WARNING), force=True
-    )
+    # The handler's level too: DSPy sets its loggers' own levels (INFO).
+    quiet = max(numeric, logging.WARNING)
+    logging.basicConfig(handlers=[StdlibToStructlog(quiet)], level=quiet, force=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -470,6 +470,9 @@ BAD_BON_OPTIONS = [
     ({"module": "react", "reward": BUILTIN}, "options.module"),
     ({"reward": {"metric": "no_such_metric"}}, "options.reward"),
     ({"reward": {**BUILTIN, "bogus": 1}}, "options.reward"),
+    ({"reward": {"metric": "exact_match", "field": "nope"}}, "options.reward"),
+    ({"reward": {"metric": {"name": "exact_match", "bogus": 1}}}, "options.reward"),
+    ({"reward": {"metric": {"field": "answer"}}}, "options.reward"),
     ({"reward": BUILTIN, "threshold": "high"}, "options.threshold"),
     ({"reward": BUILTIN, "threshold": math.nan}, "options.threshold"),
     ({"reward": BUILTIN, "bogus": 1}, "options.bogus"),
@@ -488,12 +491,14 @@ def test_best_of_n_options_validated(w: Host, opt_session: str, program_type: st
 
 
 @pytest.mark.parametrize("program_type", ["best_of_n", "refine"])
-def test_builtin_reward_with_field_accepted(w: Host, opt_session: str,
-                                            program_type: str) -> None:
-    """`reward: {metric, field?, expected?}`: `field` names the output scored."""
-    for reward in ({"metric": "exact_match", "field": "answer", "expected": "x"},
-                   {"metric": "f1", "field": "answer"},
-                   {"metric": "contains", "field": "answer", "expected": "x"}):
+def test_builtin_reward_metric_forms_accepted(w: Host, opt_session: str,
+                                              program_type: str) -> None:
+    """`reward: {metric, expected?}`, `metric` a name or `{name, field?, ...options}`."""
+    for reward in ({"metric": "exact_match", "expected": "x"},
+                   {"metric": {"name": "exact_match", "field": "answer"}, "expected": "x"},
+                   {"metric": {"name": "f1", "field": "answer"}},
+                   {"metric": {"name": "contains"}, "expected": "x"},
+                   {"metric": "json_field"}):
         r = w.ok("create_program", {"session_id": opt_session,
                                     "signature": "question -> answer",
                                     "program_type": program_type,
@@ -888,6 +893,22 @@ def test_best_of_n_builtin_reward_with_expected_in_the_call(w: Host) -> None:
     assert w.callbacks(rid) == []
 
 
+def test_best_of_n_builtin_reward_metric_field_names_the_output(w: Host) -> None:
+    s = "bon-builtin-field"
+    w.ok("configure_lm", mock_lm(s, [{"answer": "a1", "note": "x"},
+                                     {"answer": "a2", "note": "hit"},
+                                     {"answer": "a3", "note": "x"}]))
+    w.ok("create_program", {"session_id": s, "program_id": "p",
+                            "signature": "question -> answer, note",
+                            "program_type": "best_of_n",
+                            "options": {"n": 3, "reward": {
+                                "metric": {"name": "exact_match", "field": "note"},
+                                "expected": "hit"}}})
+    rid = execute(w, s, "p", "q?")
+    res = success(w, rid)
+    assert res["outputs"] == {"answer": "a2", "note": "hit"}, res
+
+
 def test_best_of_n_host_reward_picks_the_best_attempt(w: Host) -> None:
     s = "bon-host"
     reward_setup(w, s, ["a1", "a2", "a3"])
@@ -967,6 +988,34 @@ def test_host_reward_error_fails_the_request(w: Host, retryable: bool) -> None:
     w.assert_clean()
 
 
+@pytest.mark.parametrize("program_type", ["best_of_n", "refine"])
+@pytest.mark.parametrize("how", ["malformed", "error"])
+def test_a_failed_reward_fails_the_call_without_going_on(w: Host, how: str,
+                                                         program_type: str) -> None:
+    """"A failed reward fails the call even though DSPy's BestOfN would count it as one
+    failed attempt and go on": no attempt (no reward callback) after the failed one."""
+    s = f"bon-no-go-on-{how}-{program_type}"
+    reward_setup(w, s, ["a1", "a2", "a3"], program_type=program_type)
+    rid = execute(w, s, "p", "q?")
+    cb = w.wait_callback(rid)
+    if how == "malformed":
+        r = w.callback_reply(cb["callback_id"], result="not a number")
+    else:
+        r = w.callback_reply(cb["callback_id"], error={"message": "scorer down"})
+    assert r["success"] is True and r["result"] == {"accepted": True}, r
+    reply_seq = w.seq(r)
+
+    def later(c: dict[str, Any]) -> Any:  # answer anything later with a top score
+        return ("result", 1.0)
+
+    resp = w.serve(rid, later)
+    assert resp["success"] is False and resp["error"]["type"] == "host_error", resp
+    host_error_details(resp["error"], reason=how, function="score", purpose="reward")
+    after = [c for c in w.callbacks(rid) if w.seq(c) > reply_seq]
+    assert after == [], f"attempts went on after the failed reward: {after}"
+    w.check_callback_order(rid)
+
+
 def test_host_reward_not_declared_is_unknown_function(w: Host) -> None:
     s = "bon-undeclared"
     reward_setup(w, s, ["a1", "a2", "a3"])
@@ -1017,9 +1066,12 @@ def test_mock_generator_asks_the_host_every_call(w: Host) -> None:
     generator_setup(w, s)
     rid = execute(w, s, "p", "What is 2+2?")
     cb = w.wait_callback(rid)
-    check_callback_event(cb, rid=rid, session=s, function="gen_fn", purpose="mock",
-                         args={"model": "mock/gen", "inputs": {"question": "What is 2+2?"},
-                               "outputs": ["answer"]})
+    check_callback_event(cb, rid=rid, session=s, function="gen_fn", purpose="mock")
+    a = cb["args"]
+    assert {k: a.get(k) for k in ("model", "inputs", "outputs")} == {
+        "model": "mock/gen", "inputs": {"question": "What is 2+2?"}, "outputs": ["answer"]}, cb
+    assert isinstance(a.get("instructions"), str) and a["instructions"], cb
+    assert a.get("demos") == 0, cb
     assert cb["timeout_ms"] == 60000, cb  # no request timeout: --callback-timeout-ms
     w.answer(cb["callback_id"], "4")
     res = success(w, rid)
@@ -1079,6 +1131,23 @@ def test_mock_generator_drives_a_react_program_with_tool_callbacks(w: Host) -> N
     w.assert_clean()
 
 
+def test_mock_generator_sees_instructions_and_demo_count(w: Host) -> None:
+    s = "gen-instr"
+    generator_setup(w, s)
+    w.ok("create_program", {"session_id": s, "program_id": "p2",
+                            "signature": "question -> answer",
+                            "instructions": "Answer in one word.",
+                            "demos": [{"question": "1+1?", "answer": "2"},
+                                      {"question": "2+3?", "answer": "5"}]})
+    rid = execute(w, s, "p2", "q?")
+    cb = w.wait_callback(rid)
+    check_callback_event(cb, rid=rid, session=s, function="gen_fn", purpose="mock")
+    assert cb["args"].get("instructions") == "Answer in one word.", cb
+    assert cb["args"].get("demos") == 2, cb
+    w.answer(cb["callback_id"], "x")
+    assert success(w, rid)["outputs"] == {"answer": "x"}
+
+
 def test_mock_generator_chain_of_thought(w: Host) -> None:
     s = "gen-cot"
     generator_setup(w, s, program_type="chain_of_thought")
@@ -1135,6 +1204,113 @@ def test_mock_generator_not_declared_is_unknown_function(w: Host) -> None:
     err = failure(w, rid, "host_error")
     host_error_details(err, reason="unknown_function", function="gen_fn", purpose="mock")
     assert w.callbacks(rid) == [], "no callback for an undeclared function"
+
+
+# ======================================================== evaluate_program host metric
+def _eval_setup(h: Host, s: str) -> None:
+    h.ok("register_tools", {"session_id": s, "tools": [{"name": "judge"}]})
+    h.ok("configure_lm", {"session_id": s, "model": "mock", "num_retries": 0,
+                          "extra": {"responses": {"q1": "a1", "q2": "a2", "q3": "a3"}}})
+    h.ok("create_program", {"session_id": s, "program_id": "p",
+                            "signature": "question -> answer"})
+
+
+DEVSET = [{"question": "q1", "answer": "e1"}, {"question": "q2", "answer": "e2"},
+          {"question": "q3", "answer": "e3"}]
+
+
+def test_evaluate_with_a_host_metric(w: Host) -> None:
+    s = "eval-host"
+    _eval_setup(w, s)
+    rid = w.start("evaluate_program", {"session_id": s, "program_id": "p", "devset": DEVSET,
+                                       "metric": {"name": "host", "function": "judge"},
+                                       "per_example": True})
+    scores = {"q1": 1.0, "q2": 0.0, "q3": 0.5}
+
+    def judge(cb: dict[str, Any]) -> Any:
+        check_callback_event(cb, rid=rid, session=s, function="judge", purpose="metric")
+        q = cb["args"]["inputs"]["question"]
+        assert cb["args"] == {"field": "answer", "inputs": {"question": q},
+                              "outputs": {"answer": "a" + q[1]},
+                              "expected": "e" + q[1]}, cb
+        return ("result", scores[q])
+
+    r = w.serve(rid, judge)
+    assert r["success"] is True, r
+    res = r["result"]
+    assert len(w.callbacks(rid)) == 3, "asked once per example"
+    assert res["total"] == 3 and res["passed"] == 1, res
+    assert math.isclose(res["score"], 0.5), res
+    assert sorted(e["index"] for e in res["failed_examples"]) == [1, 2], res
+    assert [e["score"] for e in res["per_example"]] == [1.0, 0.0, 0.5], res
+    w.check_callback_order(rid)
+    w.assert_clean()
+
+
+BAD_METRIC_ANSWERS = [("error", {"message": "judge down"}, "error"),
+                      ("result", 1.5, "malformed"), ("result", -0.1, "malformed"),
+                      ("result", "high", "malformed"), ("result", math.nan, "malformed")]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_METRIC_ANSWERS)),
+                         ids=[f"{a}-{v!r}"[:24] for a, v, _ in BAD_METRIC_ANSWERS])
+def test_a_failed_host_metric_fails_that_example_only(w: Host, index: int) -> None:
+    how, value, reason = BAD_METRIC_ANSWERS[index]
+    s = f"eval-bad-{index}"
+    _eval_setup(w, s)
+    rid = w.start("evaluate_program", {"session_id": s, "program_id": "p", "devset": DEVSET,
+                                       "metric": {"name": "host", "function": "judge"},
+                                       "per_example": True})
+
+    def judge(cb: dict[str, Any]) -> Any:
+        if cb["args"]["inputs"]["question"] == "q2":
+            return (how, value)
+        return ("result", 1.0)
+
+    r = w.serve(rid, judge)
+    assert r["success"] is True, f"the evaluation goes on: {r}"
+    res = r["result"]
+    assert res["total"] == 3 and res["passed"] == 2, res
+    failed = {e["index"]: e for e in res["failed_examples"]}
+    assert set(failed) == {1}, res
+    err = failed[1].get("error")
+    assert isinstance(err, dict) and err.get("type") == "host_error", failed[1]
+    assert failed[1]["score"] == 0 and failed[1]["passed"] is False, failed[1]
+    host_error_details(err, reason=reason, function="judge", purpose="metric")
+    w.check_callback_order(rid)
+    w.assert_clean()
+
+
+def test_host_metric_callback_timeout_fails_that_example(cbt: Host) -> None:
+    s = "cbt-eval"
+    _eval_setup(cbt, s)
+    rid = cbt.start("evaluate_program", {"session_id": s, "program_id": "p",
+                                         "devset": DEVSET[:2],
+                                         "metric": {"name": "host", "function": "judge"}})
+    r = cbt.serve(rid, lambda cb: None if cb["args"]["inputs"]["question"] == "q2"
+                  else ("result", 1.0))
+    assert r["success"] is True, r
+    failed = {e["index"]: e for e in r["result"]["failed_examples"]}
+    assert set(failed) == {1}, r
+    err = failed[1]["error"]
+    assert err["type"] == "host_error" and err["retryable"] is True, err
+    host_error_details(err, reason="timeout", function="judge", purpose="metric")
+    q2 = [c for c in cbt.callbacks(rid) if c["args"]["inputs"]["question"] == "q2"]
+    check_abandoned(cbt, q2[0], rid, "callback_timeout")
+    cbt.check_callback_order(rid)
+
+
+def test_get_stats_counts_callbacks(fresh: Host) -> None:
+    h = fresh
+    st = h.ok("get_stats", {})
+    assert st["callbacks"]["waiting"] == 0 and st["callbacks"]["issued"] == 0, st
+    rid, cb = _react_waiting(h, "stats")
+    st = h.ok("get_stats", {})
+    assert st["callbacks"]["waiting"] == 1 and st["callbacks"]["issued"] == 1, st
+    h.answer(cb["callback_id"], "ok")
+    success(h, rid)
+    st = h.ok("get_stats", {})
+    assert st["callbacks"]["waiting"] == 0 and st["callbacks"]["issued"] == 1, st
 
 
 # ==================================================================== liveness, concurrency
