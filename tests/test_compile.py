@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import WorkerProcess
 from tests.engine_support import RecordingWorker
-from tests.fake_openai_server import FakeOpenAI, fake_openai
+from tests.fake_openai_server import fake_openai
 from tests.host_support import Host
 
 TRAIN = [{"question": f"q{i}", "answer": f"A{i}"} for i in range(8)]
