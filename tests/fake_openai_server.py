@@ -37,6 +37,7 @@ class FakeOpenAI:
         self.failures: list[tuple[int, str]] = []
         self.answers: dict[str, Any] = {}
         self.delays: list[float] = []
+        self.streamed = 0  # answers sent as server-sent events (`stream: true`)
         self._lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -107,6 +108,11 @@ class FakeOpenAI:
                 prompt_tokens = sum(len(str(m.get("content", "")).split())
                                     for m in body.get("messages", []))
                 completion_tokens = len(text.split())
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+                if body.get("stream"):
+                    self._stream(text, body, usage)
+                    return
                 self._send(200, {
                     "id": f"chatcmpl-{len(fake.requests)}",
                     "object": "chat.completion",
@@ -118,6 +124,30 @@ class FakeOpenAI:
                               "completion_tokens": completion_tokens,
                               "total_tokens": prompt_tokens + completion_tokens},
                 })
+
+            def _stream(self, text: str, body: dict[str, Any], usage: dict[str, int]) -> None:
+                """The answer as server-sent events, a few words per chunk (OpenAI's
+                streaming format), ending with `[DONE]`."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                words = re.findall(r"\S+\s*|\s+", text)
+                pieces = ["".join(words[i:i + 3]) for i in range(0, len(words), 3)]
+                base = {"id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion.chunk",
+                        "created": 1700000000, "model": body.get("model", "fake")}
+                for index, piece in enumerate(pieces):
+                    delta = {"content": piece, **({"role": "assistant"} if index == 0 else {})}
+                    self._event({**base, "choices": [{"index": 0, "delta": delta,
+                                                      "finish_reason": None}]})
+                self._event({**base, "choices": [{"index": 0, "delta": {},
+                                                  "finish_reason": "stop"}], "usage": usage})
+                self.wfile.write(b"data: [DONE]\n\n")
+                with fake._lock:
+                    fake.streamed += 1
+
+            def _event(self, payload: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any],
                       headers: dict[str, str] | None = None) -> None:

@@ -230,7 +230,8 @@ def test_a_raising_python_tool_is_an_error_observation(client: WorkerClient) -> 
 
 
 def test_a_python_generator_answers_a_mock_lm(client: WorkerClient) -> None:
-    def generate(model: str, inputs: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
+    def generate(model: str, inputs: dict[str, Any], outputs: list[str],
+                 **prompt: Any) -> dict[str, Any]:  # and instructions, demos
         return {"answer": f"{model}: {str(inputs['question']).upper()} ({','.join(outputs)})"}
 
     client.register_function("generate", generate)
@@ -246,7 +247,7 @@ def test_a_python_generator_answers_a_mock_lm(client: WorkerClient) -> None:
     assert record.purpose == "mock" and record.accepted is True
 
     # A generator that raises fails the request with host_error, as the host said.
-    def refuse(model: str, inputs: dict[str, Any], outputs: list[str]) -> None:
+    def refuse(model: str, inputs: dict[str, Any], outputs: list[str], **prompt: Any) -> None:
         raise HostFunctionError("quota used up", type="quota", retryable=True)
 
     client.register_function("generate", refuse)

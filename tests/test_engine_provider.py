@@ -106,6 +106,29 @@ def test_openai_model_through_http(worker: RecordingWorker, server: FakeOpenAI,
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_streamed_answer_arrives_in_chunks_over_http(worker: RecordingWorker,
+                                                       server: FakeOpenAI,
+                                                       engine: dict[str, Any]) -> None:
+    sid = f"stream-{next(iter(engine.get('extra', {}).values()), 'native')}"
+    configure(worker, server, sid, **engine)
+    server.answers["answer"] = "streamed over real HTTP in several small pieces"
+    streamed_before = server.streamed
+    request_id = worker.start("execute_program", {"session_id": sid, "program_id": "qa",
+                                                  "inputs": {"question": "stream?"},
+                                                  "stream": True})
+    response = worker.response(request_id, timeout=60)
+    assert response["success"], response
+    assert server.streamed == streamed_before + 1  # the provider was asked to stream
+    chunks = [e for e in worker.events if e["event"] == "stream"
+              and e["request_id"] == request_id]
+    assert len([c for c in chunks if c["chunk"]]) >= 3
+    assert "".join(c["chunk"] for c in chunks).strip() == response["result"]["outputs"][
+        "answer"] == "streamed over real HTTP in several small pieces"
+    assert chunks[-1]["last"] is True
+    assert response["result"]["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("status", "error_class", "retryable"), [
     (429, "LMRateLimitError", True),
     (500, "LMServerError", True),

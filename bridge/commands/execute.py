@@ -45,6 +45,8 @@ class ExecuteProgramArgs(Args):
     lm: LmConfig | None = None
     config: CallConfig | None = None
     expected: dict[str, Any] | None = None
+    # send the output fields as they are written (`stream` events), then the reply
+    stream: bool = False
 
 
 @table.command("execute_program", ExecuteProgramArgs)
@@ -62,7 +64,7 @@ async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict
         call_lm = await engine.lm(override, "lm.model") if override is not None else None
         lm, source = resolve_lm(call_lm, program, session, store.default_lm)
         run = await call_program(ctx, engine, program, lm, args.inputs, config, record,
-                                 args.expected)
+                                 args.expected, stream_sink(ctx) if args.stream else None)
     result: dict[str, Any] = {"outputs": run.outputs}
     if run.trajectory is not None:
         result["trajectory"] = run.trajectory
@@ -90,6 +92,15 @@ def usage_recorder(
     return usage, record
 
 
+def stream_sink(ctx: RequestContext) -> Callable[[str, dict[str, Any]], None]:
+    """Where a streamed call's chunks go: events naming the request."""
+
+    def sink(name: str, fields: dict[str, Any]) -> None:
+        ctx.emit_event(name, request_id=ctx.request_id, **fields)
+
+    return sink
+
+
 def check_input_size(ctx: RequestContext, inputs: dict[str, Any], what: str = "the inputs") -> None:
     limit = ctx.options.max_input_bytes
     size = len(codec.pack(inputs))
@@ -110,12 +121,14 @@ async def call_program(
     config: dict[str, Any],
     record: Callable[[dict[str, ModelUsage]], None],
     expected: dict[str, Any] | None = None,
+    on_stream: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Run:
     """One call of the program through the LM's circuit breaker."""
     breaker = ctx.sessions.breaker_for(lm)
     breaker.before_call(lm.model)
     try:
-        run = await engine.execute(program, lm, inputs, config, record, ctx.host, expected)
+        run = await engine.execute(program, lm, inputs, config, record, ctx.host, expected,
+                                   on_stream)
     except BridgeError as error:
         details = error.details or {}
         breaker.on_failure(retryable_provider_failure=error.type is ErrorType.LM_ERROR

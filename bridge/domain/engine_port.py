@@ -180,6 +180,7 @@ class Engine(Protocol):
         record: Callable[[dict[str, ModelUsage]], None],
         host: HostCaller | None = None,
         expected: dict[str, Any] | None = None,
+        on_stream: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> Run: ...
 
     async def compile(

@@ -95,6 +95,20 @@ class MockEngine:
     # ----- the engine interface -----
 
     def complete(self, request: lm15.Request) -> lm15.Response:
+        delay, outcome = self._planned(request)
+        if delay:
+            time.sleep(delay)
+        return self._deliver(outcome)
+
+    def stream(self, request: lm15.Request) -> Iterator[Any]:
+        delay, outcome = self._planned(request)
+        events = stream_events(self._deliver(outcome))
+        for event in events:
+            if isinstance(event, lm15.StreamDeltaEvent):
+                time.sleep(delay / len(events))
+            yield event
+
+    def _planned(self, request: lm15.Request) -> tuple[float, lm15.Response | Exception]:
         generated = MISSING
         if self.options.generator is not None:  # DSPy's sync path runs in a thread
             try:
@@ -102,13 +116,7 @@ class MockEngine:
                     self.options.generator, Purpose.MOCK, self.generator_args(request))
             except HostCallFailed as failure:
                 raise noted(failure) from None
-        delay, outcome = self.plan(request, generated)
-        if delay:
-            time.sleep(delay)
-        return self._deliver(outcome)
-
-    def stream(self, request: lm15.Request) -> Iterator[Any]:
-        return iter(lm15.response_to_events(self.complete(request)))
+        return self.plan(request, generated)
 
     def close(self) -> None:
         pass
@@ -207,6 +215,21 @@ class AsyncMockEngine:
         self.sync = sync
 
     async def complete(self, request: lm15.Request) -> lm15.Response:
+        delay, outcome = await self._planned(request)
+        if delay:
+            await asyncio.sleep(delay)
+        return self.sync._deliver(outcome)
+
+    async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
+        """The answer in chunks of a few words, its latency spread over them."""
+        delay, outcome = await self._planned(request)
+        events = stream_events(self.sync._deliver(outcome))
+        for event in events:
+            if isinstance(event, lm15.StreamDeltaEvent):
+                await asyncio.sleep(delay / len(events))
+            yield event
+
+    async def _planned(self, request: lm15.Request) -> tuple[float, lm15.Response | Exception]:
         generated = MISSING
         generator = self.sync.options.generator
         if generator is not None:
@@ -215,17 +238,37 @@ class AsyncMockEngine:
                     generator, Purpose.MOCK, self.sync.generator_args(request))
             except HostCallFailed as failure:
                 raise noted(failure) from None
-        delay, outcome = self.sync.plan(request, generated)
-        if delay:
-            await asyncio.sleep(delay)
-        return self.sync._deliver(outcome)
-
-    async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
-        for item in lm15.response_to_events(await self.complete(request)):
-            yield item
+        return self.sync.plan(request, generated)
 
     async def aclose(self) -> None:
         pass
+
+
+# ----- streaming -----
+
+STREAM_CHUNK = re.compile(r"\S+\s*|\s+")
+WORDS_PER_CHUNK = 3
+
+
+def stream_events(response: lm15.Response) -> list[Any]:
+    """The response's stream events, its text cut into chunks of a few words (a provider
+    streams tokens; one delta of the whole answer would show no streaming at all)."""
+    events: list[Any] = []
+    for event in lm15.response_to_events(response):
+        delta = getattr(event, "delta", None)
+        if not isinstance(delta, lm15.TextDelta):
+            events.append(event)
+            continue
+        words = STREAM_CHUNK.findall(delta.text)
+        pieces = ["".join(words[i:i + WORDS_PER_CHUNK])
+                  for i in range(0, len(words), WORDS_PER_CHUNK)] or [""]
+        for index, piece in enumerate(pieces):
+            first = index == 0
+            events.append(lm15.StreamDeltaEvent(delta=lm15.TextDelta(
+                text=piece, part_index=delta.part_index,
+                logprobs=delta.logprobs if first else (),
+                logprobs_complete=delta.logprobs_complete if first else True)))
+    return events
 
 
 # ----- reading the formatted prompt -----

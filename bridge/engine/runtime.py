@@ -54,6 +54,7 @@ from dspy_bridge.engine.programs import (
     to_wire,
 )
 from dspy_bridge.engine.scope import SCOPE, SCOPE_SETTING, CallScope
+from dspy_bridge.engine.streaming import StreamSink, streamed
 from dspy_bridge.engine.tools import check_parameters, steps_of
 from dspy_bridge.protocol.errors import invalid_field
 
@@ -160,14 +161,15 @@ class Engine:
                       config: dict[str, Any],
                       record: Callable[[dict[str, ModelUsage]], None],
                       host: HostCaller | None = None,
-                      expected: dict[str, Any] | None = None) -> Run:
+                      expected: dict[str, Any] | None = None,
+                      on_stream: StreamSink | None = None) -> Run:
         scope = CallScope(partition=f"{program.session_id}\x1f{lm.fingerprint}", host=host,
                           expected=expected or {})
         token = SCOPE.set(scope)
         tracker = UsageTracker()
         failed = False
         try:
-            run = await self._run(program, lm, inputs, config, tracker, scope)
+            run = await self._run(program, lm, inputs, config, tracker, scope, on_stream)
         except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it is
             failed = isinstance(exc, dspy.LMError)
             if scope.host_failure is not None:  # a reward or generator failed: the cause
@@ -182,7 +184,8 @@ class Engine:
             record(self._usage(scope, tracker, lm.model, failed))
 
     async def _run(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
-                   config: dict[str, Any], tracker: UsageTracker, scope: CallScope) -> Run:
+                   config: dict[str, Any], tracker: UsageTracker, scope: CallScope,
+                   on_stream: StreamSink | None) -> Run:
         kwargs = dict(inputs)
         if config:
             kwargs["config"] = config
@@ -191,7 +194,9 @@ class Engine:
         with dspy.context(lm=call_lm, adapter=None, usage_tracker=tracker,
                           track_usage=False, max_history_size=0, max_trace_size=0,
                           **{SCOPE_SETTING: scope}):
-            if not threaded:
+            if on_stream is not None:
+                prediction = await streamed(program, kwargs, on_stream)
+            elif not threaded:
                 prediction = await program.module.acall(**kwargs)
             else:
                 prediction = await in_thread(functools.partial(program.module, **kwargs),
