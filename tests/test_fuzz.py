@@ -102,6 +102,8 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "evaluate_program": {"session_id": "fuzz", "program_id": "fz",
                          "devset": [{"q": "x", "a": "ok"}],
                          "metric": {"name": "contains", "field": "a"}, "max_concurrency": 2},
+    "execute_batch": {"session_id": "fuzz", "program_id": "fz", "inputs": [{"q": "x"}],
+                      "max_concurrency": 2},
     "compile_program": {"session_id": "fuzz", "program_id": "fz",
                         "optimizer": "labeled_few_shot", "trainset": [{"q": "x", "a": "ok"}],
                         "metric": "exact_match", "options": {"k": 1},

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "configure_lm": "dspy_bridge.commands.lm",
     "create_program": "dspy_bridge.commands.programs",
     "execute_program": "dspy_bridge.commands.execute",
+    "execute_batch": "dspy_bridge.commands.batch",
     "evaluate_program": "dspy_bridge.commands.evaluate",
     "compile_program": "dspy_bridge.commands.compile",
     "get_program": "dspy_bridge.commands.programs",

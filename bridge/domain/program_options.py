@@ -58,12 +58,17 @@ class AttemptsOptions(Args):
     fail_count: Annotated[int, Field(ge=1, le=20)] | None = None
 
 
+class CompareOptions(Args):
+    m: Annotated[int, Field(ge=2, le=10)] = 3
+
+
 OPTIONS: dict[str, type[Args]] = {
     "predict": NoOptions,
     "chain_of_thought": NoOptions,
     "react": ReactOptions,
     "best_of_n": AttemptsOptions,
     "refine": AttemptsOptions,
+    "multi_chain_comparison": CompareOptions,
 }
 
 
@@ -90,6 +95,8 @@ def check_options(type_name: str, raw: dict[str, Any] | None,
         if options.fail_count is not None:
             wire["fail_count"] = options.fail_count
         return wire
+    if isinstance(options, CompareOptions):
+        return {"m": options.m}
     return {}
 
 

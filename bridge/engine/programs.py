@@ -92,6 +92,24 @@ class Refine(PerCallFailCount, dspy.Refine):  # type: ignore[misc]
     pass
 
 
+class CompareChains(dspy.Module):  # type: ignore[misc]
+    """`multi_chain_comparison`: `m` chain-of-thought attempts (each its own rollout, at
+    temperature 1.0, so the cache does not answer them alike), then DSPy's
+    MultiChainComparison over them. Synchronous, as MultiChainComparison is: it runs in a
+    thread that stops with its request."""
+
+    def __init__(self, signature: Any, m: int) -> None:
+        super().__init__()
+        self.m = m
+        self.attempt = dspy.ChainOfThought(signature)
+        self.compare = dspy.MultiChainComparison(signature, M=m)
+
+    def forward(self, **kwargs: Any) -> Any:
+        completions = [self.attempt(**kwargs, config={"rollout_id": index, "temperature": 1.0})
+                       for index in range(self.m)]
+        return self.compare(completions=completions, **kwargs)
+
+
 _TEMPLATE_ATTEMPTS = {"module": "predict", "n": 1, "threshold": 1.0,
                       "reward": {"metric": "exact_match", "expected": ""}}
 _REACT_RESERVED = ("trajectory", "next_thought", "next_tool_name", "next_tool_args")
@@ -106,6 +124,10 @@ PROGRAM_TYPES: dict[str, ProgramType] = {
     "best_of_n": ProgramType("best_of_n", _attempts(BestOfN),
                              template_options=_TEMPLATE_ATTEMPTS),
     "refine": ProgramType("refine", _attempts(Refine), template_options=_TEMPLATE_ATTEMPTS),
+    "multi_chain_comparison": ProgramType(
+        "multi_chain_comparison",
+        lambda signature, options, tools: CompareChains(signature, options["m"]),
+        ("rationale",), ("reasoning",), template_options={"m": 2}),
 }
 
 
@@ -159,7 +181,7 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
     template = program_type.build(dspy.Signature("bridge_in -> bridge_out"),
                                   program_type.template_options, {})
     functions: list[Any] = [dspy.Example.__init__]
-    owners = (template, *(predictor for _, predictor in template.named_predictors()))
+    owners = [module for _, module in template.named_sub_modules()]  # itself included
     for cls in {cls for owner in owners for cls in type(owner).__mro__}:  # super() calls too
         for attribute in ("__call__", "acall", "forward", "aforward", "_forward_preprocess"):
             function = cls.__dict__.get(attribute)

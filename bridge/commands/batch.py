@@ -1,0 +1,88 @@
+"""`execute_batch`: one program over many inputs, each item answered on its own.
+
+Each item runs as `execute_program` would (the same LM precedence, breaker and usage),
+at most `max_concurrency` at once. An item that is invalid or fails answers its own
+typed error in its place; the batch as a whole fails only for what concerns all of it
+(the program, the LM, the request's `timeout_ms` or `cancel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from dspy_bridge.commands.common import check_optional_lm, engine_of, find_session_program
+from dspy_bridge.commands.execute import (
+    CallConfig,
+    call_program,
+    check_input_size,
+    resolve_lm,
+    usage_recorder,
+)
+from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.models import Args, ProgramId, SessionId
+from dspy_bridge.domain.signatures import check_inputs
+from dspy_bridge.domain.usage import merge_usage
+from dspy_bridge.protocol.errors import BridgeError, invalid_field
+
+table = CommandTable(needs_engine=True)
+
+MAX_ITEMS = 10_000
+
+
+class ExecuteBatchArgs(Args):
+    session_id: SessionId | None = None
+    program_id: ProgramId
+    inputs: Annotated[list[Any], Field(min_length=1, max_length=MAX_ITEMS)]
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    lm: LmConfig | None = None
+    config: CallConfig | None = None
+
+
+@table.command("execute_batch", ExecuteBatchArgs)
+async def execute_batch(ctx: RequestContext, args: ExecuteBatchArgs) -> dict[str, Any]:
+    started = time.perf_counter()
+    store = ctx.sessions
+    session, program = find_session_program(ctx, args.session_id, args.program_id)
+    check_input_size(ctx, {"inputs": args.inputs}, "the batch's inputs")
+    override = check_optional_lm(ctx, args.lm, "lm")
+    config = args.config.model_dump(exclude_none=True) if args.config else {}
+    usage, record = usage_recorder(session)
+    results: list[dict[str, Any]] = [{} for _ in args.inputs]
+    with store.using(session):
+        engine = await engine_of(ctx)
+        call_lm = await engine.lm(override, "lm.model") if override is not None else None
+        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        room = asyncio.Semaphore(args.max_concurrency)
+
+        async def one(index: int, inputs: Any) -> None:
+            try:
+                if not isinstance(inputs, dict):
+                    raise invalid_field(f"inputs.{index}", "must be a map of input values")
+                check_inputs(program.spec, inputs, f"inputs.{index}")
+                async with room:
+                    run = await call_program(ctx, engine, program, lm, inputs, config, record)
+            except BridgeError as error:
+                results[index] = {"error": error.to_wire()}
+                return
+            results[index] = {"outputs": run.outputs}
+            if run.trajectory is not None:
+                results[index]["trajectory"] = run.trajectory
+
+        async with asyncio.TaskGroup() as group:
+            for index, inputs in enumerate(args.inputs):
+                group.create_task(one(index, inputs))
+    failed = sum("error" in result for result in results)
+    return {
+        "results": results,
+        "succeeded": len(results) - failed,
+        "failed": failed,
+        "lm": lm.model,
+        "lm_source": source,
+        "usage": merge_usage(usage).to_wire(),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
