@@ -206,6 +206,16 @@ def test_export_of_a_keyed_program_carries_no_key(worker: RecordingWorker,
     assert described["lm"]["extra"]["headers"]["Authorization"] == "<redacted>"
 
 
+def test_history_never_shows_the_key(worker: RecordingWorker, server: FakeOpenAI) -> None:
+    configure(worker, server, "history")
+    worker.ok("execute_program", {"session_id": "history", "program_id": "qa",
+                                  "inputs": {"question": f"is {TEST_API_KEY} my key?"}})
+    (entry,) = worker.ok("get_history", {"session_id": "history", "n": 1})["entries"]
+    assert "is <redacted> my key?" in entry["messages"][-1]["content"]
+    assert entry["model"] == "openai/gpt-4o-mini" and entry["cost_usd"] > 0
+    # (the module's last test scans every frame received and stderr for the key)
+
+
 def test_zz_api_key_never_appears_in_replies_or_stderr(worker: RecordingWorker) -> None:
     worker.ok("get_stats")
     worker.assert_no_secret_leaked()

@@ -128,6 +128,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
         "signature": {"inputs": [{"name": "q"}], "outputs": [{"name": "a"}]}, "state": {}}},
     "get_usage": {"session_id": "fuzz"},
     "reset_usage": {"session_id": "fuzz"},
+    "get_history": {"session_id": "fuzz", "n": 5},
     "configure_cache": {"enable_memory": True, "memory_max_entries": 100},
     "sleep": {"ms": 1},
     "echo": {"value": [1, "two"]},

@@ -138,6 +138,10 @@ async def call_program(
         breaker.on_abandoned()
         raise
     breaker.on_success()
+    session = ctx.sessions.get(program.session_id)
+    if session is not None:
+        for entry in run.history:
+            session.history.add(entry)
     return run
 
 

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "import_program": "dspy_bridge.commands.programs",
     "get_usage": "dspy_bridge.commands.sessions",
     "reset_usage": "dspy_bridge.commands.sessions",
+    "get_history": "dspy_bridge.commands.sessions",
     "configure_cache": "dspy_bridge.commands.lm",
     "register_signature": "dspy_bridge.commands.signatures",
     "get_signature": "dspy_bridge.commands.signatures",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from dspy_bridge.commands.common import SessionRef
 from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.history import MAX_ENTRIES
+from dspy_bridge.domain.models import Args, SessionId
 from dspy_bridge.domain.usage import ModelUsage
 
 table = CommandTable(needs_engine=True)
@@ -34,6 +38,20 @@ async def get_usage(ctx: RequestContext, args: SessionRef) -> dict[str, Any]:
     usage = {"models": {}, "total": ModelUsage().to_wire(), "since": None} if session is None \
         else session.usage.to_wire()
     return {"session_id": store.resolve_id(args.session_id), **usage}
+
+
+class HistoryArgs(Args):
+    session_id: SessionId | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_ENTRIES)] = 10
+
+
+@table.command("get_history", HistoryArgs)
+async def get_history(ctx: RequestContext, args: HistoryArgs) -> dict[str, Any]:
+    """The session's last `n` LM calls, oldest first (DSPy's inspect_history)."""
+    session = ctx.sessions.get(args.session_id)
+    return {"session_id": ctx.sessions.resolve_id(args.session_id),
+            "entries": [] if session is None else session.history.last(args.n),
+            "recorded": 0 if session is None else session.history.recorded}
 
 
 @table.command("reset_usage", SessionRef)

@@ -8,7 +8,7 @@ session store work, and are tested, without DSPy loaded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dspy_bridge.domain.breakers import BreakerSettings
@@ -24,6 +24,8 @@ class Run:
 
     outputs: dict[str, Any]
     trajectory: list[dict[str, Any]] | None = None
+    # The call's LM calls as get_history shows them (scrubbed, cut to length).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

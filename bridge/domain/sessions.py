@@ -14,6 +14,7 @@ from typing import Any
 
 from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
 from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+from dspy_bridge.domain.history import CallHistory
 from dspy_bridge.domain.host import MAX_TOOLS, HostFunction
 from dspy_bridge.domain.limits import SessionLimits
 from dspy_bridge.domain.signatures import SignatureSpec
@@ -42,6 +43,7 @@ class Session:
     usage: UsageBook = field(default_factory=UsageBook)
     signatures: dict[str, NamedSignature] = field(default_factory=dict)
     tools: dict[str, HostFunction] = field(default_factory=dict)
+    history: CallHistory = field(default_factory=CallHistory)
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     last_used_monotonic: float = field(default_factory=time.monotonic)

@@ -98,3 +98,26 @@ def no_prediction(program_type: str, model: str) -> BridgeError:
         retryable=False,
         details={"reason": "all_attempts_failed", "model": model},
     )
+
+
+HISTORY_TEXT_CHARS = 4000
+
+
+def history_entry(entry: dict[str, Any], lm: Any) -> dict[str, Any]:
+    """One of DSPy's LM history entries as get_history shows it: each text scrubbed of
+    the LM's secrets, then cut to HISTORY_TEXT_CHARS."""
+    secrets = lm.checked.secrets
+
+    def text(value: Any) -> str:
+        return truncate(value if isinstance(value, str) else str(value), HISTORY_TEXT_CHARS,
+                        secrets)
+
+    messages = [{"role": str(message.get("role")), "content": text(message.get("content"))}
+                for message in entry.get("messages") or [] if isinstance(message, dict)]
+    usage = {key: value for key, value in (entry.get("usage") or {}).items()
+             if isinstance(value, int) and not isinstance(value, bool)}
+    cost = entry.get("cost")
+    outputs = [text(output) for output in entry.get("outputs") or []]
+    return {"model": str(entry.get("model", lm.model)), "timestamp": str(entry.get("timestamp")),
+            "messages": messages, "outputs": outputs, "usage": usage,
+            "cost_usd": cost if isinstance(cost, int | float) else None}

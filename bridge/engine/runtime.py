@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from dspy_bridge.engine.cache import (
 from dspy_bridge.engine.compiling import open_checkpoint, run_compile
 from dspy_bridge.engine.errors import (
     check_outputs,
+    history_entry,
     invalid_output,
     no_prediction,
     parse_error,
@@ -178,7 +180,8 @@ class Engine:
         else:
             if scope.host_failure is not None:  # DSPy carried on past it
                 raise scope.host_failure.to_error()
-            return run
+            return dataclasses.replace(
+                run, history=[history_entry(entry, lm) for entry in scope.entries])
         finally:
             SCOPE.reset(token)
             record(self._usage(scope, tracker, lm.model, failed))

@@ -79,6 +79,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "import_program": {"session_id": SID, "program_id": "str", "document": "map_req"},
     "get_usage": {"session_id": SID},
     "reset_usage": {"session_id": SID},
+    "get_history": {"session_id": SID, "n": "int"},
     "configure_cache": {"enable_memory": "bool", "enable_disk": "bool", "disk_dir": "str",
                         "memory_max_entries": "int", "disk_size_limit_bytes": "int"},
 }
