@@ -23,7 +23,7 @@ from dspy_bridge.commands.execute import (
     usage_recorder,
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import merge_usage
@@ -39,7 +39,7 @@ class ExecuteBatchArgs(Args):
     program_id: ProgramId
     inputs: Annotated[list[Any], Field(min_length=1, max_length=MAX_ITEMS)]
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
-    lm: LmConfig | None = None
+    lm: OptionalLm
     config: CallConfig | None = None
 
 

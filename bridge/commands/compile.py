@@ -25,7 +25,7 @@ from dspy_bridge.commands.execute import check_input_size, resolve_lm, usage_rec
 from dspy_bridge.commands.programs import insert_program
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import CompileRequest, Engine, ProgramHandle
-from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.optimizers import check_optimizer
 from dspy_bridge.domain.sessions import Session
@@ -50,7 +50,7 @@ class CompileProgramArgs(Args):
     options: dict[str, Any] | None = None
     target_program_id: ProgramId | None = None
     checkpoint: CheckpointRef | None = None
-    lm: LmConfig | None = None
+    lm: OptionalLm
 
 
 @table.command("compile_program", CompileProgramArgs)

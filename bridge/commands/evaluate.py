@@ -23,7 +23,7 @@ from dspy_bridge.commands.execute import (
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, ProgramHandle
 from dspy_bridge.domain.host import HostCaller, HostCallFailed, Purpose, unit_score
-from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
@@ -45,7 +45,7 @@ class EvaluateProgramArgs(Args):
     metric: Annotated[str, Field(min_length=1, max_length=100)] | dict[str, Any]
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     example_timeout_ms: Annotated[int, Field(gt=0)] | None = None
-    lm: LmConfig | None = None
+    lm: OptionalLm
     per_example: bool = False
 
 

@@ -15,7 +15,7 @@ from dspy_bridge.commands.common import (
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle, Run
-from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
@@ -42,7 +42,7 @@ class ExecuteProgramArgs(Args):
     session_id: SessionId | None = None
     program_id: ProgramId
     inputs: dict[str, Any] = Field(default_factory=dict)
-    lm: LmConfig | None = None
+    lm: OptionalLm
     config: CallConfig | None = None
     expected: dict[str, Any] | None = None
     # send the output fields as they are written (`stream` events), then the reply

@@ -24,7 +24,7 @@ from dspy_bridge.commands.signatures import resolve_signature
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.documents import ProgramDocument, program_document
 from dspy_bridge.domain.engine_port import Engine, LmHandle
-from dspy_bridge.domain.lm import LmConfig
+from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId, invalid_from
 from dspy_bridge.domain.program_options import check_options
 from dspy_bridge.domain.signatures import SignatureSpec, check_demos, parse_signature
@@ -82,7 +82,7 @@ class CreateProgramArgs(Args):
     signature: Annotated[str, Field(min_length=1)] | dict[str, Any]
     program_type: Annotated[str, Field(min_length=1, max_length=100)] = "predict"
     options: dict[str, Any] | None = None
-    lm: LmConfig | None = None
+    lm: OptionalLm
     demos: Annotated[list[dict[str, Any]], Field(max_length=10_000)] | None = None
     instructions: Annotated[str, Field(max_length=50_000)] | None = None
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from dspy_bridge.domain.breakers import BreakerSettings
 from dspy_bridge.domain.host import FunctionName
@@ -79,6 +79,9 @@ class BreakerConfig(Args):
     cooldown_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 30_000
 
 
+PROVIDER = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
 class LmConfig(Args):
     """An LM: DSPy's `provider/model` string (or `mock`) and its settings."""
 
@@ -106,8 +109,19 @@ class LmConfig(Args):
     @model_validator(mode="before")
     @classmethod
     def _model_shorthand(cls, value: Any) -> Any:
-        # `lm: "mock/x"` is short for `lm: {model: "mock/x"}`.
-        return {"model": value} if isinstance(value, str) else value
+        # `lm: "mock/x"` is short for `lm: {model: "mock/x"}`; DSPex's form, `{provider:
+        # "openai", model: "gpt-4o-mini"}`, for `{model: "openai/gpt-4o-mini"}`.
+        if isinstance(value, str):
+            return {"model": value}
+        if isinstance(value, dict) and "provider" in value:
+            value = dict(value)
+            provider, model = value.pop("provider"), value.get("model")
+            if not isinstance(provider, str) or not PROVIDER.match(provider):
+                raise ValueError("provider must be a provider name (letters, digits, _ and -)")
+            if not isinstance(model, str) or "/" in model:
+                raise ValueError("with provider, model is the model's own name (no '/')")
+            value["model"] = f"{provider}/{model}"
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -119,6 +133,11 @@ class LmConfig(Args):
     @property
     def is_mock(self) -> bool:
         return self.model == "mock" or self.model.startswith("mock/")
+
+
+# A command's `lm`; DSPex's name for it, `lm_config`, is taken too.
+OptionalLm = Annotated[LmConfig | None,
+                       Field(default=None, validation_alias=AliasChoices("lm", "lm_config"))]
 
 
 @dataclass(frozen=True, slots=True)
