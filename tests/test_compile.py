@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,15 +95,32 @@ def test_each_optimizer_improves_the_program(worker: RecordingWorker, optimizer:
     assert answers["better"]["result"]["outputs"] == {"answer": "A42"}
 
 
-def test_simba_runs_and_reports(worker: RecordingWorker) -> None:
-    # SIMBA learns from the spread between sampled runs; a deterministic mock gives it
-    # none, so this shows the run and its report, not an improvement.
+def test_simba_improves_the_program_from_the_spread_between_runs(
+    worker: RecordingWorker,
+) -> None:
+    # SIMBA learns from runs of one example that score apart: this model is right on
+    # every second try at a question until it is shown a demo, then always.
     session(worker, "simba")
-    response = Host(worker, {"model": knowing_lm}).run("compile_program", compile_args(
-        "simba", "simba", options={"bsize": 4, "num_candidates": 2, "max_steps": 2,
-                                   "num_threads": 2}))
+    tries: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def uneven(args: Any) -> Any:
+        if "answer" not in args["outputs"]:
+            return None
+        question = args["inputs"].get("question", "")
+        with lock:
+            tries[question] += 1
+            second = tries[question] % 2 == 0
+        knows = args["demos"] > 0 or second
+        return {"answer": "A" + question[1:] if knows else "I do not know."}
+
+    response = Host(worker, {"model": uneven}).run("compile_program", compile_args(
+        "simba", "simba", target_program_id="better",
+        options={"bsize": 4, "num_candidates": 3, "max_steps": 3, "num_threads": 2}))
     assert response["success"], response
-    assert response["result"]["score_before"] == 0.0 and response["result"]["metric_calls"] > 0
+    result = response["result"]
+    assert (result["score_before"], result["score_after"]) == (0.0, 1.0)
+    assert result["demos"] > 0
 
 
 def test_progress_arrives_in_order_and_at_a_bounded_rate(worker: RecordingWorker) -> None:
