@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class WorkerOptions:
     record: Path | None = None
     max_log_queue: int = 10_000
     api_key_env_allow: tuple[str, ...] = DEFAULT_API_KEY_ENV_ALLOW
+    # Python modules whose dspy.Module classes programs may be made from (operator code)
+    modules: tuple[str, ...] = ()
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(
@@ -72,6 +75,12 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _module_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", text):
+        raise argparse.ArgumentTypeError(f"not a Python module name: {text!r}")
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -145,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where compile_program keeps checkpoints (default: no checkpoints)",
     )
+    add(
+        "--modules",
+        action="append",
+        metavar="MODULE",
+        type=_module_name,
+        default=None,
+        help="a Python module whose dspy.Module classes may be created as programs "
+        "(program_type 'MODULE:Class'; repeatable)",
+    )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
     add(
         "--api-key-env-allow",
@@ -162,4 +180,5 @@ def parse_options(argv: list[str]) -> WorkerOptions:
     values = {f.name: getattr(namespace, f.name) for f in fields(WorkerOptions)}
     # Given at all, the list replaces the default (an operator may want no *_API_KEY).
     values["api_key_env_allow"] = tuple(values["api_key_env_allow"] or DEFAULT_API_KEY_ENV_ALLOW)
+    values["modules"] = tuple(values["modules"] or ())
     return WorkerOptions(**values)

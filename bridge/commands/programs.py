@@ -82,6 +82,8 @@ class CreateProgramArgs(Args):
     signature: Annotated[str, Field(min_length=1)] | dict[str, Any]
     program_type: Annotated[str, Field(min_length=1, max_length=100)] = "predict"
     options: dict[str, Any] | None = None
+    # an operator module class's constructor arguments (short for options.init)
+    init: dict[str, Any] | None = None
     lm: OptionalLm
     demos: Annotated[list[dict[str, Any]], Field(max_length=10_000)] | None = None
     instructions: Annotated[str, Field(max_length=50_000)] | None = None
@@ -95,13 +97,18 @@ async def create_program(ctx: RequestContext, args: CreateProgramArgs) -> dict[s
     checked = check_optional_lm(ctx, args.lm, "lm")
     engine = await engine_of(ctx)
     program_type = engine.program_type(args.program_type)
+    options = args.options
+    if args.init is not None:
+        if options is not None:
+            raise invalid_field("init", "give init or options, not both")
+        options = {"init": args.init}
     if args.demos and not program_type.takes_demos:
         raise invalid_field("demos", f"a {program_type.name} program takes no demos")
-    check_demos(spec, args.demos or [], program_type.outputs_added(args.options or {}))
+    check_demos(spec, args.demos or [], program_type.outputs_added(options or {}))
     engine.signature(spec, program_type)  # DSPy's own name rules, before anything is stored
     lm = await engine.lm(checked, "lm.model") if checked is not None else None
     return insert_program(ctx, engine, args.session_id, args.program_id, spec,
-                          program_type.name, lm, args.demos or [], None, args.options)
+                          program_type.name, lm, args.demos or [], None, options)
 
 
 @table.command("get_program", ProgramRef)

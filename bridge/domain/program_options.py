@@ -58,6 +58,12 @@ class AttemptsOptions(Args):
     fail_count: Annotated[int, Field(ge=1, le=20)] | None = None
 
 
+class CustomOptions(Args):
+    """An operator's module class (`module:Class`): its constructor's keyword arguments."""
+
+    init: dict[str, Any] = Field(default_factory=dict)
+
+
 class CompareOptions(Args):
     m: Annotated[int, Field(ge=2, le=10)] = 3
 
@@ -76,7 +82,7 @@ def check_options(type_name: str, raw: dict[str, Any] | None,
                   declared: Mapping[str, HostFunction], field: str = "options") -> dict[str, Any]:
     """The options of a program of this type, checked and in their wire form; every host
     function they name must be declared in `declared` (the session's)."""
-    model = OPTIONS[type_name]
+    model = CustomOptions if ":" in type_name else OPTIONS[type_name]
     try:
         options = model.model_validate(raw or {})
     except ValidationError as exc:
@@ -97,6 +103,8 @@ def check_options(type_name: str, raw: dict[str, Any] | None,
         return wire
     if isinstance(options, CompareOptions):
         return {"m": options.m}
+    if isinstance(options, CustomOptions):
+        return {"init": dict(options.init)}
     return {}
 
 

@@ -63,7 +63,22 @@ def run_compile(program: ProgramHandle, lm: Any, request: CompileRequest,
         compiled = OPTIMIZERS[request.optimizer](job)
         after = _score(compiled, val, metric, threads)
     progress.finish(after)
-    return CompileOutcome(to_wire(compiled.dump_state()), before, after, progress.done)
+    return CompileOutcome(compiled_state(compiled), before, after, progress.done)
+
+
+def compiled_state(compiled: Any) -> dict[str, Any]:
+    """The compiled program's state, each demo kept to its predictor's own fields: an
+    optimizer gives every predictor the same examples (LabeledFewShot does), whose other
+    fields that predictor never reads."""
+    for _, predictor in compiled.named_predictors():
+        names = {*predictor.signature.fields, "augmented"}
+        demos = []
+        for demo in predictor.demos:
+            kept = {key: value for key, value in dict(demo).items() if key in names}
+            if set(kept) - {"augmented"}:
+                demos.append(dspy.Example(**kept))
+        predictor.demos = demos
+    return to_wire(compiled.dump_state())  # type: ignore[no-any-return]
 
 
 def _score(module: Any, devset: list[Any] | None, metric: Any, threads: int) -> float | None:

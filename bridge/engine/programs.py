@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 import dspy
 
 from dspy_bridge.domain.host import HostFunction
-from dspy_bridge.domain.signatures import annotation_of
+from dspy_bridge.engine.custom import build_custom
 from dspy_bridge.engine.lm import LmHandle
 from dspy_bridge.engine.tools import host_tool, reward_function
+from dspy_bridge.engine.types import annotation, dspy_values
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import invalid_field
 
@@ -44,6 +45,9 @@ class ProgramType:
     takes_demos: bool = True
     # Options a template of the type is built with (to read DSPy's parameter names).
     template_options: Mapping[str, Any] = field(default_factory=dict)
+    # The operator's own module class (`--modules`): the signature is then the call's
+    # contract (inputs checked, outputs read), not given to DSPy.
+    custom: bool = False
 
     def outputs_added(self, options: Mapping[str, Any]) -> tuple[str, ...]:
         """Output fields added for these options (best_of_n: its module's)."""
@@ -201,15 +205,25 @@ def call_parameter_names(program_type: ProgramType) -> frozenset[str]:
 # ----- building -----
 
 
-def find_program_type(name: str, field_name: str = "program_type") -> ProgramType:
-    found = PROGRAM_TYPES.get(name)
+def find_program_type(name: str, field_name: str = "program_type",
+                      custom: Mapping[str, ProgramType] | None = None) -> ProgramType:
+    found = PROGRAM_TYPES.get(name) or (custom or {}).get(name)
     if found is None:
-        raise invalid_field(field_name, f"unknown program type {name[:100]!r}; known: "
-                            + ", ".join(PROGRAM_TYPES))
+        known = [*PROGRAM_TYPES, *(custom or {})]
+        raise invalid_field(field_name, f"unknown program type {name[:200]!r}; known: "
+                            + ", ".join(known))
     return found
 
 
+def custom_program_type(name: str, cls: type) -> ProgramType:
+    """The program type of an operator's module class: built with `options.init`."""
+    return ProgramType(name, lambda signature, options, tools: build_custom(
+        cls, options.get("init", {}), "init"), custom=True)
+
+
 def build_signature(spec: SignatureSpec, program_type: ProgramType) -> Any:
+    if program_type.custom:
+        return None  # the module has its own signatures
     fields: dict[str, Any] = {}
     for spec_field in spec.inputs:
         fields[spec_field.name] = _field(spec_field, dspy.InputField)
@@ -232,25 +246,24 @@ def build_signature(spec: SignatureSpec, program_type: ProgramType) -> Any:
 
 def _field(spec_field: Any, kind: Any) -> tuple[Any, Any]:
     info = kind(desc=spec_field.desc) if spec_field.desc else kind()
-    return (annotation_of(spec_field.type), info)
+    return (annotation(spec_field), info)
 
 
 def build_program(program_id: str, session_id: str, spec: SignatureSpec,
-                  type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
+                  program_type: ProgramType, lm: LmHandle | None, demos: list[dict[str, Any]],
                   state: dict[str, Any] | None, options: dict[str, Any],
                   tools: Mapping[str, HostFunction]) -> ProgramHandle:
-    program_type = PROGRAM_TYPES[type_name]
     module = program_type.build(build_signature(spec, program_type), options, tools)
     if state is not None:
         module.load_state(state)
     elif demos:
         for _, predictor in module.named_predictors():
-            predictor.demos = [dspy.Example(**demo) for demo in demos]
+            predictor.demos = [dspy.Example(**dspy_values(spec, demo)) for demo in demos]
     output_names = [*program_type.outputs_added(options), *(f.name for f in spec.outputs)]
     stored = len(codec.pack([spec.to_wire(), demos, state, options])) + (
         lm.stored_bytes if lm else 0)
-    return ProgramHandle(program_id, session_id, type_name, spec, module, lm, output_names,
-                         options, stored)
+    return ProgramHandle(program_id, session_id, program_type.name, spec, module, lm,
+                         output_names, options, stored)
 
 
 def export_state(program: ProgramHandle) -> dict[str, Any]:

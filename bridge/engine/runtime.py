@@ -34,6 +34,7 @@ from dspy_bridge.engine.cache import (
     install_cache,
 )
 from dspy_bridge.engine.compiling import open_checkpoint, run_compile
+from dspy_bridge.engine.custom import CustomCode
 from dspy_bridge.engine.errors import (
     check_outputs,
     history_entry,
@@ -51,6 +52,7 @@ from dspy_bridge.engine.programs import (
     build_program,
     build_signature,
     check_state,
+    custom_program_type,
     export_state,
     find_program_type,
     to_wire,
@@ -58,6 +60,7 @@ from dspy_bridge.engine.programs import (
 from dspy_bridge.engine.scope import SCOPE, SCOPE_SETTING, CallScope
 from dspy_bridge.engine.streaming import StreamSink, streamed
 from dspy_bridge.engine.tools import check_parameters, steps_of
+from dspy_bridge.engine.types import dspy_values
 from dspy_bridge.protocol.errors import invalid_field
 
 if TYPE_CHECKING:
@@ -102,10 +105,16 @@ class Engine:
         self.cache_settings = default_cache_settings(self.limits)
         install_cache(self.cache_settings)
         self._litellm: concurrent.futures.Future[Any] | None = None
+        self.custom = CustomCode()
+        self._custom_types: dict[str, ProgramType] = {}
 
-    def start(self, limits: CacheLimits) -> None:
-        """Take the operator's bounds (the worker calls this once the engine loaded)."""
+    def start(self, limits: CacheLimits, modules: tuple[str, ...] = ()) -> None:
+        """Take the operator's bounds and code (the worker calls this once the engine
+        loaded; a listed module that cannot be imported fails the engine)."""
         self.limits = limits
+        self.custom = CustomCode.load(modules)
+        self._custom_types = {name: custom_program_type(name, cls)
+                              for name, cls in self.custom.modules.items()}
         fixes.install()
         self.cache_settings = default_cache_settings(self.limits)
         install_cache(self.cache_settings)
@@ -134,7 +143,7 @@ class Engine:
     # ----- programs -----
 
     def program_type(self, name: str, field_name: str = "program_type") -> ProgramType:
-        return find_program_type(name, field_name)
+        return find_program_type(name, field_name, self._custom_types)
 
     def signature(self, spec: SignatureSpec, program_type: ProgramType) -> Any:
         return build_signature(spec, program_type)
@@ -143,8 +152,8 @@ class Engine:
                       type_name: str, lm: LmHandle | None, demos: list[dict[str, Any]],
                       state: dict[str, Any] | None, options: dict[str, Any],
                       tools: Mapping[str, HostFunction]) -> ProgramHandle:
-        return build_program(program_id, session_id, spec, type_name, lm, demos, state,
-                             options, tools)
+        return build_program(program_id, session_id, spec, self.program_type(type_name), lm,
+                             demos, state, options, tools)
 
     def export_state(self, program: ProgramHandle) -> dict[str, Any]:
         return export_state(program)
@@ -189,7 +198,7 @@ class Engine:
     async def _run(self, program: ProgramHandle, lm: LmHandle, inputs: dict[str, Any],
                    config: dict[str, Any], tracker: UsageTracker, scope: CallScope,
                    on_stream: StreamSink | None) -> Run:
-        kwargs = dict(inputs)
+        kwargs = dspy_values(program.spec, inputs)  # images and histories as DSPy's objects
         if config:
             kwargs["config"] = config
         threaded = not hasattr(program.module, "aforward")  # then it runs in a thread

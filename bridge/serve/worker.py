@@ -131,7 +131,7 @@ class Worker:
     # ----- DSPy, loaded in the background so `ready` comes at once -----
 
     def _engine_loaded(self, module: ModuleType) -> None:
-        module.ENGINE.start(self.options.cache_limits())
+        module.ENGINE.start(self.options.cache_limits(), self.options.modules)
         # DSPy's and litellm's modules are hundreds of thousands of long-lived objects:
         # out of the collector's sight, every collection stops rescanning them.
         gc.freeze()
