@@ -14,14 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dspy_bridge.commands.common import check_optional_lm, engine_of, find_session_program
-from dspy_bridge.commands.execute import (
-    CallConfig,
-    call_program,
-    check_input_size,
-    resolve_lm,
-    usage_recorder,
-)
+from dspy_bridge.commands.common import engine_of
+from dspy_bridge.commands.execute import CallConfig, ProgramCall, call_program
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
@@ -46,17 +40,14 @@ class ExecuteBatchArgs(Args):
 @table.command("execute_batch", ExecuteBatchArgs)
 async def execute_batch(ctx: RequestContext, args: ExecuteBatchArgs) -> dict[str, Any]:
     started = time.perf_counter()
-    store = ctx.sessions
-    session, program = find_session_program(ctx, args.session_id, args.program_id)
-    check_input_size(ctx, {"inputs": args.inputs}, "the batch's inputs")
-    override = check_optional_lm(ctx, args.lm, "lm")
+    call = ProgramCall.prepare(ctx, args.session_id, args.program_id, args.lm,
+                               {"inputs": args.inputs}, "the batch's inputs")
+    program = call.program
     config = args.config.model_dump(exclude_none=True) if args.config else {}
-    usage, record = usage_recorder(session)
     results: list[dict[str, Any]] = [{} for _ in args.inputs]
-    with store.using(session):
+    with ctx.sessions.using(call.session):
         engine = await engine_of(ctx)
-        call_lm = await engine.lm(override, "lm.model") if override is not None else None
-        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        lm, source = await call.lm(ctx, engine)
         room = asyncio.Semaphore(args.max_concurrency)
 
         async def one(index: int, inputs: Any) -> None:
@@ -65,7 +56,8 @@ async def execute_batch(ctx: RequestContext, args: ExecuteBatchArgs) -> dict[str
                     raise invalid_field(f"inputs.{index}", "must be a map of input values")
                 check_inputs(program.spec, inputs, f"inputs.{index}")
                 async with room:
-                    run = await call_program(ctx, engine, program, lm, inputs, config, record)
+                    run = await call_program(ctx, engine, program, lm, inputs, config,
+                                             call.record)
             except BridgeError as error:
                 results[index] = {"error": error.to_wire()}
                 return
@@ -83,6 +75,6 @@ async def execute_batch(ctx: RequestContext, args: ExecuteBatchArgs) -> dict[str
         "failed": failed,
         "lm": lm.model,
         "lm_source": source,
-        "usage": merge_usage(usage).to_wire(),
+        "usage": merge_usage(call.usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }

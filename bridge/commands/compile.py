@@ -18,10 +18,9 @@ from pydantic import Field
 from dspy_bridge.commands.common import (
     check_optional_lm,
     engine_of,
-    find_session_program,
 )
 from dspy_bridge.commands.evaluate import MAX_EXAMPLES, check_host_metric, split_examples
-from dspy_bridge.commands.execute import check_input_size, resolve_lm, usage_recorder
+from dspy_bridge.commands.execute import ProgramCall
 from dspy_bridge.commands.programs import insert_program
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import CompileRequest, Engine, ProgramHandle
@@ -56,36 +55,33 @@ class CompileProgramArgs(Args):
 @table.command("compile_program", CompileProgramArgs)
 async def compile_program(ctx: RequestContext, args: CompileProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
-    store = ctx.sessions
-    session, program = find_session_program(ctx, args.session_id, args.program_id)
+    call = ProgramCall.prepare(ctx, args.session_id, args.program_id, args.lm,
+                               {"trainset": args.trainset, "valset": args.valset},
+                               "the examples' values")
+    session, program = call.session, call.program
     target = args.target_program_id or program.program_id
     _check_target_free(session, program, target)
-    check_input_size(ctx, {"trainset": args.trainset, "valset": args.valset},
-                     "the examples' values")
     options = check_optimizer(args.optimizer, args.options, len(args.trainset))
-    override = check_optional_lm(ctx, args.lm, "lm")
     prompt_config = getattr(options, "prompt_lm", None) or getattr(options, "reflection_lm",
                                                                     None)
     prompt_checked = check_optional_lm(ctx, prompt_config, "options.lm")
     checkpoint_dir = _checkpoint_dir(ctx, session, args.checkpoint)
     outputs = [f.name for f in program.spec.outputs]
-    usage, record = usage_recorder(session)
-    with store.using(session):
+    with ctx.sessions.using(session):
         engine = await engine_of(ctx)
         metric = engine.metric(args.metric, outputs[0], outputs)
         check_host_metric(metric, session)
         trainset = _labelled(program, args.trainset, metric.field, "trainset")
         valset = None if args.valset is None else _labelled(program, args.valset,
                                                             metric.field, "valset")
-        call_lm = await engine.lm(override, "lm.model") if override is not None else None
         prompt_lm = None if prompt_checked is None else await engine.lm(prompt_checked,
                                                                         "options.lm.model")
-        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        lm, source = await call.lm(ctx, engine)
         request = CompileRequest(
             args.optimizer, options, trainset, valset, metric,
             [f.name for f in program.spec.inputs], _progress(ctx), prompt_lm,
             checkpoint_dir)
-        outcome = await engine.compile(program, lm, request, record, ctx.host)
+        outcome = await engine.compile(program, lm, request, call.record, ctx.host)
         stored = _store(ctx, engine, session, program, target, outcome.state)
     return {
         "program_id": stored.program_id,
@@ -98,7 +94,7 @@ async def compile_program(ctx: RequestContext, args: CompileProgramArgs) -> dict
         "instructions": stored.instructions(),
         "lm": lm.model,
         "lm_source": source,
-        "usage": {model: one.to_wire() for model, one in usage.items()},
+        "usage": {model: one.to_wire() for model, one in call.usage.items()},
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }
 

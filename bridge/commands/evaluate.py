@@ -13,13 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from dspy_bridge.commands.common import check_optional_lm, engine_of, find_session_program
-from dspy_bridge.commands.execute import (
-    call_program,
-    check_input_size,
-    resolve_lm,
-    usage_recorder,
-)
+from dspy_bridge.commands.common import engine_of
+from dspy_bridge.commands.execute import ProgramCall, call_program
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, ProgramHandle
 from dspy_bridge.domain.host import HostCaller, HostCallFailed, Purpose, unit_score
@@ -136,19 +131,16 @@ def host_of(ctx: RequestContext) -> HostCaller:
 @table.command("evaluate_program", EvaluateProgramArgs)
 async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
-    store = ctx.sessions
-    session, program = find_session_program(ctx, args.session_id, args.program_id)
-    check_input_size(ctx, {"devset": args.devset}, "the devset's values")
-    override = check_optional_lm(ctx, args.lm, "lm")
+    call = ProgramCall.prepare(ctx, args.session_id, args.program_id, args.lm,
+                               {"devset": args.devset}, "the devset's values")
+    program, record = call.program, call.record
     outputs = [f.name for f in program.spec.outputs]
-    usage, record = usage_recorder(session)
-    with store.using(session):
+    with ctx.sessions.using(call.session):
         engine = await engine_of(ctx)
         metric = engine.metric(args.metric, outputs[0], outputs)
-        check_host_metric(metric, session)
+        check_host_metric(metric, call.session)
         examples = split_examples(program, args.devset, metric.field)
-        call_lm = await engine.lm(override, "lm.model") if override is not None else None
-        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
+        lm, source = await call.lm(ctx, engine)
         evaluation = Evaluation(ctx, metric, len(examples))
         room = asyncio.Semaphore(args.max_concurrency)
 
@@ -172,7 +164,7 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
         "metric": {"name": metric.name, "field": metric.field, "threshold": metric.threshold},
         "lm": lm.model,
         "lm_source": source,
-        "usage": merge_usage(usage).to_wire(),
+        "usage": merge_usage(call.usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     }
     if args.per_example:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -15,7 +16,7 @@ from dspy_bridge.commands.common import (
 )
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.engine_port import Engine, LmHandle, ProgramHandle, Run
-from dspy_bridge.domain.lm import OptionalLm
+from dspy_bridge.domain.lm import CheckedLm, LmConfig, OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
@@ -52,29 +53,55 @@ class ExecuteProgramArgs(Args):
 @table.command("execute_program", ExecuteProgramArgs)
 async def execute_program(ctx: RequestContext, args: ExecuteProgramArgs) -> dict[str, Any]:
     started = time.perf_counter()
-    store = ctx.sessions
-    session, program = find_session_program(ctx, args.session_id, args.program_id)
-    check_input_size(ctx, args.inputs)
-    check_inputs(program.spec, args.inputs)
-    override = check_optional_lm(ctx, args.lm, "lm")
+    call = ProgramCall.prepare(ctx, args.session_id, args.program_id, args.lm, args.inputs)
+    check_inputs(call.program.spec, args.inputs)
     config = args.config.model_dump(exclude_none=True) if args.config else {}
-    usage, record = usage_recorder(session)
-    with store.using(session):  # from here on the session is never evicted under us
+    with ctx.sessions.using(call.session):  # from here the session is never evicted under us
         engine = await engine_of(ctx)
-        call_lm = await engine.lm(override, "lm.model") if override is not None else None
-        lm, source = resolve_lm(call_lm, program, session, store.default_lm)
-        run = await call_program(ctx, engine, program, lm, args.inputs, config, record,
-                                 args.expected, stream_sink(ctx) if args.stream else None)
+        lm, source = await call.lm(ctx, engine)
+        run = await call_program(ctx, engine, call.program, lm, args.inputs, config,
+                                 call.record, args.expected,
+                                 stream_sink(ctx) if args.stream else None)
     result: dict[str, Any] = {"outputs": run.outputs}
     if run.trajectory is not None:
         result["trajectory"] = run.trajectory
     result.update({
         "lm": lm.model,
         "lm_source": source,
-        "usage": merge_usage(usage).to_wire(),
+        "usage": merge_usage(call.usage).to_wire(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
     })
     return result
+
+
+@dataclass(slots=True)
+class ProgramCall:
+    """What every command that runs a program sets up first: the session and program,
+    the call's own LM config (checked), and the usage it records (the request's, and the
+    session's book)."""
+
+    session: Session
+    program: ProgramHandle
+    override: CheckedLm | None
+    usage: dict[str, ModelUsage]
+    record: Callable[[dict[str, ModelUsage]], None]
+
+    @classmethod
+    def prepare(cls, ctx: RequestContext, session_id: str | None, program_id: str,
+                lm: LmConfig | None, sized: Any, what: str = "the inputs") -> ProgramCall:
+        """Look the program up and check what needs no DSPy (`sized`: the values held
+        to --max-input-bytes), before anything waits for the engine."""
+        session, program = find_session_program(ctx, session_id, program_id)
+        check_input_size(ctx, sized, what)
+        override = check_optional_lm(ctx, lm, "lm")
+        usage, record = usage_recorder(session)
+        return cls(session, program, override, usage, record)
+
+    async def lm(self, ctx: RequestContext, engine: Engine) -> tuple[LmHandle, str]:
+        """The LM the call runs on, by precedence, and where it came from."""
+        call_lm = None if self.override is None else await engine.lm(self.override,
+                                                                      "lm.model")
+        return resolve_lm(call_lm, self.program, self.session, ctx.sessions.default_lm)
 
 
 def usage_recorder(
