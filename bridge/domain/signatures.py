@@ -1,60 +1,24 @@
-"""Signatures from the wire: the string and structured forms, the one table of wire
-types, field-name rules, and the checks of inputs and demos against a signature. Type
-text is compared with the table, never evaluated."""
+"""Signatures from the wire: the string and structured forms, field-name rules, and the
+checks of inputs and demos against a signature. A field's type is read by
+`domain.field_types` (a small grammar over type text) or `domain.field_schema` (a JSON
+schema read as data), and values are checked by `domain.field_values`; a type is never
+evaluated."""
 
 from __future__ import annotations
 
 import keyword
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from dspy_bridge.domain.field_schema import check_type, type_of
+from dspy_bridge.domain.field_types import FieldType, History, Image, contains
+from dspy_bridge.domain.field_values import value_problem
 from dspy_bridge.domain.models import Args, invalid_from
 from dspy_bridge.protocol.errors import invalid_field, invalid_fields
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, slots=True)
-class WireType:
-    """A type a signature field may declare: the Python annotation DSPy is given, and
-    whether a wire value fits it."""
-
-    annotation: Any
-    fits: Callable[[Any], bool]
-
-
-# The one table of wire types (the enum form, `{type: enum, choices}`, is apart).
-WIRE_TYPES: dict[str, WireType] = {
-    "str": WireType(str, lambda v: isinstance(v, str)),
-    "int": WireType(int, _is_int),
-    "float": WireType(float, _is_number),
-    "bool": WireType(bool, lambda v: isinstance(v, bool)),
-    "list[str]": WireType(list[str], lambda v: isinstance(v, list)
-                          and all(isinstance(i, str) for i in v)),
-    "list[int]": WireType(list[int], lambda v: isinstance(v, list) and all(map(_is_int, v))),
-    "list[float]": WireType(list[float],
-                            lambda v: isinstance(v, list) and all(map(_is_number, v))),
-    "dict": WireType(dict[str, Any], lambda v: isinstance(v, dict)),
-}
-SCALAR_TYPES = tuple(WIRE_TYPES)
-
-
-def annotation_of(wire_type: str | dict[str, Any]) -> Any:
-    """The annotation a checked wire type stands for (an enum is a `Literal`)."""
-    if isinstance(wire_type, dict):
-        return Literal.__getitem__(tuple(wire_type["choices"]))
-    return WIRE_TYPES[wire_type].annotation
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 MAX_FIELDS = 64
 MAX_SIGNATURE_CHARS = 20_000
@@ -72,31 +36,6 @@ def check_field_name(name: Any) -> str:
     return name
 
 
-def check_type(value: Any) -> str | dict[str, Any]:
-    """A wire type: one of the whitelisted names, or `{type: "enum", choices: [...]}`.
-
-    Type text is compared with the whitelist after removing blanks; it is never evaluated.
-    """
-    if isinstance(value, str):
-        name = re.sub(r"\s+", "", value)
-        if name not in SCALAR_TYPES:
-            shown = value if len(value) <= 60 else value[:60] + "..."
-            raise ValueError(f"unsupported type {shown!r}; use one of {', '.join(SCALAR_TYPES)} "
-                             "or {type: enum, choices: [...]}")
-        return name
-    if isinstance(value, dict):
-        if set(value) != {"type", "choices"} or value.get("type") != "enum":
-            raise ValueError("a structured type is {type: \"enum\", choices: [str, ...]}")
-        choices = value["choices"]
-        if (not isinstance(choices, list) or not 1 <= len(choices) <= 200
-                or not all(isinstance(c, str) and 0 < len(c) <= 500 for c in choices)):
-            raise ValueError("enum choices must be 1 to 200 non-empty strings")
-        if len(set(choices)) != len(choices):
-            raise ValueError("enum choices must be distinct")
-        return {"type": "enum", "choices": list(choices)}
-    raise ValueError("a type is a string (e.g. \"list[str]\") or {type: \"enum\", choices: [...]}")
-
-
 class FieldSpec(Args):
     name: str
     desc: Annotated[str, Field(max_length=5000)] | None = None
@@ -112,12 +51,28 @@ class FieldSpec(Args):
     def _type(cls, value: Any) -> Any:
         return check_type(value)
 
+    def field_type(self) -> FieldType:
+        return type_of(self.type)
+
+
+class OutputFieldSpec(FieldSpec):
+    """An output field: an LM writes it, so it is never an image or a history."""
+
+    @field_validator("type")
+    @classmethod
+    def _output_type(cls, value: Any) -> Any:
+        node = type_of(value)
+        for kind, name in ((Image, "dspy.Image"), (History, "dspy.History")):
+            if contains(node, kind):
+                raise ValueError(f"{name} is an input type; an output field cannot hold it")
+        return value
+
 
 class SignatureSpec(Args):
     name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,99}$")] | None = None
     instructions: Annotated[str, Field(max_length=50_000)] | None = None
     inputs: Annotated[list[FieldSpec], Field(max_length=MAX_FIELDS)] = Field(default_factory=list)
-    outputs: Annotated[list[FieldSpec], Field(min_length=1, max_length=MAX_FIELDS)]
+    outputs: Annotated[list[OutputFieldSpec], Field(min_length=1, max_length=MAX_FIELDS)]
 
     @model_validator(mode="after")
     def _distinct(self) -> SignatureSpec:
@@ -125,10 +80,14 @@ class SignatureSpec(Args):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"field names must be distinct: {', '.join(duplicates)} repeated")
+        histories = [f.name for f in self.inputs if isinstance(f.field_type(), History)]
+        if len(histories) > 1:
+            raise ValueError("at most one input field is a dspy.History: "
+                             + ", ".join(histories))
         return self
 
-    def field_types(self) -> dict[str, Any]:
-        return {f.name: f.type for f in (*self.inputs, *self.outputs)}
+    def field_types(self) -> dict[str, FieldType]:
+        return {f.name: f.field_type() for f in (*self.inputs, *self.outputs)}
 
     def to_wire(self) -> dict[str, Any]:
         def one(f: FieldSpec) -> dict[str, Any]:
@@ -139,24 +98,37 @@ class SignatureSpec(Args):
 
 
 def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """`text` cut at each `separator` outside brackets and double-quoted strings (a
+    Literal's strings may hold brackets, commas or arrows)."""
     parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in text:
-        if char in "[(":
+    start = index = depth = 0
+    in_string = False
+    while index < len(text):
+        char = text[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[(":
             depth += 1
         elif char in "])":
             depth -= 1
             if depth < 0:
                 raise ValueError("unbalanced brackets")
-        if char == separator and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
+        elif depth == 0 and text.startswith(separator, index):
+            parts.append(text[start:index])
+            index += len(separator)
+            start = index
+            continue
+        index += 1
+    if in_string:
+        raise ValueError("an unterminated string")
     if depth != 0:
         raise ValueError("unbalanced brackets")
-    parts.append("".join(current))
+    parts.append(text[start:])
     return parts
 
 
@@ -164,9 +136,10 @@ def parse_string_signature(text: str) -> SignatureSpec:
     """`"context: list[str], question -> answer: str"` into its structured form."""
     if len(text) > MAX_SIGNATURE_CHARS:
         raise ValueError(f"longer than {MAX_SIGNATURE_CHARS} characters")
-    if text.count("->") != 1:
+    halves = split_top_level(text, "->")
+    if len(halves) != 2:
         raise ValueError("a string signature is `inputs -> outputs` with exactly one `->`")
-    left, right = text.split("->")
+    left, right = halves
 
     def side(part: str, what: str) -> list[dict[str, Any]]:
         if not part.strip():
@@ -204,45 +177,57 @@ def parse_signature(value: str | dict[str, Any], field: str = "signature") -> Si
         raise invalid_from(exc, field) from None
 
 
-def type_name(value: Any) -> str:
-    return "nil" if value is None else type(value).__name__
+# DSPy's adapters turn text between its custom-type markers, anywhere in a user message,
+# into content parts (an image of any URL, ...): tenant text holding the start marker
+# could smuggle in parts no type check saw (tests/test_signature_types.py pins the text).
+DSPY_MARKER = "<<CUSTOM-TYPE-START-IDENTIFIER>>"
 
 
-def has_non_finite(value: Any) -> bool:
-    """Whether a NaN or an infinity hides anywhere in the value (iteratively: the depth
-    of wire values is bounded, but not small)."""
+def wire_problem(value: Any) -> str | None:
+    """A NaN or an infinity, or DSPy's marker in a string or key, anywhere in the value
+    (iteratively: the depth of wire values is bounded, but not small)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return True
+            return "NaN and infinity are not accepted"
+        if isinstance(item, str) and DSPY_MARKER in item:
+            return f"holds {DSPY_MARKER}, which DSPy would read as a content part"
         if isinstance(item, dict):
             stack.extend(item.values())
+            stack.extend(key for key in item if isinstance(key, str))
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
-def check_value(value: Any, declared: Any) -> str | None:
+def locate(value: Any, node: FieldType,
+           fields: dict[str, FieldType] | None = None) -> tuple[str, str] | None:
+    """Why `value` does not fit the type, as (where below the field, problem), or None."""
+    problem = wire_problem(value)
+    if problem is not None:
+        return "", problem
+    return value_problem(value, node, fields)
+
+
+def check_value(value: Any, declared: str | dict[str, Any]) -> str | None:
     """Why `value` does not fit the declared wire type, or None if it does."""
-    if has_non_finite(value):
-        return "NaN and infinity are not accepted"
-    if isinstance(declared, dict):
-        return None if value in declared["choices"] else (
-            f"must be one of {declared['choices']!r}")
-    if WIRE_TYPES[declared].fits(value):
+    found = locate(value, type_of(declared))
+    if found is None:
         return None
-    return f"expected {declared}, got {type_name(value)}"
+    where, problem = found
+    return f"at {where.lstrip('.')}: {problem}" if where else problem
 
 
 def check_inputs(spec: SignatureSpec, inputs: dict[str, Any], field: str = "inputs") -> None:
-    declared = {f.name: f.type for f in spec.inputs}
+    declared = [f.name for f in spec.inputs]
+    types = spec.field_types()
     errors = [(f"{field}.{name}", "missing input field") for name in declared if name not in inputs]
     errors += [(f"{field}.{name}", "unexpected input field; the signature's inputs are "
                 + (", ".join(declared) or "(none)")) for name in inputs if name not in declared]
     for name, value in inputs.items():
-        if name in declared and (problem := check_value(value, declared[name])):
-            errors.append((f"{field}.{name}", problem))
+        if name in declared and (found := locate(value, types[name], types)):
+            errors.append((f"{field}.{name}{found[0]}", found[1]))
     if errors:
         raise invalid_fields(errors)
 
@@ -256,7 +241,7 @@ def check_demos(spec: SignatureSpec, demos: list[dict[str, Any]], extra_fields: 
         for name, value in demo.items():
             if name not in allowed:
                 errors.append((f"{field}.{index}.{name}", "not a field of the signature"))
-            elif name in types and (problem := check_value(value, types[name])):
-                errors.append((f"{field}.{index}.{name}", problem))
+            elif name in types and (found := locate(value, types[name], types)):
+                errors.append((f"{field}.{index}.{name}{found[0]}", found[1]))
     if errors:
         raise invalid_fields(errors)

@@ -27,6 +27,7 @@ from dspy_bridge.engine.optimizers import (
 )
 from dspy_bridge.engine.programs import ProgramHandle, to_wire
 from dspy_bridge.engine.scope import SCOPE_SETTING, CallScope
+from dspy_bridge.engine.types import dspy_values
 
 CHECKPOINT_LM_DIR = "lm-answers"
 CHECKPOINT_GEPA_DIR = "gepa"
@@ -40,7 +41,8 @@ def open_checkpoint(directory: str | None) -> diskcache.Cache | None:
 def run_compile(program: ProgramHandle, lm: Any, request: CompileRequest,
                 scope: CallScope) -> CompileOutcome:
     def examples(rows: list[dict[str, Any]]) -> list[Any]:
-        return [dspy.Example(**row).with_inputs(*request.input_names) for row in rows]
+        return [dspy.Example(**dspy_values(program.spec, row)).with_inputs(*request.input_names)
+                for row in rows]
 
     train = examples(request.trainset)
     val = examples(request.valset) if request.valset else None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dspy
+import pydantic
 
 from dspy_bridge.domain.redaction import book, scrub
 from dspy_bridge.protocol.codec import limit_problem
@@ -14,6 +16,8 @@ from dspy_bridge.protocol.errors import BridgeError, ErrorType
 OUTPUT_MAX_DEPTH = 100
 RAW_EXCERPT_CHARS = 500
 MESSAGE_CHARS = 1000
+# DSPy's adapters say which field failed at the start of their message.
+FAILED_FIELD = re.compile(r"Failed to parse field (\w+)")
 
 
 def truncate(text: str, limit: int, secrets: frozenset[str] = frozenset()) -> str:
@@ -72,17 +76,43 @@ def check_outputs(outputs: dict[str, Any], model: str) -> None:
             raise invalid_output(model, name, problem[1])
 
 
+def failed_field(exc: Any) -> tuple[str | None, str | None]:
+    """The output field a parse error is about, and what is wrong with it: a value that
+    does not fit the field's declared type (where inside it, by pydantic's account, which
+    never quotes the value), or a field the answer lacks."""
+    expected = list(exc.signature.output_fields)
+    match = FAILED_FIELD.match(str(getattr(exc, "message", "") or ""))
+    if match is not None and match.group(1) in expected:
+        problem = "does not fit its declared type"
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, pydantic.ValidationError) and cause.errors():
+            first = cause.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            problem += f": {f'at {where}: ' if where else ''}{first.get('msg', '')}"
+        return match.group(1), problem[:RAW_EXCERPT_CHARS]
+    parsed = exc.parsed_result
+    if isinstance(parsed, dict):
+        missing = [name for name in expected if name not in parsed]
+        if missing:
+            return missing[0], "is missing from the answer"
+    return None, None
+
+
 def parse_error(exc: Any, model: str, secrets: frozenset[str]) -> BridgeError:
     raw = str(exc.lm_response or "")
+    field_name, problem = failed_field(exc)
+    where = "" if field_name is None else f": the output {field_name!r} {problem}"
     return BridgeError(
         ErrorType.LM_ERROR,
-        f"{model}: the LM's answer could not be parsed into the output fields",
+        f"{model}: the LM's answer could not be parsed into the output fields{where}",
         retryable=False,
         details={
             "reason": "unparseable_answer",
             "error_class": type(exc).__name__,
             "adapter": exc.adapter_name,
             "expected_fields": list(exc.signature.output_fields),
+            "field": field_name,
+            "problem": None if problem is None else truncate(problem, RAW_EXCERPT_CHARS, secrets),
             "raw_excerpt": truncate(raw, RAW_EXCERPT_CHARS, secrets),
             "raw_length": len(raw),
             "model": model,

@@ -25,7 +25,7 @@ defmodule DSPyBridge do
   session: its mutations are applied to every worker, its reads and
   executions go to the least-loaded worker.
 
-  #{DSPyBridge.Options.markdown([:call, :execute, :import_program, :end_session, :configure_cache, :stats], "###")}
+  #{DSPyBridge.Options.markdown([:call, :execute, :stream, :evaluate, :import_program, :end_session, :configure_cache, :stats], "###")}
   ## Results
 
   Every function returns `{:ok, result}` or `{:error, %DSPyBridge.Error{}}`
@@ -63,18 +63,45 @@ defmodule DSPyBridge do
         DSPyBridge.execute(MyApp.DSPy, "agent", %{question: "Where is order A-17?"},
           session: "tenant-1")
 
+  ## Compiling and streaming
+
+  `compile/4` improves a program with one of DSPy's optimizers, reporting
+  its progress to an `on_progress:` function as it goes; the compiled
+  program is recorded, so a restarted worker gets it back compiled. With a
+  `checkpoint:` (workers started with `--checkpoint-dir`) and `resume:
+  true`, a compile whose worker dies is issued again on the restarted
+  worker, replaying the LM answers already paid for:
+
+      {:ok, %{"score_before" => before, "score_after" => after_}} =
+        DSPyBridge.compile(MyApp.DSPy, id, :bootstrap_few_shot,
+          session: "tenant-1", trainset: trainset, valset: valset, metric: "exact_match",
+          on_progress: fn %{"done" => done, "total" => total} -> IO.write("\\r\#{done}/\#{total}") end)
+
+  `stream/4` runs a program like `execute/4` and returns a `Stream` of its
+  answer's chunks as the worker writes them, ending with `{:done, result}`
+  (or `{:error, error}`); `execute/4` takes `on_chunk:` for the same as a
+  callback:
+
+      DSPyBridge.stream(MyApp.DSPy, id, %{question: "What is DSPy?"}, session: "tenant-1")
+      |> Enum.each(fn
+        {:chunk, "answer", text} -> IO.write(text)
+        _ -> :ok
+      end)
+
   ## Events
 
   `subscribe/1` makes the calling process receive
   `{:dspy_bridge_event, %DSPyBridge.Event{}}` messages: the workers' `ready`,
-  `session_evicted`, `progress`, `engine_failed`, `callback` and
-  `callback_abandoned` events, and the client's own
+  `session_evicted`, `progress`, `stream`, `stream_status`, `engine_failed`,
+  `callback` and `callback_abandoned` events, and the client's own
   `worker_exited`, `replayed` and `late_reply_dropped`. Events are also
   logged with `Logger`, and sent as `:telemetry` events when `:telemetry`
-  is loaded (see `DSPyBridge.Telemetry`).
+  is loaded (see `DSPyBridge.Telemetry`). The events of one request
+  (`progress`, `stream`, `stream_status`) also reach that call's own
+  `on_progress:` / `on_chunk:` function, or its stream.
   """
 
-  alias DSPyBridge.{Args, Error, HostFunction, Options, Pool}
+  alias DSPyBridge.{Args, Compiler, Error, HostFunction, Options, Pool, Streaming}
   alias DSPyBridge.Pool.Store
 
   @typedoc "A pool name, as given to `DSPyBridge.Pool` in `:name`."
@@ -128,8 +155,10 @@ defmodule DSPyBridge do
 
   A mock LM can ask the host for its answers: `extra: %{generator: name}`
   names a host function of the session (see `register_tools/3`), which is
-  called with `%{"model" => ..., "inputs" => ..., "outputs" => [field names]}`
-  and returns the answer (a map of output fields, or one value). The
+  called with `%{"model" => ..., "inputs" => ..., "outputs" => [field names],
+  "instructions" => ..., "demos" => n}` (the prompt's instructions and how
+  many demos it holds: what an optimizer changes, see `compile/4`) and
+  returns the answer (a map of output fields, or one value). The
   generator may also be given inline, as a tool spec with `:name` and
   `:run`: it is registered first.
 
@@ -251,7 +280,7 @@ defmodule DSPyBridge do
       `:parameters`;
     * a reward: `%{"inputs" => ..., "outputs" => ...}`, one attempt's;
     * a mock generator: `%{"model" => ..., "inputs" => ..., "outputs" =>
-      [names]}`.
+      [names], "instructions" => ..., "demos" => n}`.
 
   What it returns is the answer:
 
@@ -331,17 +360,90 @@ defmodule DSPyBridge do
 
   Returns `%{"outputs" => %{field => value}, "lm" => model, "usage" => ...,
   "duration_ms" => ...}`.
+
+  ## Streaming
+
+  With `on_chunk: fun` (or `stream: true`) the worker streams the output
+  fields as it writes them, and `fun` is called **in the calling process**,
+  while it waits, with each item as it arrives (all of them before the
+  call returns):
+
+    * `{:chunk, field, text}` — the next piece of output field `field`
+      (fields in the order they are written; for `chain_of_thought`,
+      `"reasoning"` first);
+    * `{:status, message}` — what a program with several steps is doing
+      (a `react` agent's tool starting or ending, say).
+
+  The call then returns as without streaming, with the full outputs. An
+  answer DSPy's cache already held comes whole, with no chunks. An
+  exception raised by `fun` is raised by the call (the worker finishes
+  the answer on its own, and its reply is dropped). See `stream/4` for
+  the same as an Elixir `Stream`.
+
+      DSPyBridge.execute(pool, "qa", %{question: "Why is the sky blue?"},
+        session: "s1",
+        on_chunk: fn
+          {:chunk, "answer", text} -> IO.write(text)
+          _ -> :ok
+        end)
   """
   @spec execute(pool(), String.t(), map() | keyword(), keyword()) :: result(map())
   def execute(pool, program_id, inputs, opts \\ []) do
     opts = Options.validate!(opts, :execute)
+    streamed? = opts[:stream] == true or opts[:on_chunk] != nil
 
     args =
       %{"program_id" => program_id, "inputs" => normalize(inputs)}
       |> put_opt("lm", opts[:lm] && lm_args(opts[:lm]))
       |> put_opt("config", opts[:config] && normalize(opts[:config]))
+      |> put_opt("stream", if(streamed?, do: true))
 
-    read(pool, "execute_program", args, opts)
+    read(pool, "execute_program", args, opts, Streaming.chunk_listener(opts[:on_chunk]))
+  end
+
+  @doc """
+  Runs a program on `inputs` like `execute/4`, streaming its answer: returns
+  an Elixir `Stream` (lazy: nothing is sent until it is enumerated) whose
+  elements are
+
+    * `{:chunk, field, text}` — the next piece of output field `field`, as
+      the worker writes it (for `chain_of_thought`, `"reasoning"` first);
+    * `{:status, message}` — what a program with several steps is doing
+      (a `react` agent's tool starting or ending, say);
+    * last, exactly one of `{:done, result}` — the same `result` as
+      `execute/4`'s (`result["outputs"]` holds the full fields) — or
+      `{:error, %DSPyBridge.Error{}}` — the call failed (after whatever
+      chunks came before); the stream never raises for a failed call.
+
+  An answer DSPy's cache already held comes whole: no chunks, only
+  `{:done, result}`.
+
+      DSPyBridge.stream(pool, "qa", %{question: "Why is the sky blue?"}, session: "s1")
+      |> Enum.each(fn
+        {:chunk, "answer", text} -> IO.write(text)
+        {:status, message} -> IO.puts("[\#{message}]")
+        {:done, %{"outputs" => outputs}} -> IO.puts("\\n\#{inspect(outputs)}")
+        {:error, error} -> IO.puts("\\nfailed: \#{Exception.message(error)}")
+        _other_field -> :ok
+      end)
+
+  The call is made when the stream is enumerated, in a task linked to the
+  enumerating process, which receives the items as messages. Halting the
+  stream early (`Enum.take/2`, say) kills that task; the worker finishes the
+  answer on its own (within the call's timeout) and what it sends for it
+  is dropped. Options: those of `execute/4` but `:stream` and `:on_chunk`
+  (validated at once: an unknown option raises `ArgumentError` here, not
+  when the stream is run).
+  """
+  @spec stream(pool(), String.t(), map() | keyword(), keyword()) :: Enumerable.t()
+  def stream(pool, program_id, inputs, opts \\ []) do
+    opts = Options.validate!(opts, :stream)
+    # raises now, not in the task, for a pool that is not running
+    _ = Store.config(pool)
+
+    Streaming.stream(fn on_chunk ->
+      execute(pool, program_id, inputs, [on_chunk: on_chunk] ++ opts)
+    end)
   end
 
   @doc """
@@ -351,8 +453,15 @@ defmodule DSPyBridge do
   the expected value of the field the metric compares. `metric` is a name
   (`"exact_match"`, `"contains"`, `"f1"`, `"json_field"`) or a map with its options
   (`%{name: "f1", field: "answer", threshold: 0.6}`). An example that fails or runs out
-  of time counts as failed with its error; it never fails the evaluation. The worker
-  sends `progress` events (see the pool's `:on_event`) while it runs.
+  of time counts as failed with its error; it never fails the evaluation.
+
+  While it runs, the worker sends `progress` events (at most about four a
+  second, and one at the end): with `on_progress: fun`, `fun` is called
+  **in the calling process**, while it waits, with each one's map as it
+  arrives (string keys: `"stage" => "evaluate"`, `"done"`, `"total"`,
+  `"score"` (the mean so far), `"request_id"`), all before the call
+  returns. The events of this call reach only this call, however many run
+  at once. They also go to the pool's subscribers (see `subscribe/1`).
 
   Returns `%{"score" => mean, "total" => n, "passed" => n, "failed_examples" => [...],
   ...}`.
@@ -369,7 +478,96 @@ defmodule DSPyBridge do
       |> put_opt("example_timeout_ms", opts[:example_timeout_ms])
       |> put_opt("per_example", opts[:per_example])
 
-    read(pool, "evaluate_program", args, opts)
+    read(pool, "evaluate_program", args, opts, Streaming.progress_listener(opts[:on_progress]))
+  end
+
+  @doc """
+  Compiles (improves) a program with one of DSPy's optimizers
+  (`compile_program`): `optimizer` is `"labeled_few_shot"`,
+  `"bootstrap_few_shot"`, `"bootstrap_few_shot_with_random_search"`,
+  `"simba"`, `"mipro_v2"` or `"gepa"` (a string or atom; see the protocol
+  for their options).
+
+      {:ok, %{"score_before" => before, "score_after" => after_}} =
+        DSPyBridge.compile(pool, "qa", :bootstrap_few_shot,
+          session: "s1",
+          trainset: [%{question: "2+2?", answer: "4"}, ...],
+          valset: [%{question: "3+3?", answer: "6"}, ...],
+          metric: "exact_match",
+          options: %{max_bootstrapped_demos: 2},
+          on_progress: fn %{"done" => done, "total" => total} ->
+            IO.write("\\r\#{done}/\#{total}")
+          end)
+
+  Options (`:trainset` and `:metric` are required):
+
+  #{DSPyBridge.Options.table(:compile)}
+  `:trainset` and `:valset` are examples as in `evaluate/5`'s devset (the
+  input values and the expected value of the metric's field, other output
+  values as labels); `:metric` is any `evaluate/5` metric. The compiled
+  program — its demos and instructions — replaces the original, or, with
+  `:target_program_id`, is stored beside it (an `:already_exists` error if
+  that id is taken) with the original's type, options and LM.
+
+  Returns the worker's answer: `%{"program_id" => ..., "optimizer" => ...,
+  "score_before" => ..., "score_after" => ..., "metric_calls" => n,
+  "demos" => n, "instructions" => ..., "lm" => ..., "usage" => %{model =>
+  ...}, "duration_ms" => ...}` (scores are `nil` without a `:valset`). A
+  bad optimizer, option, metric or example is `{:error, %DSPyBridge.Error{type:
+  :invalid_args}}` naming it, before any LM call.
+
+  ## Progress
+
+  `on_progress: fun` gets each `progress` event's map (string keys:
+  `"stage" => "compile"`, `"done"` (metric evaluations so far),
+  `"total"` (an estimate; the last event has `done` = `total` =
+  `metric_calls`), `"score"` (the mean so far), `"request_id"`), called
+  **in the calling process** while it waits, at most about four times a
+  second and once at the end, all before `compile/4` returns. The events
+  of this compile reach only this call, however many run at once; the
+  worker process never waits for `fun`. An exception raised by `fun` is
+  raised by `compile/4`. After a resume (below) the events start again
+  from the beginning of the re-issued run.
+
+  ## Replay of the compiled program
+
+  Once the compile succeeds, the client exports the compiled program from
+  the worker that compiled it and records it for replay (as
+  `checkpoint_program/3` does), so a restarted worker gets the **compiled**
+  program back, not the definition it was created from: in the place of the
+  program's own record when it was replaced, as a record of its own under
+  `:target_program_id` (keeping the original's LM, secrets included). If
+  the worker dies between the compile's answer and that export, the
+  compiled state is gone with it: the call returns `:worker_exited`
+  (`details["reason"] == "not_recorded"`, with the worker's answer in
+  `details["result"]`), or, with `:resume`, compiles again.
+
+  Without `:session` the program lives on every worker: the compile runs
+  on one (the least-loaded, or `:worker`), and the compiled program is then
+  imported on the others (a program it replaces is deleted there first, so
+  for a moment it is missing on them).
+
+  ## Checkpoints and `resume: true`
+
+  With `checkpoint: "id"` and workers started with `--checkpoint-dir DIR`
+  (e.g. the pool's `extra_args: ["--checkpoint-dir", dir]`; without it,
+  `:invalid_args`), every LM answer of the run is kept on disk, and the
+  same compile issued again with the same checkpoint id replays the answers
+  already paid for (`usage[model]["cached_requests"]`) instead of asking
+  the LM again. It needs an LM whose answers may be cached (not a mock
+  answering by call order: `sequence`, `fail`, `generator`).
+
+  With `resume: true` as well, when the worker dies during the run the pool
+  re-issues the same compile on the restarted worker, after its replay,
+  and `compile/4` returns that result; up to 3 times (`resume: n`: `n`
+  times), all within `:timeout`. Without `:resume` the caller gets the
+  usual `{:error, %DSPyBridge.Error{type: :worker_exited}}`. `resume:`
+  without `checkpoint:` raises `ArgumentError`.
+  """
+  @spec compile(pool(), String.t(), String.t() | atom(), keyword()) :: result(map())
+  def compile(pool, program_id, optimizer, opts) do
+    opts = Options.validate!(opts, :compile)
+    Compiler.run(pool, session(opts), program_id, optimizer, opts)
   end
 
   @doc "Describes a program (string keys)."
@@ -428,7 +626,7 @@ defmodule DSPyBridge do
     opts = Options.validate!(opts, :call)
 
     with {:ok, %{"document" => doc}} <- export_program(pool, program_id, opts) do
-      :ok = Store.checkpoint(Store.config(pool).table, session(opts), program_id, doc)
+      {:ok, _} = Store.checkpoint(Store.config(pool).table, session(opts), program_id, doc)
       {:ok, doc}
     end
   end
@@ -640,9 +838,10 @@ defmodule DSPyBridge do
 
   # -- helpers --------------------------------------------------------------------
 
-  defp read(pool, command, args, opts) do
+  defp read(pool, command, args, opts, listen \\ nil) do
     session = session(opts)
-    Pool.request(pool, session, command, put_opt(args, "session_id", session), call_opts(opts))
+    call_opts = call_opts(opts) ++ if(listen, do: [listen: listen], else: [])
+    Pool.request(pool, session, command, put_opt(args, "session_id", session), call_opts)
   end
 
   # A state change: sent to the session's worker, or to every worker for the

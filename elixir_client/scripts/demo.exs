@@ -5,8 +5,11 @@
 # Starts a pool of 2 Python workers on the built-in mock LM, gives two
 # sessions different LMs, creates a question-answering program and a
 # chain-of-thought program, runs them, runs a ReAct agent whose tool is an
-# Elixir function, kills a worker with SIGKILL to show a
-# session surviving it, and prints results and pool statistics.
+# Elixir function, compiles a program with a few-shot optimizer (its
+# progress on one live line, its score before and after), streams an
+# answer as it is written, kills a worker with SIGKILL to show a session
+# (and the compiled program) surviving it, and prints results and pool
+# statistics.
 
 # The client logs worker events with Logger; the demo prints its own account.
 Logger.configure(level: :critical)
@@ -247,6 +250,131 @@ case DSPyBridge.execute(pool, "agent", %{question: question}, session: "carol", 
     IO.puts("      ERROR #{Exception.message(error)}")
 end
 
+Demo.section("Compiling a program with a few-shot optimizer")
+
+# The mock LM asks an Elixir function for its answers (a `generator`): it
+# knows the capitals only when the prompt holds demos, which is what the
+# optimizer adds. The session lives on alice's worker, so the crash below
+# shows the compiled program coming back.
+capitals = %{
+  "France" => "Paris",
+  "Peru" => "Lima",
+  "Japan" => "Tokyo",
+  "Italy" => "Rome",
+  "Kenya" => "Nairobi",
+  "Canada" => "Ottawa",
+  "Egypt" => "Cairo",
+  "Chile" => "Santiago"
+}
+
+knows_with_demos = fn %{"inputs" => %{"country" => country}, "demos" => demos} ->
+  if demos > 0, do: %{capital: Map.get(capitals, country, "?")}, else: %{capital: "no idea"}
+end
+
+teacher =
+  Enum.find(["dave", "erin", "frank", "grace", "heidi"], fn s ->
+    DSPyBridge.Pool.index_for(s, 2) == DSPyBridge.Pool.index_for("alice", 2)
+  end)
+
+{:ok, _} =
+  DSPyBridge.configure_lm(
+    pool,
+    [
+      model: "mock/teacher",
+      extra: %{generator: %{name: "knows_with_demos", run: knows_with_demos}, latency_ms: 60}
+    ],
+    session: teacher
+  )
+
+{:ok, _} =
+  DSPyBridge.create_program(pool, [program_id: "capitals", signature: "country -> capital"],
+    session: teacher
+  )
+
+{trainset, valset} =
+  capitals |> Enum.map(fn {c, cap} -> %{country: c, capital: cap} end) |> Enum.split(4)
+
+IO.puts(
+  "  [#{teacher}/capitals] labeled_few_shot, #{length(trainset)} training and " <>
+    "#{length(valset)} validation examples, metric exact_match"
+)
+
+progress = fn %{"done" => done, "total" => total, "score" => score} ->
+  bar = String.duplicate("#", div(20 * done, max(total, 1))) |> String.pad_trailing(20, ".")
+  score = if is_number(score), do: :erlang.float_to_binary(score / 1, decimals: 2), else: "-"
+  IO.write("\r      progress:  [#{bar}] #{done}/#{total} metric calls, mean score #{score}")
+end
+
+{:ok, compiled} =
+  DSPyBridge.compile(pool, "capitals", :labeled_few_shot,
+    session: teacher,
+    trainset: trainset,
+    valset: valset,
+    metric: "exact_match",
+    options: %{k: 2},
+    on_progress: progress
+  )
+
+IO.puts("")
+
+IO.puts(
+  "      score:     #{compiled["score_before"]} before -> #{compiled["score_after"]} after " <>
+    "(#{compiled["demos"]} demos, #{compiled["metric_calls"]} metric calls, " <>
+    "#{round(compiled["duration_ms"])} ms)"
+)
+
+{:ok, %{"outputs" => %{"capital" => capital}}} =
+  DSPyBridge.execute(pool, "capitals", %{country: "Chile"}, session: teacher)
+
+IO.puts("      Chile ->   #{capital}")
+
+Demo.section("Streaming an answer as it is written")
+
+{:ok, _} =
+  DSPyBridge.configure_lm(
+    pool,
+    mock.("storyteller", %{
+      default:
+        "Once upon a time, a small Elixir process asked a Python worker for a story, " <>
+          "and the worker sent it back a few words at a time, over a port, as it wrote it.",
+      latency_ms: 1_500
+    }),
+    session: "storyteller"
+  )
+
+{:ok, _} =
+  DSPyBridge.create_program(pool, [program_id: "story", signature: "prompt -> story"],
+    session: "storyteller"
+  )
+
+IO.puts("  [storyteller/story] Tell me a story.")
+IO.write("      story:     ")
+
+streamed =
+  pool
+  |> DSPyBridge.stream("story", %{prompt: "Tell me a story."}, session: "storyteller")
+  |> Enum.reduce(0, fn
+    {:chunk, "story", text}, n ->
+      IO.write(text)
+      n + 1
+
+    {:done, result}, n ->
+      IO.puts(
+        "\n      (#{n} chunks as they came, lm #{result["lm"]}, #{result["duration_ms"]} ms)"
+      )
+
+      n
+
+    {:error, error}, n ->
+      IO.puts("\n      ERROR #{Exception.message(error)}")
+      n
+
+    _other, n ->
+      n
+  end)
+
+true = streamed > 1
+
 Demo.section("Pool statistics")
 Demo.show_stats(pool)
 
@@ -306,6 +434,12 @@ for {{session, program, question}, old} <- before do
   same = match?({:ok, _}, new) and elem(new, 1)["outputs"] == elem(old, 1)["outputs"]
   IO.puts("      same answer as before the crash: #{same}")
 end
+
+{:ok, %{"outputs" => %{"capital" => capital_after}}} =
+  DSPyBridge.execute(pool, "capitals", %{country: "Chile"}, session: teacher)
+
+IO.puts("  [#{teacher}/capitals] Chile -> #{capital_after}")
+IO.puts("      the compiled program came back compiled: #{capital_after == capital}")
 
 Demo.section("Usage per session (counted by the worker since it started)")
 

@@ -6,8 +6,13 @@ defmodule DSPyBridge.Event do
   event name: `"ready"`, `"session_evicted"`, `"progress"`,
   `"engine_failed"`, `"callback"` and `"callback_abandoned"` (a host
   function asked for, and given up on: the client runs the function itself,
-  see `DSPyBridge.register_tools/3`), or any other the worker sends) and
-  `data` is the decoded event map with string keys. After `"engine_failed"` (DSPy failed
+  see `DSPyBridge.register_tools/3`), `"stream"` and `"stream_status"` (a
+  streamed answer's chunks and status messages), or any other the worker
+  sends) and `data` is the decoded event map with string keys. The events
+  of one request (`"progress"`, `"stream"`, `"stream_status"`, which name
+  it by `data["request_id"]`, the worker's wire id) also go to that
+  request's own caller when it asked for them: see `DSPyBridge.compile/4`'s
+  and `DSPyBridge.evaluate/5`'s `:on_progress`, and `DSPyBridge.stream/4`. After `"engine_failed"` (DSPy failed
   to load; `data["error"]` is an `engine_unavailable` error) the worker is
   stopped and its supervisor replaces it.
 

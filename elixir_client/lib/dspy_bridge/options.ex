@@ -182,6 +182,19 @@ defmodule DSPyBridge.Options do
     doc: "set by the client: what to record for replay once the request succeeds"
   ]
 
+  @listen [
+    type: {:fun, 2},
+    doc:
+      "`request/4` only: called in the calling process, while it waits, with the name and " <>
+        "map of each of the worker's events for this request (`progress`, `stream`, " <>
+        "`stream_status`)"
+  ]
+
+  @lm_call [
+    type: :lm,
+    doc: "an LM for this call, overriding the program's and the session's"
+  ]
+
   @call_functions ~w(configure_lm/3 create_program/3 register_tools/3 list_tools/2
                      delete_tool/3 get_program/3 list_programs/2 delete_program/3
                      export_program/3 checkpoint_program/3 get_usage/2 reset_usage/2
@@ -226,13 +239,27 @@ defmodule DSPyBridge.Options do
       options: [
         timeout: @timeout,
         record: @record,
-        load: [type: :any, doc: "set by the pool: its load counter, `{atomics, index}`"]
+        load: [type: :any, doc: "set by the pool: its load counter, `{atomics, index}`"],
+        listen: @listen
       ]
     ],
     pool_request: [
       where: "Pool.request/5",
       heading: "`Pool.request/5`",
-      options: [timeout: @timeout, worker: @call[:worker], record: @record]
+      options: [
+        timeout: @timeout,
+        worker: @call[:worker],
+        record: @record,
+        listen: @listen,
+        resume: [
+          type: :non_neg_integer,
+          default: 0,
+          doc:
+            "how many times to send the request again when its worker dies with it in " <>
+              "flight: on the restarted worker, after its replay (only for a request that " <>
+              "may run twice, such as a checkpointed `compile_program`)"
+        ]
+      ]
     ],
     broadcast: [
       where: "Pool.broadcast/4",
@@ -250,11 +277,80 @@ defmodule DSPyBridge.Options do
       heading: "`DSPyBridge.execute/4`",
       extends: :call,
       options: [
-        lm: [
-          type: :lm,
-          doc: "an LM for this call, overriding the program's and the session's"
+        lm: @lm_call,
+        config: [type: :map_or_keyword, doc: "per-call settings, e.g. `%{temperature: 0.0}`"],
+        stream: [
+          type: :boolean,
+          doc: "the worker streams the output fields as it writes them (see `:on_chunk`)"
         ],
+        on_chunk: [
+          type: {:fun, 1},
+          doc:
+            "streams (implies `stream: true`): called in the calling process with each " <>
+              "`{:chunk, field, text}` and `{:status, message}` as it arrives, before the call returns"
+        ]
+      ]
+    ],
+    stream: [
+      where: "DSPyBridge.stream/4",
+      heading: "`DSPyBridge.stream/4`",
+      extends: :call,
+      options: [
+        lm: @lm_call,
         config: [type: :map_or_keyword, doc: "per-call settings, e.g. `%{temperature: 0.0}`"]
+      ]
+    ],
+    compile: [
+      where: "DSPyBridge.compile/4",
+      heading: "`DSPyBridge.compile/4`",
+      options: [
+        trainset: [
+          type: :list,
+          required: true,
+          doc: "the examples the optimizer learns from (maps of input and expected values)"
+        ],
+        metric: [
+          type: {:or, [:string, :atom, :map_or_keyword]},
+          required: true,
+          doc: "a metric as in `evaluate/5`: a name or a map with `:name` and its options"
+        ],
+        valset: [
+          type: :list,
+          doc: "examples scored before and after (`score_before`, `score_after`; else nil)"
+        ],
+        options: [type: :map_or_keyword, doc: "the optimizer's options, e.g. `%{k: 4}`"],
+        target_program_id: [
+          type: :string,
+          doc:
+            "store the compiled program beside the original under this id (else it replaces it)"
+        ],
+        checkpoint: [
+          type: {:or, [:string, :map_or_keyword]},
+          doc:
+            "a checkpoint id (or `%{id: id}`): the run's LM answers are kept on disk by a " <>
+              "worker started with `--checkpoint-dir`, so the same compile issued again replays them"
+        ],
+        lm: [type: :lm, doc: "an LM for the run, overriding the program's and the session's"],
+        on_progress: [
+          type: {:fun, 1},
+          doc: "called in the calling process with each `progress` event's map as it arrives"
+        ],
+        resume: [
+          type: {:or, [:boolean, :non_neg_integer]},
+          default: false,
+          doc:
+            "with a `:checkpoint`: when the worker dies during the run, issue it again on the " <>
+              "restarted worker, up to this many times (`true`: 3)"
+        ],
+        session: @call[:session],
+        timeout: [
+          type: :timeout,
+          default: 600_000,
+          doc:
+            "how long the whole compile may take (resumes included); then it returns a " <>
+              "`:timeout` error and the worker is told to cancel the run"
+        ],
+        worker: @call[:worker]
       ]
     ],
     evaluate: [
@@ -265,6 +361,10 @@ defmodule DSPyBridge.Options do
         lm: [
           type: :lm,
           doc: "an LM for every example, overriding the program's and the session's"
+        ],
+        on_progress: [
+          type: {:fun, 1},
+          doc: "called in the calling process with each `progress` event's map as it arrives"
         ],
         max_concurrency: [type: :pos_integer, doc: "examples run at once (worker default 8)"],
         example_timeout_ms: [
@@ -318,7 +418,9 @@ defmodule DSPyBridge.Options do
     :worker_child_spec,
     :call,
     :execute,
+    :stream,
     :evaluate,
+    :compile,
     :import_program,
     :end_session,
     :configure_cache,
@@ -341,7 +443,9 @@ defmodule DSPyBridge.Options do
           | :broadcast
           | :call
           | :execute
+          | :stream
           | :evaluate
+          | :compile
           | :import_program
           | :end_session
           | :configure_cache
@@ -528,6 +632,7 @@ defmodule DSPyBridge.Options do
   defp valid?(:map_or_keyword, v), do: is_map(v) or is_list(v)
   defp valid?(:session, v), do: is_binary(v) or is_atom(v)
   defp valid?(:any, _v), do: true
+  defp valid?({:or, types}, v), do: Enum.any?(types, &valid?(&1, v))
 
   defp valid?(:process_name, v) do
     (is_atom(v) and v != nil) or match?({:global, _}, v) or
@@ -651,6 +756,7 @@ defmodule DSPyBridge.Options do
   defp label(:map_or_keyword), do: "map or keyword list"
   defp label(:session), do: "string or atom"
   defp label(:any), do: "any"
+  defp label({:or, types}), do: Enum.map_join(types, " or ", &label/1)
 
   defp strip(label), do: String.replace(label, "`", "")
 end

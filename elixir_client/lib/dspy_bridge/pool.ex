@@ -28,12 +28,18 @@ defmodule DSPyBridge.Pool do
       `configure_cache`, `register_tools`, `create_program` and
       `import_program` is recorded in the pool's ETS table
       (`DSPyBridge.Pool.Store`), host functions with their implementations,
-      and `delete_program` / `delete_tool` / `end_session` remove records. When a worker restarts (the supervisor
+      and `delete_program` / `delete_tool` / `end_session` remove records;
+      a successful `DSPyBridge.compile/4` (or `checkpoint_program/3`)
+      records the program as exported then, so it comes back compiled. When a worker restarts (the supervisor
       restarts it after its OS process dies), the records of the sessions
       that hash to it are replayed into the new process before it takes any
       traffic; callers that arrive meanwhile wait. A worker whose DSPy
       engine fails to load (`engine_failed`) is stopped and restarted the
       same way.
+    * **Resume.** `request/5` with `resume: n` sends a request again, up
+      to `n` times, when its worker dies with it in flight: on the
+      restarted worker, once its replay is done (`DSPyBridge.compile/4`'s
+      `resume: true`, for a checkpointed compile).
     * **Host functions.** A worker's `callback` runs the registered
       function in a task under the pool's `Task.Supervisor`
       (`<name>.Tasks`), never in the worker process (see
@@ -265,6 +271,17 @@ defmodule DSPyBridge.Pool do
   end
 
   @doc """
+  The index of the worker a call goes to: `worker` if given, else the
+  session's worker if `session` is not `nil`, else the least-loaded ready
+  worker (as `request/5` chooses).
+  """
+  @spec route(t(), String.t() | nil, non_neg_integer() | nil) :: non_neg_integer()
+  def route(pool, session, worker \\ nil) do
+    config = Store.config(pool)
+    Router.route(worker, session, config.size, fn -> candidates(config) end)
+  end
+
+  @doc """
   Sends one request to the worker chosen for the call: `opts[:worker]` (an
   index) if given, else the session's worker if `session` is not `nil`,
   else the least-loaded ready worker. Waits (up to the timeout) while the
@@ -344,21 +361,23 @@ defmodule DSPyBridge.Pool do
   end
 
   defp do_request_at(config, index, command, args, opts, deadline) do
-    remaining =
-      if deadline == :infinity,
-        do: :infinity,
-        else: deadline - System.monotonic_time(:millisecond)
+    remaining = remaining(deadline)
 
     case Store.worker(config.table, index) do
       _ when is_integer(remaining) and remaining <= 0 ->
         {:error, Error.new(:timeout, "no worker became available for #{command} in time")}
 
       {pid, _, _} ->
-        worker_opts = [timeout: remaining, record: opts[:record], load: {config.load, index}]
+        worker_opts =
+          [timeout: remaining, record: opts[:record], load: {config.load, index}] ++
+            if(opts[:listen], do: [listen: opts[:listen]], else: [])
 
         case Worker.request(pid, command, args, worker_opts) do
           {:error, %Error{type: :worker_exited, details: %{"reason" => "noproc"}}} ->
             backoff_and_retry(config, index, command, args, opts, deadline)
+
+          {:error, %Error{type: :worker_exited}} = error ->
+            resume(config, index, pid, command, args, opts, deadline, error)
 
           result ->
             result
@@ -369,12 +388,57 @@ defmodule DSPyBridge.Pool do
     end
   end
 
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: deadline - System.monotonic_time(:millisecond)
+
   # The worker is between death and restart (a few ms): the request was not
   # sent, so trying again is safe.
   defp backoff_and_retry(config, index, command, args, opts, deadline) do
     Process.sleep(5)
     do_request_at(config, index, command, args, opts, deadline)
   end
+
+  # The worker process `pid` died with the request in flight. With resumes
+  # left, the request is sent again once that process is gone (its
+  # successor then holds the request until its replay is done); otherwise,
+  # or once the pool is stopping, the caller gets the `error`.
+  defp resume(config, index, pid, command, args, opts, deadline, error) do
+    left = Keyword.get(opts, :resume, 0)
+
+    cond do
+      left <= 0 ->
+        error
+
+      not await_down(pid, deadline) ->
+        {:error, Error.new(:timeout, "#{command}: its worker did not restart in time")}
+
+      not pool_alive?(config) ->
+        error
+
+      true ->
+        Logger.warning(
+          "DSPyBridge.Pool #{inspect(config.name)}: worker #{index} exited during #{command}; " <>
+            "sending it again on the restarted worker (#{left - 1} resume(s) left)"
+        )
+
+        opts = Keyword.put(opts, :resume, left - 1)
+        do_request_at(config, index, command, args, opts, deadline)
+    end
+  end
+
+  defp await_down(pid, deadline) do
+    ref = Process.monitor(pid)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, _} -> true
+    after
+      max(remaining(deadline), 0) ->
+        Process.demonitor(ref, [:flush])
+        false
+    end
+  end
+
+  defp pool_alive?(config), do: Process.whereis(config.name) != nil
 
   defp candidates(%{size: size, load: load, table: table}) do
     for index <- 0..(size - 1) do

@@ -46,6 +46,15 @@ defmodule DSPyBridge.Worker do
   `timeout_ms` (the timeout plus `:worker_timeout_margin`) so
   the worker abandons it on its own should the `cancel` be lost.
 
+  With `listen: fun`, `request/4` also hands the worker's events for that
+  request — `progress`, `stream` and `stream_status`, which name it by its
+  wire id (`request_id`) — to `fun.(name, event)` in the calling process
+  while it waits: all of them before it returns, in the order the worker
+  sent them. This process matches each event to its request and sends it
+  on without waiting for anyone (to an alias of the caller's, so events for
+  a caller that stopped waiting are dropped); a request that timed out gets
+  no more. The events also go to `:on_event`, as every event does.
+
   If the OS process dies, every in-flight or queued caller gets
   `{:error, %DSPyBridge.Error{type: :worker_exited}}` at once and the
   process stops with `{:shutdown, {:worker_exited, status}}`, so its
@@ -148,6 +157,7 @@ defmodule DSPyBridge.Worker do
 
   alias DSPyBridge.Worker.{
     Admission,
+    Caller,
     Data,
     Effects,
     Frames,
@@ -170,6 +180,7 @@ defmodule DSPyBridge.Worker do
           {:timeout, timeout()}
           | {:record, term()}
           | {:load, {:atomics.atomics_ref(), non_neg_integer()}}
+          | {:listen, (String.t(), map() -> term())}
 
   @doc """
   A child spec whose `:shutdown` leaves time for the graceful stop
@@ -238,21 +249,9 @@ defmodule DSPyBridge.Worker do
       # it when it answers, whatever the outcome.
       Effects.acquire(load)
 
-      try do
-        GenServer.call(server, msg, call_timeout)
-      catch
-        :exit, {:timeout, _} ->
-          {:error, Error.new(:timeout, "worker did not answer in #{timeout} ms")}
-
-        :exit, {:noproc, _} ->
-          # never delivered: safe for the pool to retry on a restarted worker
-          Effects.release(load)
-
-          {:error,
-           Error.new(:worker_exited, "worker not running", details: %{"reason" => "noproc"})}
-
-        :exit, {reason, _} ->
-          {:error, Error.new(:worker_exited, "worker not available: #{inspect(reason)}")}
+      case opts[:listen] do
+        nil -> Caller.call(server, msg, timeout, call_timeout, load)
+        listen -> Caller.listened(server, msg, timeout, call_timeout, load, listen)
       end
     end
   end
@@ -417,6 +416,9 @@ defmodule DSPyBridge.Worker do
   def ready({:call, from}, {:request, _, _, _, _, _} = msg, data),
     do: Admission.admit(data, from, msg)
 
+  def ready(:cast, {:listened, from, listener, {:request, _, _, _, _, _} = msg}, data),
+    do: Admission.admit(data, from, msg, listener)
+
   def ready({:call, from}, :await_ready, _data), do: {:keep_state_and_data, [{:reply, from, :ok}]}
   def ready(type, event, data), do: common(type, event, :ready, data)
 
@@ -428,6 +430,9 @@ defmodule DSPyBridge.Worker do
     error = Error.new(:shutting_down, "worker is stopping; #{command} not sent")
     {:keep_state_and_data, [{:reply, from, {:error, error}}]}
   end
+
+  def draining(:cast, {:listened, from, _listener, {:request, _, _, _, _, _} = msg}, data),
+    do: draining({:call, from}, msg, data)
 
   def draining(:cast, :prepare_stop, _data), do: :keep_state_and_data
 
@@ -441,6 +446,9 @@ defmodule DSPyBridge.Worker do
   # Requests wait in the queue until the worker is ready (up to their timeout).
   defp not_ready({:call, from}, {:request, _, _, _, _, _} = msg, _state, data),
     do: Admission.hold(data, from, msg)
+
+  defp not_ready(:cast, {:listened, from, listener, {:request, _, _, _, _, _} = msg}, _, data),
+    do: Admission.hold(data, from, msg, listener)
 
   defp not_ready({:timeout, :ready}, nil, :starting, data) do
     Effects.kill(data.os_pid)

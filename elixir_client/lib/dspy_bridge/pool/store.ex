@@ -150,27 +150,39 @@ defmodule DSPyBridge.Pool.Store do
   # Replaces a program's replay record by an import of its exported
   # `document`, so state changed after creation (demos, instructions, e.g.
   # from compilation) survives a restart. An LM given at creation keeps its
-  # secrets, which exports omit.
-  @spec checkpoint(atom(), String.t() | nil, String.t(), map()) :: :ok
-  def checkpoint(table, session, program_id, document) do
+  # secrets, which exports omit: the LM recorded for program `source` (the
+  # program itself, or the one a compiled program was made from). Returns
+  # the document recorded.
+  @spec checkpoint(atom(), String.t() | nil, String.t(), map(), String.t()) :: {:ok, map()}
+  def checkpoint(table, session, program_id, document, source \\ nil) do
     key = {:rec, session, :program, program_id}
 
-    {seq, document} =
+    seq =
       case :ets.lookup(table, key) do
-        [{_, seq, "create_program", %{"lm" => lm}}] when lm != nil ->
-          {seq, Map.put(document, "lm", lm)}
+        [{_, seq, _, _}] -> seq
+        [] -> System.unique_integer([:monotonic, :positive])
+      end
 
-        [{_, seq, _, _}] ->
-          {seq, document}
-
-        [] ->
-          {System.unique_integer([:monotonic, :positive]), document}
+    document =
+      case recorded_lm(table, session, source || program_id) do
+        nil -> document
+        lm -> Map.put(document, "lm", lm)
       end
 
     args = %{"program_id" => program_id, "document" => document}
     args = if session, do: Map.put(args, "session_id", session), else: args
     :ets.insert(table, {key, seq, "import_program", args})
-    :ok
+    {:ok, document}
+  end
+
+  # The LM a program's replay record gives it, secrets included: the `lm`
+  # of its `create_program`, or of the document it is imported from.
+  defp recorded_lm(table, session, program_id) do
+    case :ets.lookup(table, {:rec, session, :program, program_id}) do
+      [{_, _, "create_program", %{"lm" => lm}}] -> lm
+      [{_, _, "import_program", %{"document" => %{"lm" => lm}}}] -> lm
+      _ -> nil
+    end
   end
 
   @doc false

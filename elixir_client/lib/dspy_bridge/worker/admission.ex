@@ -13,11 +13,14 @@ defmodule DSPyBridge.Worker.Admission do
   # answered at once by the worker, so never held back by the in-flight bound
   @unbounded ["ping", "get_stats", "cancel", "shutdown", "callback_reply"]
 
-  @doc "A request to a ready worker: sent, queued or refused."
-  @spec admit(Data.t(), GenServer.from(), Request.message()) ::
+  @doc """
+  A request to a ready worker: sent, queued or refused (`listener`: where
+  its events go, see `DSPyBridge.Worker.Request.new/3`).
+  """
+  @spec admit(Data.t(), GenServer.from(), Request.message(), reference() | nil) ::
           :gen_statem.event_handler_result(atom())
-  def admit(data, from, {:request, command, _, _, _, _} = msg) do
-    req = Request.new(from, msg)
+  def admit(data, from, {:request, command, _, _, _, _} = msg, listener \\ nil) do
+    req = Request.new(from, msg, listener)
     data = Data.bump(data, :requests)
 
     cond do
@@ -34,9 +37,10 @@ defmodule DSPyBridge.Worker.Admission do
   end
 
   @doc "A request to a worker not ready yet: it waits in the queue (up to its timeout)."
-  @spec hold(Data.t(), GenServer.from(), Request.message()) ::
+  @spec hold(Data.t(), GenServer.from(), Request.message(), reference() | nil) ::
           :gen_statem.event_handler_result(atom())
-  def hold(data, from, msg), do: enqueue(Data.bump(data, :requests), Request.new(from, msg))
+  def hold(data, from, msg, listener \\ nil),
+    do: enqueue(Data.bump(data, :requests), Request.new(from, msg, listener))
 
   defp enqueue(data, req) do
     if data.requests.queued >= data.max_queue do

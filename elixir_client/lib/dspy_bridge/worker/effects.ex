@@ -113,6 +113,17 @@ defmodule DSPyBridge.Worker.Effects do
   def cancel_timer(nil), do: :ok
   def cancel_timer(timer), do: :erlang.cancel_timer(timer, async: true, info: false)
 
+  @doc """
+  Passes a worker event for a request to its caller's `listener` (an alias:
+  once the caller stops listening the message is dropped). Never blocks.
+  """
+  def notify(nil, _name, _event), do: :ok
+
+  def notify(listener, name, event) do
+    send(listener, {listener, name, event})
+    :ok
+  end
+
   @doc "Answers a request's caller and releases its count on the pool's load counter."
   def reply(req, reply) do
     GenServer.reply(req.from, reply)

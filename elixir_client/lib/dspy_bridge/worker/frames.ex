@@ -4,13 +4,18 @@ defmodule DSPyBridge.Worker.Frames do
   # (DSPyBridge.Protocol.decode/1): its `ready` event, a response (see
   # DSPyBridge.Worker.Replies), the events it acts on (`engine_failed`,
   # `session_evicted`, the host function `callback` and `callback_abandoned`,
-  # see DSPyBridge.Worker.HostCalls) and those it only passes on, as
-  # :gen_statem results.
+  # see DSPyBridge.Worker.HostCalls), the events of one request (`progress`,
+  # `stream`, `stream_status`: also sent to that request's caller when it
+  # listens, see `forward/3`) and those it only passes on, as :gen_statem
+  # results.
 
   require Logger
 
   alias DSPyBridge.{Error, Protocol}
-  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replayer, Replies}
+  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replayer, Replies, Requests}
+
+  # events about one request, named by its `request_id`
+  @request_events ["progress", "stream", "stream_status"]
 
   @doc "The worker's `ready` event, while :starting: on to :replaying."
   @spec ready(map(), Data.t()) :: :gen_statem.event_handler_result(atom())
@@ -101,16 +106,17 @@ defmodule DSPyBridge.Worker.Frames do
     {:keep_state, data}
   end
 
-  def handle({:event, name, event}, _state, data) do
-    case name do
-      "progress" ->
-        Logger.debug("dspy_bridge worker #{data.os_pid} progress: #{inspect(event)}")
+  def handle({:event, name, event}, _state, data) when name in @request_events do
+    Logger.debug("dspy_bridge worker #{data.os_pid} #{name}: #{inspect(event, limit: 20)}")
+    forward(data, name, event)
+    Effects.emit(data, :worker, name, event)
+    :keep_state_and_data
+  end
 
-      _ ->
-        Logger.info(
-          "dspy_bridge worker #{data.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
-        )
-    end
+  def handle({:event, name, event}, _state, data) do
+    Logger.info(
+      "dspy_bridge worker #{data.os_pid} event #{inspect(name)}: #{inspect(event, limit: 20)}"
+    )
 
     Effects.emit(data, :worker, name, event)
     :keep_state_and_data
@@ -118,6 +124,17 @@ defmodule DSPyBridge.Worker.Frames do
 
   def handle({:unexpected, what}, _state, data),
     do: {:keep_state, Data.unexpected(data, what)}
+
+  @doc """
+  Sends a `progress`, `stream` or `stream_status` event to the caller of
+  the request it names (`request_id`), if that request is in flight and
+  its caller listens; otherwise drops it. Never blocks.
+  """
+  @spec forward(Data.t(), String.t(), map()) :: :ok
+  def forward(data, name, event) when name in @request_events,
+    do: Effects.notify(Requests.listener(data.requests, event["request_id"]), name, event)
+
+  def forward(_data, _name, _event), do: :ok
 
   defp text(s) when is_binary(s), do: s
 

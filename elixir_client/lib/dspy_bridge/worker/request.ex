@@ -4,14 +4,27 @@ defmodule DSPyBridge.Worker.Request do
   # to the worker process (its args encoded and measured in the caller, so
   # the worker process only compares numbers), the record of it the worker
   # process keeps in its request table, its timer, and how much of its
-  # timeout is left for the worker's own `timeout_ms`.
+  # timeout is left for the worker's own `timeout_ms`. A request sent with
+  # `listen:` also has a listener: the alias its caller receives the
+  # worker's events for it on (`progress`, `stream`, `stream_status`).
 
   alias DSPyBridge.{Error, Protocol}
 
   # for callers that did not go through `DSPyBridge.Options` (the default is the schema's)
   @default_timeout DSPyBridge.Options.default(:request, :timeout)
 
-  defstruct [:from, :command, :args, :shape, :timeout, :record, :load, :started, timer: nil]
+  defstruct [
+    :from,
+    :command,
+    :args,
+    :shape,
+    :timeout,
+    :record,
+    :load,
+    :started,
+    timer: nil,
+    listener: nil
+  ]
 
   @typedoc "The message a caller sends the worker process."
   @type message ::
@@ -27,7 +40,8 @@ defmodule DSPyBridge.Worker.Request do
           record: term(),
           load: {:atomics.atomics_ref(), non_neg_integer()} | nil,
           started: integer(),
-          timer: reference() | nil
+          timer: reference() | nil,
+          listener: reference() | nil
         }
 
   @doc "The message for `command` with `args`, or an `:invalid_args` error (built in the caller)."
@@ -40,10 +54,14 @@ defmodule DSPyBridge.Worker.Request do
     end
   end
 
-  @doc "The request of the caller `from`, accepted now."
-  @spec new(GenServer.from(), message()) :: t()
-  def new(from, {:request, command, {args_bin, shape}, timeout, record, load}) do
+  @doc """
+  The request of the caller `from`, accepted now; `listener` is the alias
+  its events go to (`nil`: none).
+  """
+  @spec new(GenServer.from(), message(), reference() | nil) :: t()
+  def new(from, {:request, command, {args_bin, shape}, timeout, record, load}, listener \\ nil) do
     %__MODULE__{
+      listener: listener,
       from: from,
       command: command,
       args: args_bin,

@@ -80,6 +80,19 @@ defmodule DSPyBridge.Worker.Requests do
     end
   end
 
+  @doc """
+  The listener of in-flight request `id` (the alias its caller receives its
+  events on), or `nil`: none, or the request is not in flight (queued
+  requests have sent nothing; an abandoned one's caller is gone).
+  """
+  @spec listener(t(), term()) :: reference() | nil
+  def listener(t, id) do
+    case Map.get(t.entries, id) do
+      {:in_flight, %{listener: listener}} -> listener
+      _ -> nil
+    end
+  end
+
   @doc "Whether another request may be sent under a bound of `max` in flight."
   @spec room?(t(), pos_integer()) :: boolean()
   def room?(t, max), do: t.in_flight < max

@@ -9,7 +9,7 @@ defmodule DSPyBridge.Worker.Shutdown do
   require Logger
 
   alias DSPyBridge.Protocol
-  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replies, StartFailure}
+  alias DSPyBridge.Worker.{Data, Effects, Frames, HostCalls, Outbound, Replies, StartFailure}
 
   @doc """
   The OS process is gone (or its port closed, `kill?` then makes sure):
@@ -109,6 +109,7 @@ defmodule DSPyBridge.Worker.Shutdown do
       {:response, id, response} -> data |> Replies.response(id, response) |> elem(0)
       {:event, "callback", event} -> HostCalls.callback(data, event)
       {:event, "callback_abandoned", event} -> HostCalls.abandoned(data, event)
+      {:event, name, event} -> tap(data, &Frames.forward(&1, name, event))
       _ -> data
     end
   end

@@ -1,0 +1,179 @@
+defmodule DSPyBridge.Compiler do
+  @moduledoc false
+  # `compile/4` of the public API: `compile_program` sent to one worker (the
+  # session's, or for the default session the least-loaded one), its
+  # `progress` events given to the caller's `on_progress` as they come, and
+  # the compiled program recorded for replay once the compile succeeds:
+  # exported from that worker and recorded as an import of that document
+  # (DSPyBridge.Pool.Store.checkpoint/5), in the place of the program's
+  # record when it was replaced, as a new record when it went to
+  # `target_program_id`. The default session's programs live on every
+  # worker, so there the document is then imported on the other workers too.
+  #
+  # `resume`: when the worker dies with the compile in flight, the pool
+  # sends it again on the restarted worker (the worker's checkpoint replays
+  # the answers already paid for); when it dies between the compile's answer
+  # and the export, the compiled state is gone with it, and the compile is
+  # issued again too (or, without resumes left, the caller gets
+  # `:worker_exited`).
+
+  require Logger
+
+  alias DSPyBridge.{Args, Error, Pool, Streaming}
+  alias DSPyBridge.Pool.Store
+
+  # each of the requests that record the result (export, and for the
+  # default session the imports) has this long, whatever the compile took
+  @record_timeout 30_000
+  @default_resumes 3
+
+  @doc """
+  Runs the compile of `program_id` with `optimizer` in `session` (`nil`:
+  the default session), `opts` as validated by `DSPyBridge.Options`
+  (`:compile`). Raises `ArgumentError` for `resume:` without `checkpoint:`.
+  """
+  @spec run(atom(), String.t() | nil, String.t(), String.t() | atom(), keyword()) ::
+          {:ok, map()} | {:error, Error.t()}
+  def run(pool, session, program_id, optimizer, opts) do
+    resumes = resumes(opts)
+
+    if resumes > 0 and opts[:checkpoint] == nil do
+      raise ArgumentError,
+            "DSPyBridge.compile/4: resume: needs a checkpoint: (the re-issued compile " <>
+              "replays the answers the checkpoint kept)"
+    end
+
+    args =
+      %{
+        "program_id" => program_id,
+        "optimizer" => to_string(optimizer),
+        "trainset" => Enum.map(Keyword.fetch!(opts, :trainset), &Args.normalize/1),
+        "metric" => metric(Keyword.fetch!(opts, :metric))
+      }
+      |> put_opt("valset", opts[:valset] && Enum.map(opts[:valset], &Args.normalize/1))
+      |> put_opt("options", opts[:options] && Args.normalize(opts[:options]))
+      |> put_opt("target_program_id", opts[:target_program_id])
+      |> put_opt("checkpoint", opts[:checkpoint] && checkpoint(opts[:checkpoint]))
+      |> put_opt("lm", opts[:lm] && Args.lm_args(opts[:lm]))
+      |> put_opt("session_id", session)
+
+    timeout = Keyword.fetch!(opts, :timeout)
+
+    deadline =
+      if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
+
+    call = %{
+      pool: pool,
+      session: session,
+      index: Pool.route(pool, session, opts[:worker]),
+      args: args,
+      listen: Streaming.progress_listener(opts[:on_progress]),
+      deadline: deadline
+    }
+
+    compile(call, resumes)
+  end
+
+  defp resumes(opts) do
+    case Keyword.fetch!(opts, :resume) do
+      true -> @default_resumes
+      false -> 0
+      n when is_integer(n) -> n
+    end
+  end
+
+  defp compile(call, resumes) do
+    opts =
+      [worker: call.index, timeout: remaining(call.deadline), resume: resumes] ++
+        if(call.listen, do: [listen: call.listen], else: [])
+
+    with {:ok, result} <-
+           Pool.request(call.pool, call.session, "compile_program", call.args, opts) do
+      case record(call, result) do
+        :ok ->
+          {:ok, result}
+
+        {:error, %Error{type: :worker_exited}} when resumes > 0 ->
+          Logger.warning(
+            "DSPyBridge.compile/4: the worker exited before the compiled program " <>
+              "#{inspect(target(call, result))} was recorded; compiling it again"
+          )
+
+          compile(call, resumes - 1)
+
+        {:error, %Error{type: :worker_exited} = error} ->
+          {:error,
+           %{
+             error
+             | message:
+                 "compile_program succeeded, but the worker exited before the compiled " <>
+                   "program could be recorded, and it is gone with the worker (#{error.message})",
+               details: %{"reason" => "not_recorded", "result" => result}
+           }}
+
+        {:error, _} = error ->
+          error
+      end
+    end
+  end
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  defp target(call, result),
+    do: result["program_id"] || call.args["target_program_id"] || call.args["program_id"]
+
+  # Exports the compiled program from the worker that compiled it and
+  # records the document for replay (for the default session, imports it on
+  # the other workers too).
+  defp record(call, result) do
+    target = target(call, result)
+    export = put_opt(%{"program_id" => target}, "session_id", call.session)
+    opts = [worker: call.index, timeout: @record_timeout]
+
+    with {:ok, %{"document" => doc}} <-
+           Pool.request(call.pool, call.session, "export_program", export, opts) do
+      table = Store.config(call.pool).table
+      {:ok, doc} = Store.checkpoint(table, call.session, target, doc, call.args["program_id"])
+      if call.session == nil, do: spread(call, target, doc), else: :ok
+    end
+  end
+
+  # The default session: the other workers get the compiled program too (a
+  # program it replaces is deleted first). A worker that dies meanwhile gets
+  # it by replay, since it is recorded already.
+  defp spread(call, target, doc) do
+    %{size: size} = Store.config(call.pool)
+    opts = [timeout: @record_timeout]
+
+    (Enum.to_list(0..(size - 1)) -- [call.index])
+    |> Enum.map(fn index ->
+      Task.async(fn ->
+        opts = Keyword.put(opts, :worker, index)
+        id = %{"program_id" => target}
+
+        with {:error, %Error{type: :not_found}} <-
+               Pool.request(call.pool, nil, "delete_program", id, opts),
+             do: :ok
+
+        Pool.request(call.pool, nil, "import_program", Map.put(id, "document", doc), opts)
+      end)
+    end)
+    |> Task.await_many(:infinity)
+    |> Enum.find(:ok, fn
+      {:ok, _} -> false
+      {:error, %Error{type: :worker_exited}} -> false
+      {:error, _} -> true
+    end)
+  end
+
+  defp metric(name) when is_binary(name), do: name
+  defp metric(name) when is_atom(name), do: Atom.to_string(name)
+  defp metric(spec), do: Args.normalize(spec)
+
+  defp checkpoint(id) when is_binary(id), do: %{"id" => id}
+  defp checkpoint(spec), do: Args.normalize(spec)
+
+  defp put_opt(map, _key, nil), do: map
+  defp put_opt(map, key, value), do: Map.put(map, key, value)
+end
