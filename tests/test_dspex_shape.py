@@ -53,3 +53,27 @@ def test_lm_and_lm_config_are_one_argument(worker: RecordingWorker) -> None:
     worker.error("execute_program", {"session_id": "both", "program_id": "qa",
                                      "inputs": {"question": "q"}, "lm": "mock/a",
                                      "lm_config": "mock/b"}, "invalid_args")
+
+
+def test_the_seeds_signature_form_is_taken(worker: RecordingWorker) -> None:
+    worker.ok("configure_lm", {"session_id": "sig", "provider": "mock", "model": "seed",
+                               "default": "Paris"})
+    created = worker.ok("create_program", {"session_id": "sig", "program_id": "qa",
+                                           "signature": {
+        "name": "BasicQA", "docstring": "Answer questions with short factoid answers.",
+        "inputs": [{"name": "question", "type": "string"}],
+        "outputs": [{"name": "answer", "type": "string",
+                     "desc": "often between 1 and 5 words"}]}})
+    assert created["signature"]["instructions"] == "Answer questions with short factoid answers."
+    assert [f["type"] for f in created["signature"]["outputs"]] == ["str"]
+    program = worker.ok("get_program", {"session_id": "sig", "program_id": "qa"})
+    assert program["instructions"] == "Answer questions with short factoid answers."
+    result = worker.ok("execute_program", {"session_id": "sig", "program_id": "qa",
+                                           "inputs": {"question": "capital of France?"}})
+    assert result["outputs"] == {"answer": "Paris"}
+    for kind, wire in (("integer", "int"), ("number", "float"), ("boolean", "bool")):
+        spec = worker.ok("create_program", {"session_id": "sig", "signature": {
+            "inputs": [{"name": "q", "type": kind}], "outputs": [{"name": "a"}]}})
+        assert spec["signature"]["inputs"][0]["type"] == wire
+    assert worker.invalid_fields("create_program", {"session_id": "sig", "signature": {
+        "docstring": "a", "instructions": "b", "outputs": [{"name": "a"}]}})

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from dspy_bridge.domain.field_schema import check_type, type_of
 from dspy_bridge.domain.field_types import FieldType, History, Image, contains
@@ -36,6 +36,9 @@ def check_field_name(name: Any) -> str:
     return name
 
 
+DSPEX_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool"}
+
+
 class FieldSpec(Args):
     name: str
     desc: Annotated[str, Field(max_length=5000)] | None = None
@@ -49,7 +52,8 @@ class FieldSpec(Args):
     @field_validator("type")
     @classmethod
     def _type(cls, value: Any) -> Any:
-        return check_type(value)
+        # DSPex's names for the scalar types (`type: "string"`) are taken as ours.
+        return check_type(DSPEX_TYPES.get(value, value) if isinstance(value, str) else value)
 
     def field_type(self) -> FieldType:
         return type_of(self.type)
@@ -70,7 +74,9 @@ class OutputFieldSpec(FieldSpec):
 
 class SignatureSpec(Args):
     name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,99}$")] | None = None
-    instructions: Annotated[str, Field(max_length=50_000)] | None = None
+    # DSPex calls the instructions `docstring`; either name is taken (not both).
+    instructions: Annotated[Annotated[str, Field(max_length=50_000)] | None, Field(
+        validation_alias=AliasChoices("instructions", "docstring"))] = None
     inputs: Annotated[list[FieldSpec], Field(max_length=MAX_FIELDS)] = Field(default_factory=list)
     outputs: Annotated[list[OutputFieldSpec], Field(min_length=1, max_length=MAX_FIELDS)]
 
