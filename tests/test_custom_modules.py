@@ -111,3 +111,31 @@ def test_a_listed_module_that_cannot_be_imported_fails_the_engine(
     event = worker.next_event("engine_failed", timeout=120)
     assert "no_such_module_anywhere" in event["error"]["message"]
     assert worker.call("ping")["engine"] == "failed"
+
+
+def test_an_operators_signature_class_registers_as_a_named_signature(
+    spawn: Callable[..., WorkerProcess],
+) -> None:
+    worker = custom_worker(spawn)
+    named = worker.call("register_signature", {"name": "BasicQA", "signature": {
+        "class": "custom_programs.qa:BasicQA"}})
+    signature = named["signature"]
+    assert signature["instructions"] == "Answer questions with short factoid answers."
+    assert [(f["name"], f["type"], f["desc"]) for f in signature["inputs"]] == [
+        ("question", "str", None), ("context", "Optional[list[str]]", "may be empty")]
+    assert [(f["name"], f["type"]) for f in signature["outputs"]] == [
+        ("answer", "str"), ("confidence", 'Literal["low", "high"]')]
+    worker.call("configure_lm", {"session_id": "s", "model": "mock",
+                                 "default": {"answer": "Paris", "confidence": "high"}})
+    worker.call("create_program", {"session_id": "s", "program_id": "qa",
+                                   "signature": {"ref": "BasicQA"}})
+    result = worker.call("execute_program", {"session_id": "s", "program_id": "qa",
+                                             "inputs": {"question": "capital?",
+                                                        "context": None}})
+    assert result["outputs"] == {"answer": "Paris", "confidence": "high"}
+    for name, field in (("custom_programs.qa:Unwireable", "signature.class"),
+                        ("custom_programs.qa:DraftThenPolish", "signature.class"),
+                        ("os:path", "signature.class")):
+        response = worker.request("register_signature", {"name": "X",
+                                                         "signature": {"class": name}})
+        assert names_field(response, field), response

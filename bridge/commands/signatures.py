@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from dspy_bridge.commands.common import engine_of
 from dspy_bridge.commands.table import CommandTable, RequestContext
 from dspy_bridge.domain.models import Args, SessionId
 from dspy_bridge.domain.sessions import NamedSignature, Session
@@ -60,7 +61,13 @@ def _not_found(name: str, session_id: str | None) -> BridgeError:
 
 @table.command("register_signature", RegisterSignatureArgs)
 async def register_signature(ctx: RequestContext, args: RegisterSignatureArgs) -> dict[str, Any]:
-    spec = parse_signature(args.signature)
+    signature = args.signature
+    if isinstance(signature, dict) and set(signature) == {"class"}:  # an operator's class
+        if not isinstance(signature["class"], str):
+            raise invalid_field("signature.class", "must be a class's name (MODULE:Class)")
+        engine = await engine_of(ctx)
+        signature = engine.signature_class(signature["class"], "signature.class")
+    spec = parse_signature(signature)
     named = NamedSignature(args.name, spec, len(codec.pack(spec.to_wire())))
     session = _scope(ctx, args.session_id, create=True)
     replaced = args.name in ctx.sessions.signatures_of(session)

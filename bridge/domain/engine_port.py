@@ -173,6 +173,8 @@ class Engine(Protocol):
 
     def check_tool_parameters(self, schema: dict[str, Any], field_name: str) -> None: ...
 
+    def signature_class(self, name: str, field_name: str) -> dict[str, Any]: ...
+
     async def execute(
         self,
         program: ProgramHandle,

@@ -34,7 +34,7 @@ from dspy_bridge.engine.cache import (
     install_cache,
 )
 from dspy_bridge.engine.compiling import open_checkpoint, run_compile
-from dspy_bridge.engine.custom import CustomCode
+from dspy_bridge.engine.custom import CustomCode, signature_document
 from dspy_bridge.engine.errors import (
     check_outputs,
     history_entry,
@@ -144,6 +144,10 @@ class Engine:
 
     def program_type(self, name: str, field_name: str = "program_type") -> ProgramType:
         return find_program_type(name, field_name, self._custom_types)
+
+    def signature_class(self, name: str, field_name: str) -> dict[str, Any]:
+        """An operator's `dspy.Signature` class, in the structured signature form."""
+        return signature_document(self.custom, name, field_name)
 
     def signature(self, spec: SignatureSpec, program_type: ProgramType) -> Any:
         return build_signature(spec, program_type)

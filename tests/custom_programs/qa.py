@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 from dspy import Predict  # imported here, not defined here: never creatable by name
@@ -38,4 +38,20 @@ class AsyncEcho(dspy.Module):  # type: ignore[misc]
         return self.say(text=text)
 
 
-__all__ = ["AsyncEcho", "DraftThenPolish", "Predict"]
+__all__ = ["AsyncEcho", "BasicQA", "DraftThenPolish", "Predict", "Unwireable"]
+
+
+class BasicQA(dspy.Signature):  # type: ignore[misc]
+    """Answer questions with short factoid answers."""
+
+    question: str = dspy.InputField()
+    context: list[str] | None = dspy.InputField(desc="may be empty")
+    answer: str = dspy.OutputField(desc="often between 1 and 5 words")
+    confidence: Literal["low", "high"] = dspy.OutputField()
+
+
+class Unwireable(dspy.Signature):  # type: ignore[misc]
+    """A field of a type the wire cannot carry."""
+
+    question: str = dspy.InputField()
+    answer: complex = dspy.OutputField()
