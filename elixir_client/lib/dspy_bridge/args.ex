@@ -6,8 +6,24 @@ defmodule DSPyBridge.Args do
   # Turns an LM given as a model string, keyword list or map into the
   # `configure_lm` arguments (string keys).
   @spec lm_args(String.t() | keyword() | map()) :: map()
+  # The DSPex form's `provider` may be an atom (`provider: :openai`): sent as its name.
   def lm_args(model) when is_binary(model), do: %{"model" => model}
-  def lm_args(lm), do: normalize(lm)
+
+  def lm_args(lm) do
+    case normalize(lm) do
+      %{"provider" => p} = lm when is_atom(p) and p not in [nil, true, false] ->
+        %{lm | "provider" => Atom.to_string(p)}
+
+      lm ->
+        lm
+    end
+  end
+
+  # The DSPex form's `lm_config` is `lm` (the worker takes either, not both).
+  def lm_config_as_lm(%{"lm_config" => lm} = args) when not is_map_key(args, "lm"),
+    do: args |> Map.delete("lm_config") |> Map.put("lm", lm)
+
+  def lm_config_as_lm(args), do: args
 
   # Keyword lists become maps and atom keys strings, recursively.
   def normalize(%DSPyBridge.MsgPack.Bin{} = bin), do: bin

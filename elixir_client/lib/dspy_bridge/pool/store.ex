@@ -12,7 +12,8 @@ defmodule DSPyBridge.Pool.Store do
   #   * `{{:rec, session_id, kind, key}, seq, command, args}` — what to replay:
   #     `kind` is `:lm` (the session's `configure_lm`), `:cache` (a worker-wide
   #     `configure_cache`), `:tool` (one host function's declaration, replayed
-  #     with the session's others in one `register_tools`) or `:program`
+  #     with the session's others in one `register_tools`), `:signature` (a
+  #     `register_signature` by its name) or `:program`
   #     (`create_program`/`import_program` with its program id). `session_id`
   #     `nil` is the default session, which lives on every worker;
   #   * `{{:fun, session_id, name}, run}` — a host function's implementation
@@ -33,6 +34,8 @@ defmodule DSPyBridge.Pool.Store do
           | {:delete_tool, String.t() | nil, String.t()}
           | {:put_program, String.t() | nil, String.t(), map()}
           | {:delete_program, String.t() | nil, String.t()}
+          | {:put_signature, String.t() | nil, String.t(), map()}
+          | {:delete_signature, String.t() | nil, String.t()}
           | {:delete_session, String.t() | nil}
 
   @doc false
@@ -125,9 +128,15 @@ defmodule DSPyBridge.Pool.Store do
         program_id =
           (is_map(result) && Map.get(result, "program_id")) || Map.get(args, "program_id")
 
-        args = Map.put(args, "program_id", program_id)
+        args = args |> Map.put("program_id", program_id) |> resolved_signature(result)
         # keep the first seq so replay order stays creation order
         put(table, {:rec, session, :program, program_id}, command, args)
+
+      {:put_signature, session, name, args} ->
+        put(table, {:rec, session, :signature, name}, "register_signature", args)
+
+      {:delete_signature, session, name} ->
+        :ets.delete(table, {:rec, session, :signature, name})
 
       {:delete_program, session, program_id} ->
         :ets.delete(table, {:rec, session, :program, program_id})
@@ -140,6 +149,19 @@ defmodule DSPyBridge.Pool.Store do
   rescue
     ArgumentError -> :ok
   end
+
+  # A program made from a named signature (`signature: %{ref: name}`) keeps the
+  # signature it was made from, whatever the name holds later: its record
+  # replays the signature the worker resolved, not the name.
+  defp resolved_signature(%{"signature" => %{"ref" => _}} = args, result) do
+    case is_map(result) && Map.get(result, "signature") do
+      %{} = signature -> Map.put(args, "signature", signature)
+      signature when is_binary(signature) -> Map.put(args, "signature", signature)
+      _ -> args
+    end
+  end
+
+  defp resolved_signature(args, _result), do: args
 
   defp put(table, key, command, args) do
     seq = System.unique_integer([:monotonic, :positive])
@@ -220,8 +242,8 @@ defmodule DSPyBridge.Pool.Store do
   The batches of commands to replay into the worker at `index` of a pool of
   `size`: first the host functions, one `register_tools` per session (so
   that LM configurations and programs naming them find them declared), then
-  every LM and cache configuration (sent concurrently), then every program
-  (sent concurrently, in creation order).
+  every LM and cache configuration and named signature (sent concurrently),
+  then every program (sent concurrently, in creation order).
   """
   @spec replay_batches(atom(), non_neg_integer(), pos_integer()) :: [[{String.t(), map()}]]
   def replay_batches(table, index, size) do
@@ -237,7 +259,9 @@ defmodule DSPyBridge.Pool.Store do
       Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} -> kind == :tool end)
 
     {config, programs} =
-      Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} -> kind in [:lm, :cache] end)
+      Enum.split_with(records, fn {{:rec, _, kind, _}, _, _, _} ->
+        kind in [:lm, :cache, :signature]
+      end)
 
     [tool_commands(tools), to_commands(config), to_commands(programs)]
   end
