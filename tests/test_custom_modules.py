@@ -97,6 +97,7 @@ def test_only_the_listed_modules_classes_can_be_named(
         **base, "program_type": TYPE, "init": {"style": "loud"}}), "init")
     assert names_field(worker.request("create_program", {
         **base, "program_type": TYPE, "init": {"colour": "red"}}), "init")
+    assert worker.call("list_programs", {"session_id": "n"})["programs"] == []
     assert names_field(worker.request("create_program", {
         **base, "program_type": TYPE, "init": {}, "options": {"init": {}}}), "init")
     plain = spawn()  # without --modules nothing custom exists

@@ -667,6 +667,8 @@ def test_import_rejects_bad_documents(worker: RecordingWorker, change: Any, fiel
     change(document)
     assert field in worker.invalid_fields("import_program", {"session_id": "imp-dst",
                                                              "document": document})
+    # nothing was made of it: not even the session it named
+    assert worker.ok("list_sessions", {"session_id": "imp-dst"})["sessions"] == []
 
 
 # ----- timeout and cancel -----

@@ -61,10 +61,10 @@ def find_program(ctx: RequestContext, session_id: str | None, program_id: str) -
     return find_session_program(ctx, session_id, program_id)[1]
 
 
-def new_program_id(session: Session) -> str:
+def new_program_id(session: Session | None) -> str:
     while True:
         candidate = "prog_" + secrets.token_hex(6)
-        if candidate not in session.programs:
+        if session is None or candidate not in session.programs:
             return candidate
 
 

@@ -50,22 +50,25 @@ def insert_program(
     here awaits: the id check and the insertion are one step (and the host functions the
     options name are the session's at that step)."""
     store = ctx.sessions
-    session = store.get_or_create(session_id)
-    options = check_options(type_name, raw_options, session.tools, options_field)
-    if requested_id is not None and requested_id in session.programs:
+    existing = store.get(session_id)
+    tools = {} if existing is None else existing.tools
+    # Everything is checked before a new session comes into being for the program.
+    options = check_options(type_name, raw_options, tools, options_field)
+    if existing is not None and requested_id is not None and requested_id in existing.programs:
         raise BridgeError(
             ErrorType.ALREADY_EXISTS,
-            f"session {session.session_id!r} already has a program {requested_id!r}",
-            details={"session_id": session.session_id, "program_id": requested_id},
+            f"session {existing.session_id!r} already has a program {requested_id!r}",
+            details={"session_id": existing.session_id, "program_id": requested_id},
         )
-    program_id = requested_id or new_program_id(session)
     if state is not None:
         state = engine.check_state(spec, engine.program_type(type_name), state, options,
-                                   session.tools)
+                                   tools)
+    program_id = requested_id or new_program_id(existing)
     program = engine.build_program(
-        program_id, session.session_id, spec, type_name, lm, demos, state, options,
-        session.tools,
+        program_id, store.resolve_id(session_id), spec, type_name, lm, demos, state, options,
+        tools,
     )
+    session = existing or store.get_or_create(session_id)
     store.add_program(session, program)
     return {
         "program_id": program_id,
