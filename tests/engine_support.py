@@ -3,6 +3,9 @@ secret scan), and short request helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import WorkerProcess
@@ -56,6 +59,42 @@ class RecordingWorker(WorkerProcess):
         except OSError:
             return  # the worker has exited
         assert TEST_API_KEY not in worker_env
+
+
+AUDIT_HOOK = '''
+import sys
+
+def _audit(event, args):
+    if event == "socket.connect":
+        address = args[1]
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(address, tuple) and host not in ("127.0.0.1", "::1", "localhost"):
+            sys.stderr.write(f"NON_LOCAL_NETWORK connect {host}\\n")
+    elif event == "socket.getaddrinfo":
+        host = args[0]
+        if host not in (None, "127.0.0.1", "::1", "localhost"):
+            sys.stderr.write(f"NON_LOCAL_NETWORK lookup {host!r}\\n")
+
+sys.addaudithook(_audit)
+'''
+
+
+@contextmanager
+def offline_worker(tmp_path_factory: Any) -> Iterator[RecordingWorker]:
+    """A worker that reports (on stderr) every connection or name lookup off the loopback
+    interface, with an empty HOME and no provider environment; at the end, the test
+    fails if it reported one or wrote anything under HOME."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
+    home = tmp_path_factory.mktemp("home")
+    process = RecordingWorker(env={"PYTHONPATH": str(site), "HOME": str(home),
+                                   "OPENAI_API_KEY": "", "OPENAI_API_BASE": ""})
+    try:
+        yield process
+    finally:
+        process.close()
+    assert "NON_LOCAL_NETWORK" not in process.stderr_text()
+    assert list(Path(home).iterdir()) == []
 
 
 def mock_lm(name: str, **options: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,46 +18,22 @@ from tests.engine_support import (
     ENV_KEY_NAME,
     TEST_API_KEY,
     RecordingWorker,
+    offline_worker,
 )
-from tests.fake_openai_server import FakeOpenAI
-
-AUDIT_HOOK = '''
-import sys
-
-def _audit(event, args):
-    if event == "socket.connect":
-        address = args[1]
-        host = address[0] if isinstance(address, tuple) else str(address)
-        if isinstance(address, tuple) and host not in ("127.0.0.1", "::1", "localhost"):
-            sys.stderr.write(f"NON_LOCAL_NETWORK connect {host}\\n")
-    elif event == "socket.getaddrinfo":
-        host = args[0]
-        if host not in (None, "127.0.0.1", "::1", "localhost"):
-            sys.stderr.write(f"NON_LOCAL_NETWORK lookup {host!r}\\n")
-
-sys.addaudithook(_audit)
-'''
+from tests.fake_openai_server import FakeOpenAI, fake_openai
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI().start()
-    yield fake
-    fake.stop()
+    with fake_openai() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingWorker]:
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
-    home = tmp_path_factory.mktemp("home")
-    process = RecordingWorker(env={"PYTHONPATH": str(site), "HOME": str(home),
-                                   "OPENAI_API_KEY": "", "OPENAI_API_BASE": ""})
-    yield process
-    process.close()
-    process.assert_no_secret_leaked()
-    assert "NON_LOCAL_NETWORK" not in process.stderr_text()
-    assert list(Path(home).iterdir()) == []
+    with offline_worker(tmp_path_factory) as process:
+        yield process
+        process.assert_no_secret_leaked()
 
 
 def configure(worker: RecordingWorker, server: FakeOpenAI, sid: str, **settings: Any) -> None:

@@ -16,7 +16,6 @@ import itertools
 import json
 import string
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import pydantic
@@ -29,9 +28,8 @@ from dspy_bridge.domain.field_schema import check_type, type_of
 from dspy_bridge.domain.field_values import image_problem
 from dspy_bridge.domain.signatures import check_inputs, check_value, parse_signature
 from dspy_bridge.protocol.errors import BridgeError
-from tests.engine_support import RecordingWorker, mock_lm
-from tests.fake_openai_server import FakeOpenAI
-from tests.test_engine_provider import AUDIT_HOOK
+from tests.engine_support import RecordingWorker, mock_lm, offline_worker
+from tests.fake_openai_server import FakeOpenAI, fake_openai
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGA"
                        "WjR9awAAAABJRU5ErkJggg==")
@@ -569,23 +567,15 @@ def test_typed_signatures_register_export_and_import_unchanged(worker: Recording
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI().start()
-    yield fake
-    fake.stop()
+    with fake_openai() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def provider_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingWorker]:
     """A worker whose every connection or lookup off the loopback interface is reported."""
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
-    home = tmp_path_factory.mktemp("home")
-    process = RecordingWorker(env={"PYTHONPATH": str(site), "HOME": str(home),
-                                   "OPENAI_API_KEY": "", "OPENAI_API_BASE": ""})
-    yield process
-    process.close()
-    assert "NON_LOCAL_NETWORK" not in process.stderr_text()
-    assert list(Path(home).iterdir()) == []
+    with offline_worker(tmp_path_factory) as process:
+        yield process
 
 
 def provider_call(worker: RecordingWorker, server: FakeOpenAI, signature: Any,
