@@ -7,10 +7,13 @@ defmodule DSPyBridge.Command do
     1. the `:python` option given to the pool or worker;
     2. `config :dspy_bridge, python: "/path/to/python"`;
     3. the `DSPY_BRIDGE_PYTHON` environment variable;
-    4. this repository's virtualenv, `../.venv/bin/python` relative to the
+    4. the virtualenv `mix dspy_bridge.setup` creates by default,
+       `_build/dspy_bridge/venv/bin/python` of the application (found from
+       this application's directory, `<root>/_build/<env>/lib/dspy_bridge`);
+    5. this repository's virtualenv, `../.venv/bin/python` relative to the
        Mix project (so the client works in the repository with no set-up
        beyond `make`);
-    5. `python3` on the `PATH`.
+    6. `python3` on the `PATH`.
 
   The default arguments are `#{inspect(DSPyBridge.Options.default(:command, :args))}`; `:extra_args` are
   appended (e.g. `["--enable-test-commands"]`). `-P` keeps the working
@@ -23,11 +26,11 @@ defmodule DSPyBridge.Command do
   @typedoc """
   A resolved command: executable, arguments, environment and directory, and
   `source`, the setting that chose the interpreter (`:option`, `:config`,
-  `:env`, `:venv` or `:path`).
+  `:env`, `:setup`, `:venv` or `:path`).
   """
   @type t :: %{
           python: String.t(),
-          source: :option | :config | :env | :venv | :path,
+          source: :option | :config | :env | :setup | :venv | :path,
           args: [String.t()],
           env: [{charlist(), charlist() | false}],
           cd: String.t() | nil
@@ -56,6 +59,7 @@ defmodule DSPyBridge.Command do
         opts[:python] -> {:option, opts[:python]}
         python = Application.get_env(:dspy_bridge, :python) -> {:config, python}
         python = System.get_env("DSPY_BRIDGE_PYTHON") -> {:env, python}
+        python = setup_python() -> {:setup, python}
         File.exists?(venv_python) -> {:venv, venv_python}
         true -> {:path, System.find_executable("python3") || "python3"}
       end
@@ -75,6 +79,23 @@ defmodule DSPyBridge.Command do
       env: Enum.map(opts[:env], &env_pair/1),
       cd: opts[:cd]
     }
+  end
+
+  @doc """
+  The interpreter of the virtualenv `mix dspy_bridge.setup` creates by
+  default (`_build/dspy_bridge/venv/bin/python`, next to the build directory
+  this application was loaded from), or `nil` when there is none.
+  """
+  @spec setup_python() :: String.t() | nil
+  def setup_python do
+    case :code.lib_dir(:dspy_bridge) do
+      dir when is_list(dir) ->
+        python = Path.expand("../../../dspy_bridge/venv/bin/python", to_string(dir))
+        if File.exists?(python), do: python
+
+      _ ->
+        nil
+    end
   end
 
   defp env_pair({k, nil}), do: {to_charlist(k), false}

@@ -17,7 +17,8 @@ defmodule DSPyBridge.Options.Schema do
       type: :string,
       doc:
         "the Python interpreter (else `config :dspy_bridge, python:`, " <>
-          "`DSPY_BRIDGE_PYTHON`, the repository's `.venv`, `python3`)"
+          "`DSPY_BRIDGE_PYTHON`, `_build/dspy_bridge/venv` of `mix dspy_bridge.setup`, " <>
+          "the repository's `.venv`, `python3`)"
     ],
     args: [
       type: :list,

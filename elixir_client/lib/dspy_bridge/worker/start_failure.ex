@@ -150,12 +150,14 @@ defmodule DSPyBridge.Worker.StartFailure do
       "This interpreter was chosen by #{source(cmd[:source])}. To choose another, set " <>
         "(first one wins) the `:python` option of the pool or worker, " <>
         "`config :dspy_bridge, python: \"/path/to/python\"`, or the DSPY_BRIDGE_PYTHON " <>
-        "environment variable; with none of them set, the repository's .venv is used, " <>
+        "environment variable; with none of them set, the virtualenv of `mix dspy_bridge.setup` " <>
+        "(_build/dspy_bridge/venv), else the repository's .venv is used, " <>
         "else `python3` on the PATH."
 
     if Enum.any?(stderr, &(&1 =~ ~r/No module named '?dspy_bridge'?/)) do
       "#{cmd.python} does not have the dspy_bridge package: install it into that " <>
-        "interpreter (`#{cmd.python} -m pip install #{repo_root()}`) or choose another " <>
+        "interpreter (`#{cmd.python} -m pip install #{repo_root()}`, or run " <>
+        "`mix dspy_bridge.setup`) or choose another " <>
         "interpreter. " <> setting
     else
       setting
@@ -165,6 +167,7 @@ defmodule DSPyBridge.Worker.StartFailure do
   defp source(:option), do: "the `:python` option"
   defp source(:config), do: "`config :dspy_bridge, python:`"
   defp source(:env), do: "the DSPY_BRIDGE_PYTHON environment variable"
+  defp source(:setup), do: "the virtualenv of `mix dspy_bridge.setup` (no setting was given)"
   defp source(:venv), do: "the repository's .venv (no setting was given)"
   defp source(:path), do: "`python3` on the PATH (no setting was given)"
   defp source(_), do: "an unknown setting"
