@@ -17,6 +17,7 @@ from dspy_bridge.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     max_in_flight: int = 256
+    max_in_flight_bytes: int = 256 * 1024 * 1024
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_frame_items: int = DEFAULT_MAX_ITEMS
     max_reply_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -66,6 +67,7 @@ class WorkerOptions:
             "max_frame_items": self.max_frame_items,
             "max_reply_bytes": self.max_reply_bytes,
             "max_in_flight": self.max_in_flight,
+            "max_in_flight_bytes": self.max_in_flight_bytes,
             "max_input_bytes": self.max_input_bytes,
         }
 
@@ -93,6 +95,8 @@ def _positive_float(text: str) -> float:
 # The positive-integer flags (`--max-in-flight` sets `max_in_flight`): name and help.
 COUNT_FLAGS: dict[str, str] = {
     "max_in_flight": "concurrent requests beyond which work is refused with limit_exceeded",
+    "max_in_flight_bytes": "frame bytes of the requests in flight beyond which new work is "
+    "refused with limit_exceeded",
     "max_frame_bytes": "largest accepted frame; larger frames are skipped with invalid_frame",
     "max_frame_items": "most msgpack items (entries, elements, containers) in one frame",
     "max_reply_bytes": "largest frame the worker sends; a larger reply becomes limit_exceeded",

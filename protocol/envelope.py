@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from dspy_bridge.protocol.errors import MAX_FIELD_ERRORS, BridgeError, ErrorType, invalid_fields
 
@@ -20,6 +20,12 @@ class Request(BaseModel):
     command: Annotated[str, Field(min_length=1)]
     args: dict[Any, Any] = Field(default_factory=dict)
     timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    # The msgpack size of the frame it came in (not a wire field: set by the reader).
+    _frame_bytes: int = PrivateAttr(default=0)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self._frame_bytes
 
     @field_validator("args", "timeout_ms", mode="before")
     @classmethod

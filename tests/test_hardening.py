@@ -590,3 +590,28 @@ def test_latency_percentiles_never_exceed_the_maximum(spawn: Any) -> None:
     for command, figures in worker.call("get_stats")["latency_ms"].items():
         assert figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"], (
             command, figures)
+
+
+def test_the_requests_in_flight_are_bounded_in_bytes(spawn: Any) -> None:
+    """Past --max-in-flight-bytes new work is refused (retryable), control commands still
+    pass, and room comes back as requests answer."""
+    worker = spawn("--max-in-flight-bytes", "20000", "--enable-test-commands")
+    assert worker.ready["limits"]["max_in_flight_bytes"] == 20000
+    worker.call("configure_lm", {"session_id": "b", "model": "mock", "latency_ms": 60_000,
+                                 "default": "x", "cache": False})
+    worker.call("create_program", {"session_id": "b", "program_id": "p",
+                                   "signature": "question -> answer"})
+    big = {"session_id": "b", "program_id": "p", "inputs": {"question": "q" * 12_000}}
+    first = worker.start("execute_program", big)
+    worker.call("ping")  # the first is admitted and running
+    refused = worker.request("execute_program", big)
+    assert refused["error"]["type"] == "limit_exceeded" and refused["error"]["retryable"]
+    assert refused["error"]["details"]["limit"] == "max_in_flight_bytes"
+    small = worker.start("echo", {"value": "small enough"})
+    assert worker.response(small)["result"] == "small enough"
+    assert worker.call("get_stats")["in_flight"] == 1
+    assert worker.call("cancel", {"request_id": first}) == {"cancelled": True}
+    assert worker.response(first)["error"]["type"] == "cancelled"
+    again = worker.start("execute_program", {**big, "inputs": {"question": "r" * 12_000}})
+    worker.call("ping")
+    assert worker.call("cancel", {"request_id": again}) == {"cancelled": True}  # admitted

@@ -38,6 +38,8 @@ class State:
     shutting_down: bool = False
     work_in_flight: int = 0
     max_in_flight: int = 2
+    work_bytes_in_flight: int = 0
+    max_in_flight_bytes: int = 1000
     engine_state: str = "ready"
 
     def engine_error(self) -> BridgeError:
@@ -79,8 +81,21 @@ def test_the_first_check_in_the_chain_wins() -> None:
     )
     assert refused(WORK, engine_state="failed", work_in_flight=9) == "engine_unavailable"
     assert [check.__name__ for check in CHECKS] == [
-        "not_shutting_down", "engine_available", "room_in_flight",
+        "not_shutting_down", "engine_available", "room_in_flight", "bytes_in_flight",
     ]
+
+
+def test_the_bytes_in_flight_bound_spares_control_and_a_lone_request() -> None:
+    big = Request(id=2, command="x")
+    big._frame_bytes = 5000
+    assert refusal(big, WORK, State()) is None  # alone, any size is admitted
+    error = refusal(big, WORK, State(work_in_flight=1, work_bytes_in_flight=10))
+    assert error is not None and error.details is not None
+    assert error.details["limit"] == "max_in_flight_bytes" and error.retryable
+    assert refusal(big, CONTROL, State(work_in_flight=1, work_bytes_in_flight=999)) is None
+    small = Request(id=3, command="x")
+    small._frame_bytes = 100
+    assert refusal(small, WORK, State(work_in_flight=1, work_bytes_in_flight=900)) is None
 
 
 def test_the_in_flight_table_counts_work_as_requests_come_and_go() -> None:

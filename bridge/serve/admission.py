@@ -31,6 +31,12 @@ class AdmissionState(Protocol):
     def max_in_flight(self) -> int: ...
 
     @property
+    def work_bytes_in_flight(self) -> int: ...
+
+    @property
+    def max_in_flight_bytes(self) -> int: ...
+
+    @property
     def engine_state(self) -> str: ...
 
     def engine_error(self) -> BridgeError: ...
@@ -71,8 +77,29 @@ def room_in_flight(
     return None
 
 
+def bytes_in_flight(
+    request: Request, spec: CommandSpec[Any], state: AdmissionState
+) -> BridgeError | None:
+    # The requests a worker holds are bounded in bytes too: 256 requests of 64 MiB each
+    # would be 16 GiB. One request alone may always be admitted (its frame was read).
+    if spec.control or state.work_bytes_in_flight == 0:
+        return None
+    if state.work_bytes_in_flight + request.frame_bytes > state.max_in_flight_bytes:
+        return BridgeError(
+            ErrorType.LIMIT_EXCEEDED,
+            f"the requests in flight already hold {state.work_bytes_in_flight} bytes; this "
+            f"one's {request.frame_bytes} would pass {state.max_in_flight_bytes}",
+            details={"limit": "max_in_flight_bytes",
+                     "max_in_flight_bytes": state.max_in_flight_bytes,
+                     "in_flight_bytes": state.work_bytes_in_flight,
+                     "size": request.frame_bytes},
+        )
+    return None
+
+
 # An id still in flight never gets here: the Connection refuses it as it is read.
-CHECKS: tuple[Check, ...] = (not_shutting_down, engine_available, room_in_flight)
+CHECKS: tuple[Check, ...] = (not_shutting_down, engine_available, room_in_flight,
+                             bytes_in_flight)
 
 
 def refusal(request: Request, spec: CommandSpec[Any], state: AdmissionState) -> BridgeError | None:

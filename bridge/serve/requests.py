@@ -16,6 +16,7 @@ class InFlight:
     command: str
     control: bool
     started: float
+    frame_bytes: int = 0
     task: asyncio.Task[None] | None = None
     # Set when the worker stops the task on purpose; it then answers with this error.
     abandon_error: BridgeError | None = None
@@ -28,6 +29,7 @@ class InFlightTable:
     def __init__(self) -> None:
         self._entries: dict[RequestId, InFlight] = {}
         self.work = 0
+        self.work_bytes = 0  # the frame bytes of the non-control ones
 
     def __contains__(self, request_id: RequestId) -> bool:
         return request_id in self._entries
@@ -37,11 +39,15 @@ class InFlightTable:
 
     def add(self, request_id: RequestId, entry: InFlight) -> None:
         self._entries[request_id] = entry
-        self.work += not entry.control
+        if not entry.control:
+            self.work += 1
+            self.work_bytes += entry.frame_bytes
 
     def remove(self, request_id: RequestId) -> None:
         entry = self._entries.pop(request_id)
-        self.work -= not entry.control
+        if not entry.control:
+            self.work -= 1
+            self.work_bytes -= entry.frame_bytes
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [entry.task for entry in self._entries.values() if entry.task is not None]

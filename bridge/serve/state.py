@@ -22,6 +22,7 @@ class ServingState:
         self,
         worker_id: str,
         max_in_flight: int,
+        max_in_flight_bytes: int,
         in_flight: InFlightTable,
         lifecycle: Lifecycle,
         engine_loader: EngineLoader,
@@ -32,6 +33,7 @@ class ServingState:
     ) -> None:
         self.worker_id = worker_id
         self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
         self.stats = stats
         self.outbox_budget = outbox_budget
         self.log_queue = log_queue
@@ -52,6 +54,10 @@ class ServingState:
     @property
     def work_in_flight(self) -> int:
         return self._in_flight.work
+
+    @property
+    def work_bytes_in_flight(self) -> int:
+        return self._in_flight.work_bytes
 
     @property
     def engine_state(self) -> str:

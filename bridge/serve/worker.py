@@ -87,7 +87,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._lifecycle = Lifecycle(self._loop, self.in_flight, self._log)
         self._state = ServingState(
-            self.worker_id, self.options.max_in_flight, self.in_flight, self._lifecycle,
+            self.worker_id, self.options.max_in_flight, self.options.max_in_flight_bytes,
+            self.in_flight, self._lifecycle,
             self.engine_loader, self.stats, self.outbox_budget, self.log_queue, self.callbacks,
         )
         self.outbound.observe("outgoing", self._ready)  # `ready` went out in bridge/startup
@@ -194,7 +195,8 @@ class Worker:
         if error is not None:
             self.outbound.refuse(item.id, item.command, error, received)
             return
-        entry = InFlight(item.command, spec.control, started=received)
+        entry = InFlight(item.command, spec.control, started=received,
+                         frame_bytes=item.frame_bytes)
         self.in_flight.add(item.id, entry)
         self.stats.observe_in_flight(self.in_flight.work)
         calls = self._callbacks_for(item, args) if spec.needs_engine else None
