@@ -111,6 +111,15 @@ defmodule DSPyBridge.Worker do
   `DSPyBridge.Error.from_wire/1`). Events the client does not know are
   passed on to subscribers.
 
+  ## Recycling
+
+  With `:max_requests` or `:max_age_ms`, a ready worker replaces its OS
+  process after that many requests, or that long: new requests wait in its
+  queue, those in flight finish, the OS process is sent `shutdown`, and a
+  fresh one starts and is replayed (as after a restart, but in the same
+  Erlang process: no caller fails) before it serves the queue; a
+  `"worker_recycled"` event is emitted and `info/1`'s `:recycles` counts it.
+
   ## Stopping
 
   `terminate/3` (the process traps exits) sends `shutdown` with
@@ -163,6 +172,7 @@ defmodule DSPyBridge.Worker do
     Frames,
     HostCalls,
     Outbound,
+    Recycle,
     Replayer,
     Replies,
     Request,
@@ -319,8 +329,8 @@ defmodule DSPyBridge.Worker do
   refused before sending), `:unexpected_frames` (frames from the worker
   that were undecodable, malformed, or answered no pending request) and
   `:callbacks` (host function calls the worker asked for),
-  `:callbacks_running` (those running now), and the `ready` event as
-  `:ready`.
+  `:callbacks_running` (those running now), `:recycles` (see
+  "Recycling"), and the `ready` event as `:ready`.
   """
   @spec info(server()) :: map()
   def info(server), do: GenServer.call(server, :info)
@@ -339,7 +349,8 @@ defmodule DSPyBridge.Worker do
   #
   # States: :starting (port open, waiting for `ready`) -> :replaying (init
   # commands and replay in flight) -> :ready (serving) -> :draining (asked to
-  # shut down; new requests get :shutting_down). The worker's death, a ready
+  # shut down; new requests get :shutting_down), and :ready -> :recycling ->
+  # :starting at a recycling limit. The worker's death, a ready
   # timeout or an engine failure stops the process from any state. Side
   # effects of a state (registering with the pool, starting the replay,
   # answering ready waiters, sending the queue) run on entering it.
@@ -360,13 +371,15 @@ defmodule DSPyBridge.Worker do
 
     ready_timeout = Keyword.fetch!(opts, :ready_timeout)
 
-    case Effects.open(Command.resolve(opts), ready_timeout) do
+    command = Command.resolve(opts)
+
+    case Effects.open(command, ready_timeout) do
       {:error, {:spawn_failed, _python, error} = reason} ->
         Logger.error("dspy_bridge worker not started: #{error.message}")
         {:stop, reason}
 
       {:ok, port, os_pid, start} ->
-        data = %{Data.new(opts, port, os_pid) | start: start}
+        data = %{Data.new(opts, port, os_pid) | start: start, command: command}
         Effects.hook(data, :on_start, [])
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
@@ -410,17 +423,34 @@ defmodule DSPyBridge.Worker do
     Enum.each(data.ready_waiters, &:gen_statem.reply(&1, :ok))
     data = %{data | ready_waiters: []}
     Effects.register(data, :ready)
-    {:keep_state, Outbound.drain_queue(data), [{{:timeout, :ready}, :cancel}]}
+    {data, actions} = Recycle.drain_queue(data)
+    {:keep_state, data, [{{:timeout, :ready}, :cancel}] ++ Recycle.age_timer(data) ++ actions}
   end
 
   def ready({:call, from}, {:request, _, _, _, _, _} = msg, data),
-    do: Admission.admit(data, from, msg)
+    do: data |> Admission.admit(from, msg) |> Recycle.admitted()
 
   def ready(:cast, {:listened, from, listener, {:request, _, _, _, _, _} = msg}, data),
-    do: Admission.admit(data, from, msg, listener)
+    do: data |> Admission.admit(from, msg, listener) |> Recycle.admitted()
+
+  def ready({:timeout, :recycle}, _limit, data), do: {:next_state, :recycling, data}
 
   def ready({:call, from}, :await_ready, _data), do: {:keep_state_and_data, [{:reply, from, :ok}]}
   def ready(type, event, data), do: common(type, event, :ready, data)
+
+  # :recycling (see Worker.Recycle): requests wait, as while :starting.
+  @doc false
+  def recycling(:enter, _old, data), do: Recycle.enter(data)
+
+  def recycling(
+        :info,
+        {port, {:exit_status, status}},
+        %Data{port: port, recycle: %{stopping: true}} = data
+      ),
+      do: Recycle.exited(data, status)
+
+  def recycling(:state_timeout, :kill, data), do: Recycle.kill(data)
+  def recycling(type, event, data), do: Recycle.check(not_ready(type, event, :recycling, data))
 
   @doc false
   def draining(:enter, _old, _data), do: :keep_state_and_data

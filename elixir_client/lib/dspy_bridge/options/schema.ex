@@ -76,6 +76,17 @@ defmodule DSPyBridge.Options.Schema do
       default: 2_000,
       doc: "ms to wait beyond the grace for the OS process to exit before SIGKILL"
     ],
+    max_requests: [
+      type: :pos_integer,
+      doc:
+        "recycles the worker after this many requests: its OS process is replaced " <>
+          "by a fresh one (with the replay) once what is in flight is answered"
+    ],
+    max_age_ms: [
+      type: :pos_integer,
+      doc:
+        "recycles the worker (like `:max_requests`) once its OS process has served this many ms"
+    ],
     init_commands: [
       type: :list,
       default: [],
@@ -112,7 +123,9 @@ defmodule DSPyBridge.Options.Schema do
     :overflow,
     :worker_timeout_margin,
     :shutdown_grace,
-    :kill_after
+    :kill_after,
+    :max_requests,
+    :max_age_ms
   ]
 
   @pool [

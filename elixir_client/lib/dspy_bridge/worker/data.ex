@@ -19,7 +19,8 @@ defmodule DSPyBridge.Worker.Data do
     :overloaded,
     :limit_exceeded,
     :unexpected_frames,
-    :callbacks
+    :callbacks,
+    :recycles
   ]
 
   @enforce_keys [:port, :os_pid]
@@ -43,6 +44,9 @@ defmodule DSPyBridge.Worker.Data do
     :started_at,
     :counters,
     :start,
+    :command,
+    :ready_timeout,
+    recycle: %{max_requests: nil, max_age_ms: nil, served: 0, stopping: false},
     init_commands: [],
     ready_waiters: [],
     exited: false
@@ -57,6 +61,7 @@ defmodule DSPyBridge.Worker.Data do
           | :limit_exceeded
           | :unexpected_frames
           | :callbacks
+          | :recycles
 
   @type t :: %__MODULE__{
           port: port(),
@@ -78,6 +83,9 @@ defmodule DSPyBridge.Worker.Data do
           started_at: integer(),
           counters: %{counter() => non_neg_integer()},
           start: map() | nil,
+          command: map() | nil,
+          ready_timeout: pos_integer() | nil,
+          recycle: map(),
           init_commands: [{String.t(), map()}],
           ready_waiters: [GenServer.from()],
           exited: boolean()
@@ -102,6 +110,13 @@ defmodule DSPyBridge.Worker.Data do
       margin: Keyword.fetch!(opts, :worker_timeout_margin),
       grace: Keyword.fetch!(opts, :shutdown_grace),
       kill_after: Keyword.fetch!(opts, :kill_after),
+      ready_timeout: Keyword.fetch!(opts, :ready_timeout),
+      recycle: %{
+        max_requests: opts[:max_requests],
+        max_age_ms: opts[:max_age_ms],
+        served: 0,
+        stopping: false
+      },
       limits: Protocol.default_limits(),
       requests: Requests.new(),
       callbacks: Callbacks.new(),
