@@ -20,6 +20,7 @@ from dspy_bridge.domain.engine_port import Engine, LmHandle, MetricHandle, Progr
 from dspy_bridge.domain.host import HostCaller, HostCallFailed, Purpose, unit_score
 from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
+from dspy_bridge.domain.progress import ProgressCounter
 from dspy_bridge.domain.sessions import Session
 from dspy_bridge.domain.signatures import check_inputs
 from dspy_bridge.domain.usage import merge_usage
@@ -29,7 +30,6 @@ table = CommandTable(needs_engine=True)
 
 MAX_EXAMPLES = 10_000
 MAX_FAILED_REPORTED = 100
-PROGRESS_EVERY_S = 0.25  # progress events at most this often, however fast examples go
 
 
 class EvaluateProgramArgs(Args):
@@ -72,22 +72,17 @@ def split_examples(
 class Evaluation:
     """The examples' outcomes as they come in, and the progress events they earn."""
 
-    def __init__(self, ctx: RequestContext, metric: MetricHandle, total: int) -> None:
-        self._ctx, self._metric, self.total = ctx, metric, total
+    def __init__(self, ctx: RequestContext, total: int) -> None:
         self.results: list[dict[str, Any] | None] = [None] * total
-        self.done = 0
-        self.score_sum = 0.0
-        self._last_progress = 0.0
+
+        def report(done: int, total: int, score: float | None) -> None:
+            ctx.progress(stage="evaluate", done=done, total=total, score=score)
+
+        self.progress = ProgressCounter(total, report)
 
     def add(self, index: int, result: dict[str, Any]) -> None:
         self.results[index] = result
-        self.done += 1
-        self.score_sum += result["score"]
-        now = time.monotonic()
-        if self.done == self.total or now - self._last_progress >= PROGRESS_EVERY_S:
-            self._last_progress = now
-            self._ctx.progress(stage="evaluate", done=self.done, total=self.total,
-                               score=round(self.score_sum / self.done, 6))
+        self.progress.tick(result["score"])
 
 
 async def _run_example(
@@ -141,7 +136,7 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
         check_host_metric(metric, call.session)
         examples = split_examples(program, args.devset, metric.field)
         lm, source = await call.lm(ctx, engine)
-        evaluation = Evaluation(ctx, metric, len(examples))
+        evaluation = Evaluation(ctx, len(examples))
         room = asyncio.Semaphore(args.max_concurrency)
 
         async def one(index: int, inputs: dict[str, Any], expected: Any) -> None:
@@ -157,7 +152,7 @@ async def evaluate_program(ctx: RequestContext, args: EvaluateProgramArgs) -> di
                if result is not None]
     failed = [result for result in results if not result["passed"]]
     reply: dict[str, Any] = {
-        "score": round(evaluation.score_sum / len(results), 6),
+        "score": round(evaluation.progress.mean, 6),
         "total": len(results),
         "passed": len(results) - len(failed),
         "failed_examples": failed[:MAX_FAILED_REPORTED],

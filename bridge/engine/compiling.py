@@ -17,10 +17,10 @@ import diskcache
 import dspy
 
 from dspy_bridge.domain.engine_port import CompileOutcome, CompileRequest
+from dspy_bridge.domain.progress import ProgressCounter
 from dspy_bridge.engine.optimizers import (
     OPTIMIZERS,
     CompileJob,
-    Progress,
     dspy_metric,
     estimated_metric_calls,
     stoppable,
@@ -50,7 +50,7 @@ def run_compile(program: ProgramHandle, lm: Any, request: CompileRequest,
     threads = int(getattr(options, "num_threads", 1))
     estimate = estimated_metric_calls(request.optimizer, options, len(train),
                                       len(val or train)) + 2 * len(val or [])
-    progress = Progress(estimate, request.report)
+    progress = ProgressCounter(estimate, request.report, estimated=True)
     metric = dspy_metric(request.metric, progress)  # type: ignore[arg-type]
     prompt_lm = None if request.prompt_lm is None else stoppable(
         request.prompt_lm.lm, lm._bridge_stop)  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +28,11 @@ from dspy_bridge.domain.optimizers import (
     RandomSearchOptions,
     SimbaOptions,
 )
+from dspy_bridge.domain.progress import ProgressCounter
 from dspy_bridge.engine.metrics import Metric
 from dspy_bridge.engine.programs import to_wire
 from dspy_bridge.engine.tools import current_host, noted
 from dspy_bridge.protocol.errors import invalid_field
-
-PROGRESS_EVERY_S = 0.25
 
 
 class CallStopped(BaseException):
@@ -93,38 +91,7 @@ def stoppable(lm: Any, stop: threading.Event) -> Any:
 # ----- metrics as DSPy calls them -----
 
 
-class Progress:
-    """Metric evaluations counted as they happen (in DSPy's threads), reported through
-    `report(done, total, score)` at most every PROGRESS_EVERY_S; `total` is an estimate,
-    raised whenever the run outgrows it."""
-
-    def __init__(self, total: int, report: Callable[[int, int, float | None], None]) -> None:
-        self.total = total
-        self.done = 0
-        self._sum = 0.0
-        self._report = report
-        self._lock = threading.Lock()
-        self._last = 0.0
-
-    def tick(self, score: float) -> None:
-        with self._lock:
-            self.done += 1
-            self._sum += score
-            self.total = max(self.total, self.done)
-            now = time.monotonic()
-            if now - self._last < PROGRESS_EVERY_S:
-                return
-            self._last = now
-            done, total, mean = self.done, self.total, self._sum / self.done
-        self._report(done, total, round(mean, 6))
-
-    def finish(self, score: float | None) -> None:
-        with self._lock:
-            self.total = self.done = max(self.done, 1)
-        self._report(self.done, self.total, score)
-
-
-def dspy_metric(metric: Metric, progress: Progress) -> Callable[..., Any]:
+def dspy_metric(metric: Metric, progress: ProgressCounter) -> Callable[..., Any]:
     """The metric as DSPy's optimizers call it: `(example, prediction, trace=None)`, and
     GEPA's `(gold, pred, trace, pred_name, pred_trace)`, which wants feedback text too."""
 

@@ -6,7 +6,7 @@ defmodule DSPyBridge.Execution do
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [lm_args: 1, normalize: 1]
 
-  Module.register_attribute(__MODULE__, :api_doc, accumulate: true)
+  use DSPyBridge.ApiDocs
 
   @api_doc {:execute,
             """
@@ -268,9 +268,4 @@ defmodule DSPyBridge.Execution do
 
   defp option_key(other),
     do: raise(ArgumentError, "DSPyBridge.execute_program/4: bad option #{inspect(other)}")
-
-  # The docs `DSPyBridge` shows for the functions it delegates here.
-  @doc false
-  @spec doc(atom()) :: String.t()
-  def doc(name), do: Keyword.fetch!(@api_doc, name)
 end

@@ -6,7 +6,7 @@ defmodule DSPyBridge.Programs do
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [lm_args: 1, normalize: 1]
 
-  Module.register_attribute(__MODULE__, :api_doc, accumulate: true)
+  use DSPyBridge.ApiDocs
 
   @api_doc {:configure_lm,
             """
@@ -250,9 +250,4 @@ defmodule DSPyBridge.Programs do
 
   defp register_inline(_pool, [], _opts), do: {:ok, nil}
   defp register_inline(pool, specs, opts), do: Tools.register_tools(pool, specs, opts)
-
-  # The docs `DSPyBridge` shows for the functions it delegates here.
-  @doc false
-  @spec doc(atom()) :: String.t()
-  def doc(name), do: Keyword.fetch!(@api_doc, name)
 end

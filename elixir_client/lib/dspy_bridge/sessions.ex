@@ -6,7 +6,7 @@ defmodule DSPyBridge.Sessions do
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [normalize: 1]
 
-  Module.register_attribute(__MODULE__, :api_doc, accumulate: true)
+  use DSPyBridge.ApiDocs
 
   @api_doc {:end_session,
             """
@@ -208,9 +208,4 @@ defmodule DSPyBridge.Sessions do
   defp merge_sum(a, b) when is_number(a) and is_number(b), do: a + b
   defp merge_sum(nil, b), do: b
   defp merge_sum(a, _b), do: a
-
-  # The docs `DSPyBridge` shows for the functions it delegates here.
-  @doc false
-  @spec doc(atom()) :: String.t()
-  def doc(name), do: Keyword.fetch!(@api_doc, name)
 end

@@ -5,7 +5,7 @@ defmodule DSPyBridge.Signatures do
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [normalize: 1]
 
-  Module.register_attribute(__MODULE__, :api_doc, accumulate: true)
+  use DSPyBridge.ApiDocs
 
   @api_doc {:register_signature,
             """
@@ -71,9 +71,4 @@ defmodule DSPyBridge.Signatures do
       {:delete_signature, session, name}
     end)
   end
-
-  # The docs `DSPyBridge` shows for the functions it delegates here.
-  @doc false
-  @spec doc(atom()) :: String.t()
-  def doc(name), do: Keyword.fetch!(@api_doc, name)
 end

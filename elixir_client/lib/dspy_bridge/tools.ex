@@ -4,7 +4,7 @@ defmodule DSPyBridge.Tools do
   alias DSPyBridge.{HostFunction, Options}
   import DSPyBridge.Calls
 
-  Module.register_attribute(__MODULE__, :api_doc, accumulate: true)
+  use DSPyBridge.ApiDocs
 
   @api_doc {:register_tools,
             """
@@ -113,9 +113,4 @@ defmodule DSPyBridge.Tools do
       {:delete_tool, session, name}
     end)
   end
-
-  # The docs `DSPyBridge` shows for the functions it delegates here.
-  @doc false
-  @spec doc(atom()) :: String.t()
-  def doc(name), do: Keyword.fetch!(@api_doc, name)
 end
