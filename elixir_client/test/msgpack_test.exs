@@ -3,7 +3,7 @@ defmodule DSPyBridge.MsgPackTest do
 
   alias DSPyBridge.MsgPack
   alias DSPyBridge.MsgPack.{Bin, Ext}
-  alias DSPyBridge.Test.JSON
+  alias DSPyBridge.JSON
 
   doctest DSPyBridge.MsgPack
 

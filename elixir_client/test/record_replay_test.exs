@@ -57,6 +57,47 @@ defmodule DSPyBridge.RecordReplayTest do
     assert output =~ ~s("4")
   end
 
+  test "a pool records one transcript per worker, each life of a recycled worker replaying",
+       %{tmp_dir: dir} do
+    pool = pool_name("per_worker")
+    template = Path.join(dir, "worker-{worker}.jsonl")
+    # worker 0 recycles after 3 requests: its file gets a second life
+    opts = worker_opts(name: pool, size: 2, transcript: template, max_requests: 3)
+    start_supervised!({Pool, opts})
+    lm = [model: "mock/rec", extra: %{responses: %{"Who?" => "me"}, default: "?"}]
+
+    for index <- 0..1 do
+      [s] = sessions_on(index, 2, 1, "rec#{index}")
+      assert {:ok, _} = DSPyBridge.configure_lm(pool, lm, session: s)
+      assert {:ok, _} = DSPyBridge.create_program(pool, "question -> answer", session: s)
+    end
+
+    [s0] = sessions_on(0, 2, 1, "rec0")
+    {:ok, %{"programs" => [%{"program_id" => id}]}} = DSPyBridge.list_programs(pool, session: s0)
+
+    for _ <- 1..3 do
+      assert {:ok, %{"outputs" => %{"answer" => "me"}}} =
+               DSPyBridge.execute(pool, id, %{question: "Who?"}, session: s0)
+    end
+
+    :ok = stop_supervised!(pool)
+
+    [first, second] = for i <- 0..1, do: File.read!(Path.join(dir, "worker-#{i}.jsonl"))
+    assert first =~ "rec0" and not (first =~ "rec1")
+    assert second =~ "rec1" and not (second =~ "rec0")
+    # two lives in worker 0's file: two headers
+    assert length(String.split(first, ~s("worker_args"))) == 3
+
+    for i <- 0..1 do
+      {output, status} = replay(Path.join(dir, "worker-#{i}.jsonl"))
+      assert status == 0, output
+    end
+
+    assert_raise ArgumentError, ~r/put \{worker\} in the path/, fn ->
+      Pool.child_spec(worker_opts(name: pool, size: 2, transcript: Path.join(dir, "all.jsonl")))
+    end
+  end
+
   defp replay(path) do
     worker = Command.resolve([])
 

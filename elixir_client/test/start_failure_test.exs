@@ -140,11 +140,12 @@ defmodule DSPyBridge.StartFailureTest do
     await_os_exit(os_pid, 2_000)
   end
 
-  test "a worker that starts removes its start-up stderr file once ready" do
+  test "a worker that is ready keeps no start-up lines, and its stderr fifo is gone" do
     pid = start_supervised!({Worker, worker_opts()}, restart: :temporary)
     :ok = Worker.await_ready(pid)
     {_state, data} = :sys.get_state(pid)
-    assert is_binary(data.start.log)
-    refute File.exists?(data.start.log)
+    stderr = :sys.get_state(data.start.stderr)
+    assert stderr.keep == 0 and stderr.first == []
+    refute File.exists?(stderr.fifo)
   end
 end

@@ -33,7 +33,8 @@ defmodule DSPyBridge.Command do
           source: :option | :config | :env | :setup | :venv | :path,
           args: [String.t()],
           env: [{charlist(), charlist() | false}],
-          cd: String.t() | nil
+          cd: String.t() | nil,
+          stderr: :logger | :passthrough
         }
 
   @doc "The repository root this client was compiled in (the parent of `elixir_client/`)."
@@ -42,11 +43,14 @@ defmodule DSPyBridge.Command do
 
   @doc """
   Resolves the worker command from options (`:python`, `:args`,
-  `:extra_args`, `:env`, `:cd`, `:log_level`: the worker options of that name;
+  `:extra_args`, `:env`, `:cd`, `:log_level`, `:stderr`, `:transcript`: the
+  worker options of that name, and the index in `:pool`, for the transcript's path;
   other options are ignored, those are validated).
   """
   @spec resolve(keyword()) :: t()
   def resolve(opts) do
+    index = (opts[:pool] || %{})[:index]
+
     opts =
       opts
       |> Keyword.take(DSPyBridge.Options.keys(:command))
@@ -72,12 +76,19 @@ defmodule DSPyBridge.Command do
         level -> ["--log-level", to_string(level)]
       end
 
+    record_args =
+      case opts[:transcript] do
+        nil -> []
+        path -> ["--record", transcript_path(path, index)]
+      end
+
     %{
       python: python,
       source: source,
-      args: Enum.map(opts[:args] ++ log_args ++ opts[:extra_args], &to_string/1),
+      args: Enum.map(opts[:args] ++ log_args ++ record_args ++ opts[:extra_args], &to_string/1),
       env: Enum.map(opts[:env], &env_pair/1),
-      cd: opts[:cd]
+      cd: opts[:cd],
+      stderr: opts[:stderr]
     }
   end
 
@@ -97,6 +108,14 @@ defmodule DSPyBridge.Command do
         nil
     end
   end
+
+  @doc """
+  The transcript file of worker `index` (nil for a worker outside a pool):
+  `template` with `{worker}` replaced by the index (by `0` outside a pool).
+  """
+  @spec transcript_path(String.t(), non_neg_integer() | nil) :: String.t()
+  def transcript_path(template, index),
+    do: String.replace(template, "{worker}", Integer.to_string(index || 0))
 
   defp env_pair({k, nil}), do: {to_charlist(k), false}
   defp env_pair({k, false}), do: {to_charlist(k), false}

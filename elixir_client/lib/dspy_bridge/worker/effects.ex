@@ -8,18 +8,19 @@ defmodule DSPyBridge.Worker.Effects do
   require Logger
 
   alias DSPyBridge.{Error, Event, Telemetry}
-  alias DSPyBridge.Worker.StartFailure
+  alias DSPyBridge.Worker.{StartFailure, Stderr}
 
   @doc """
-  Opens the worker's port (through DSPyBridge.Worker.StartFailure's wrapper,
-  which keeps the first lines of stderr): `{:ok, port, os_pid, start}` or
+  Opens the worker's port, its stderr read by a DSPyBridge.Worker.Stderr
+  (which logs it and keeps its first lines for a start failure; `labels`: the
+  pool's name and the worker's index, or nil): `{:ok, port, os_pid, start}` or
   `{:error, {:spawn_failed, python, error}}` when the interpreter cannot be
   executed.
   """
-  def open(cmd, ready_timeout) do
+  def open(cmd, ready_timeout, labels) do
     case executable(cmd.python) do
       :ok ->
-        {exe, args, start} = StartFailure.spawn_spec(cmd, ready_timeout)
+        {exe, args, stderr} = Stderr.spawn_spec(cmd, labels)
 
         port_opts =
           [:binary, {:packet, 4}, :exit_status, :use_stdio, args: args, env: cmd.env] ++
@@ -29,12 +30,13 @@ defmodule DSPyBridge.Worker.Effects do
           Port.open({:spawn_executable, exe}, port_opts)
         rescue
           e ->
-            StartFailure.discard(start)
+            Stderr.abandon(stderr)
             spawn_failed(cmd, Exception.message(e))
         else
           port ->
             {:os_pid, os_pid} = Port.info(port, :os_pid)
-            {:ok, port, os_pid, start}
+            Stderr.attach(stderr, os_pid)
+            {:ok, port, os_pid, %{cmd: cmd, stderr: stderr, ready_timeout: ready_timeout}}
         end
 
       {:error, why} ->

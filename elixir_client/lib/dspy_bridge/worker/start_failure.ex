@@ -1,69 +1,20 @@
 defmodule DSPyBridge.Worker.StartFailure do
   @moduledoc false
-  # Why a worker could not start, told in full. The worker is started through
-  # /bin/sh, which sends the worker's stderr through awk on a fifo: awk passes
-  # every line on to the BEAM's stderr (as without the wrapper) and copies the
-  # first lines to a temporary file, ending it with a marker when the stream
-  # ends. The shell then execs the interpreter, so the OS pid, the exit status
-  # and stdin/stdout (the port) are the worker's own. Without /bin/sh, awk or
-  # mkfifo the worker is started directly and no stderr is captured.
-  #
-  # Once the worker is ready the file is removed (awk may still write a few
-  # lines to the unlinked file); when it fails to start, the file is read into
-  # the error's details.
+  # Why a worker could not start, told in full: the interpreter, how it was
+  # chosen, the first lines of its stderr (kept by DSPyBridge.Worker.Stderr
+  # until the worker is ready) and the setting to change.
 
   alias DSPyBridge.Error
+  alias DSPyBridge.Worker.Stderr
 
-  @lines 20
-  @end_marker "\x01end"
+  # how long the end of a failed worker's stderr is waited for
+  @stderr_wait_ms 1_000
 
-  @script ~S"""
-  log=$1; fifo=$2; shift 2
-  if command -v awk >/dev/null 2>&1 && command -v mkfifo >/dev/null 2>&1 &&
-    command -v rm >/dev/null 2>&1 && : >"$log" 2>/dev/null &&
-    mkfifo -m 600 "$fifo" 2>/dev/null; then
-    awk -v n=__LINES__ '{ print > "/dev/stderr"; fflush("/dev/stderr") } NR <= n { print; fflush() } END { printf "\001end\n"; fflush() }' >"$log" <"$fifo" &
-    exec 4>"$fifo"
-    rm -f "$fifo"
-    exec "$@" 2>&4 4>&-
-  fi
-  rm -f "$log" 2>/dev/null
-  exec "$@"
-  """
-
-  @type start :: %{cmd: map(), log: String.t() | nil, ready_timeout: non_neg_integer()}
-
-  @doc """
-  What to spawn for `cmd` (a resolved `DSPyBridge.Command`): `{executable,
-  args, start}`, `start` being what `exited/2` and `timed_out/1` need.
-  """
-  @spec spawn_spec(map(), non_neg_integer()) :: {String.t(), [String.t()], start()}
-  def spawn_spec(cmd, ready_timeout) do
-    sh = "/bin/sh"
-
-    if File.exists?(sh) do
-      base =
-        Path.join(
-          System.tmp_dir!(),
-          "dspy_bridge_worker_#{System.pid()}_#{System.unique_integer([:positive])}"
-        )
-
-      log = base <> ".stderr"
-      script = String.replace(@script, "__LINES__", Integer.to_string(@lines))
-      args = ["-c", script, "dspy_bridge_worker", log, base <> ".fifo", cmd.python | cmd.args]
-      {sh, args, %{cmd: cmd, log: log, ready_timeout: ready_timeout}}
-    else
-      {cmd.python, cmd.args, %{cmd: cmd, log: nil, ready_timeout: ready_timeout}}
-    end
-  end
+  @type start :: %{cmd: map(), stderr: pid() | nil, ready_timeout: non_neg_integer()}
 
   @doc "The worker is ready: its start-up stderr is not needed."
   @spec discard(start() | nil) :: :ok
-  def discard(%{log: log}) when is_binary(log) do
-    _ = File.rm(log)
-    :ok
-  end
-
+  def discard(%{stderr: stderr}), do: Stderr.started(stderr)
   def discard(_), do: :ok
 
   @doc "The error for an interpreter that cannot be executed (`reason` from the file system)."
@@ -74,49 +25,15 @@ defmodule DSPyBridge.Worker.StartFailure do
   @doc "The error for a worker that exited with `status` before sending `ready`."
   @spec exited(start(), integer()) :: Error.t()
   def exited(start, status) do
-    error(start.cmd, "exited with status #{status} before sending ready", status, read(start))
+    lines = Stderr.first_lines(start.stderr, @stderr_wait_ms)
+    error(start.cmd, "exited with status #{status} before sending ready", status, lines)
   end
 
   @doc "The error for a worker that did not send `ready` in time (and was killed)."
   @spec timed_out(start()) :: Error.t()
   def timed_out(start) do
     what = "did not send ready within #{start.ready_timeout} ms (it was killed)"
-    error(start.cmd, what, nil, read(start))
-  end
-
-  # Waits (briefly) for awk to see the end of the stream, then reads and
-  # removes the file.
-  defp read(%{log: nil}), do: []
-
-  defp read(%{log: log} = start) do
-    text = await_end(log, System.monotonic_time(:millisecond) + 1_000)
-    discard(start)
-
-    text
-    |> String.split(@end_marker)
-    |> hd()
-    |> String.split("\n", trim: true)
-    |> Enum.take(@lines)
-  end
-
-  defp await_end(log, deadline) do
-    text =
-      case File.read(log) do
-        {:ok, text} -> text
-        {:error, _} -> ""
-      end
-
-    cond do
-      String.contains?(text, @end_marker) ->
-        text
-
-      System.monotonic_time(:millisecond) > deadline ->
-        text
-
-      true ->
-        Process.sleep(10)
-        await_end(log, deadline)
-    end
+    error(start.cmd, what, nil, Stderr.first_lines(start.stderr, @stderr_wait_ms))
   end
 
   defp error(cmd, what, exit_status, stderr) do

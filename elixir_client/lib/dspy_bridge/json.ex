@@ -1,10 +1,20 @@
-defmodule DSPyBridge.Test.JSON do
-  @moduledoc """
-  A tiny JSON decoder for the tests (Elixir 1.14 has no JSON module and the
-  client has no dependencies). Numbers with a `.` or an exponent become
-  floats, others integers. Objects become maps.
-  """
+defmodule DSPyBridge.JSON do
+  @moduledoc false
+  # A small JSON decoder, for the worker's JSON log lines (read beside each worker)
+  # and the tests: Elixir 1.14 and OTP 25 have no JSON module (OTP 27's :json would
+  # do) and the client takes no hex dependencies. Numbers with a `.` or an exponent
+  # become floats, others integers; objects become maps with string keys. Python's
+  # `NaN`/`Infinity` and a lone surrogate escape are not JSON: they fail the decode.
 
+  @doc "The value of `text`: `{:ok, term}`, or `:error` when it is not one JSON value."
+  @spec decode(String.t()) :: {:ok, term()} | :error
+  def decode(text) do
+    {:ok, decode!(text)}
+  rescue
+    _ in [ArgumentError, MatchError, CaseClauseError, FunctionClauseError] -> :error
+  end
+
+  @doc "The value of `text`; raises when it is not one JSON value."
   @spec decode!(String.t()) :: term()
   def decode!(text) do
     {value, rest} = value(skip_ws(text))
@@ -62,18 +72,31 @@ defmodule DSPyBridge.Test.JSON do
   defp string("\\r" <> r, acc), do: string(r, ["\r" | acc])
   defp string("\\t" <> r, acc), do: string(r, ["\t" | acc])
 
-  defp string(<<"\\u", a::binary-4, "\\u", b::binary-4, r::binary>>, acc)
-       when a >= "D800" and a <= "DBFF" do
-    hi = String.to_integer(a, 16)
-    lo = String.to_integer(b, 16)
-    cp = 0x10000 + (hi - 0xD800) * 0x400 + (lo - 0xDC00)
-    string(r, [<<cp::utf8>> | acc])
+  defp string(<<"\\u", hex::binary-4, r::binary>>, acc) do
+    case {String.to_integer(hex, 16), r} do
+      {hi, <<"\\u", lo::binary-4, r::binary>>} when hi in 0xD800..0xDBFF ->
+        lo = String.to_integer(lo, 16)
+        true = lo in 0xDC00..0xDFFF
+        cp = 0x10000 + (hi - 0xD800) * 0x400 + (lo - 0xDC00)
+        string(r, [<<cp::utf8>> | acc])
+
+      {cp, r} ->
+        # a lone surrogate is no character: <<cp::utf8>> raises
+        string(r, [<<cp::utf8>> | acc])
+    end
   end
 
-  defp string(<<"\\u", a::binary-4, r::binary>>, acc),
-    do: string(r, [<<String.to_integer(a, 16)::utf8>> | acc])
+  defp string(text, acc) do
+    case :binary.match(text, ["\"", "\\"]) do
+      {0, _} -> raise ArgumentError, "bad JSON string at: #{String.slice(text, 0, 20)}"
+      {at, _} -> plain(binary_part(text, 0, at), binary_part(text, at, byte_size(text) - at), acc)
+      :nomatch -> raise ArgumentError, "unterminated JSON string"
+    end
+  end
 
-  defp string(<<c::utf8, r::binary>>, acc), do: string(r, [<<c::utf8>> | acc])
+  defp plain(run, rest, acc) do
+    if String.valid?(run), do: string(rest, [run | acc]), else: raise(ArgumentError, "not UTF-8")
+  end
 
   defp number(text) do
     {num, rest} = take_number(text, [])
