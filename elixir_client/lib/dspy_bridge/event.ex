@@ -25,6 +25,10 @@ defmodule DSPyBridge.Event do
     * `"late_reply_dropped"` — a response arrived for a request that had
       already timed out on the client; it was dropped. `data` has `"id"`,
       `"command"` and `"outcome"` (`"ok"`, the error type, or `"malformed"`).
+    * `"worker_recycled"` — a worker past `:max_requests`, `:max_age_ms` or
+      `:max_memory_mb` replaced its OS process (see "Recycling" in the
+      worker's docs); `data` has `"os_pid"` (the new process), `"previous_os_pid"`
+      and `"reason"` (the limit's name).
 
   `pool` is the pool name (or `nil` for a standalone worker), `worker` the
   worker's index in its pool, `os_pid` the worker's OS process id.

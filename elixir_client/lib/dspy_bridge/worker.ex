@@ -29,7 +29,19 @@ defmodule DSPyBridge.Worker do
   interpreter, quotes the first stderr lines and names the setting that
   chooses the interpreter; `details` has `"reason" => "start_failed"`,
   `"python"`, `"args"`, `"exit_status"`, `"stderr"` (up to 20 lines) and
-  `"fix"`. The worker's stderr still goes to the BEAM's stderr.
+  `"fix"`.
+
+  ## The worker's stderr
+
+  The OS process's stderr is a pipe of its own (a fifo the start-up shell
+  opens), read by a process beside the worker. With `stderr: :logger` (the
+  default) each JSON line the worker writes is logged with `Logger` at its
+  level, the message its event and fields, with metadata `pool`, `worker`
+  (the index), `os_pid`, `worker_id` and, for a line written while a request
+  ran, `request_id`, `command` and `session_id` (add them to your formatter's
+  `:metadata` to see them). A line that is not JSON is logged as a warning.
+  `stderr: :passthrough` copies the lines to the BEAM's stderr instead. The
+  worker's own `:log_level` (`--log-level`) decides what it writes at all.
 
   ## Requests
 
@@ -53,7 +65,10 @@ defmodule DSPyBridge.Worker do
   sent them. This process matches each event to its request and sends it
   on without waiting for anyone (to an alias of the caller's, so events for
   a caller that stopped waiting are dropped); a request that timed out gets
-  no more. The events also go to `:on_event`, as every event does.
+  no more. The events also go to `:on_event`, as every event does. When
+  `fun` raises, throws or exits, the request is abandoned as after its
+  timeout (`cancel`, its late answer dropped) and the failure goes on in
+  the caller (see `DSPyBridge.Telemetry`'s request `:exception`).
 
   If the OS process dies, every in-flight or queued caller gets
   `{:error, %DSPyBridge.Error{type: :worker_exited}}` at once and the
@@ -113,12 +128,19 @@ defmodule DSPyBridge.Worker do
 
   ## Recycling
 
-  With `:max_requests` or `:max_age_ms`, a ready worker replaces its OS
-  process after that many requests, or that long: new requests wait in its
+  With `:max_requests`, `:max_age_ms` or `:max_memory_mb`, a ready worker
+  replaces its OS process after that many requests, that long, or once its
+  resident memory (RSS, read from `/proc/<os_pid>/status` every
+  `:memory_check_ms`; on a system without `/proc` the limit is ignored,
+  which is logged once) exceeds that many MiB: new requests wait in its
   queue, those in flight finish, the OS process is sent `shutdown`, and a
   fresh one starts and is replayed (as after a restart, but in the same
   Erlang process: no caller fails) before it serves the queue; a
-  `"worker_recycled"` event is emitted and `info/1`'s `:recycles` counts it.
+  `"worker_recycled"` event is emitted, whose data has `"os_pid"` (the new
+  OS process), `"previous_os_pid"` and `"reason"` (the limit's name:
+  `"max_requests"`, `"max_age_ms"` or `"max_memory_mb"`), and `info/1`'s
+  `:recycles` counts it. A `:max_memory_mb` below a fresh worker's RSS
+  recycles it at every check.
 
   ## Stopping
 
@@ -177,6 +199,7 @@ defmodule DSPyBridge.Worker do
     Replies,
     Request,
     Shutdown,
+    Spans,
     StartFailure
   }
 
@@ -260,8 +283,12 @@ defmodule DSPyBridge.Worker do
       Effects.acquire(load)
 
       case opts[:listen] do
-        nil -> Caller.call(server, msg, timeout, call_timeout, load)
-        listen -> Caller.listened(server, msg, timeout, call_timeout, load, listen)
+        nil ->
+          Caller.call(server, msg, timeout, call_timeout, load)
+
+        listen ->
+          listen = Admission.abandon_on_failure(listen, server)
+          Caller.listened(server, msg, timeout, call_timeout, load, listen)
       end
     end
   end
@@ -373,13 +400,14 @@ defmodule DSPyBridge.Worker do
 
     command = Command.resolve(opts)
 
-    case Effects.open(command, ready_timeout) do
+    case Effects.open(command, ready_timeout, opts[:pool]) do
       {:error, {:spawn_failed, _python, error} = reason} ->
         Logger.error("dspy_bridge worker not started: #{error.message}")
         {:stop, reason}
 
       {:ok, port, os_pid, start} ->
         data = %{Data.new(opts, port, os_pid) | start: start, command: command}
+        data = Recycle.configure(data, opts)
         Effects.hook(data, :on_start, [])
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
@@ -403,6 +431,7 @@ defmodule DSPyBridge.Worker do
   end
 
   def starting(:info, {port, {:exit_status, status}}, %Data{port: port} = data) do
+    Spans.worker_exit(data, status, :start_failed)
     error = StartFailure.exited(data.start, status)
     Shutdown.start_failed(data, error, status, {:shutdown, {:worker_start_failed, error}})
   end
@@ -424,7 +453,7 @@ defmodule DSPyBridge.Worker do
     data = %{data | ready_waiters: []}
     Effects.register(data, :ready)
     {data, actions} = Recycle.drain_queue(data)
-    {:keep_state, data, [{{:timeout, :ready}, :cancel}] ++ Recycle.age_timer(data) ++ actions}
+    {:keep_state, data, [{{:timeout, :ready}, :cancel}] ++ Recycle.timers(data) ++ actions}
   end
 
   def ready({:call, from}, {:request, _, _, _, _, _} = msg, data),
@@ -433,7 +462,8 @@ defmodule DSPyBridge.Worker do
   def ready(:cast, {:listened, from, listener, {:request, _, _, _, _, _} = msg}, data),
     do: data |> Admission.admit(from, msg, listener) |> Recycle.admitted()
 
-  def ready({:timeout, :recycle}, _limit, data), do: {:next_state, :recycling, data}
+  def ready({:timeout, :recycle}, limit, data), do: Recycle.limit_reached(data, limit)
+  def ready({:timeout, :memory_check}, nil, data), do: Recycle.check_memory(data)
 
   def ready({:call, from}, :await_ready, _data), do: {:keep_state_and_data, [{:reply, from, :ok}]}
   def ready(type, event, data), do: common(type, event, :ready, data)
@@ -447,9 +477,11 @@ defmodule DSPyBridge.Worker do
         {port, {:exit_status, status}},
         %Data{port: port, recycle: %{stopping: true}} = data
       ),
-      do: Recycle.exited(data, status)
+      do: data |> Spans.worker_exit(status, :recycled) |> Recycle.exited(status)
 
-  def recycling(:state_timeout, :kill, data), do: Recycle.kill(data)
+  def recycling(:state_timeout, :kill, data),
+    do: data |> Spans.worker_exit(nil, :recycled) |> Recycle.kill()
+
   def recycling(type, event, data), do: Recycle.check(not_ready(type, event, :recycling, data))
 
   @doc false
@@ -467,6 +499,7 @@ defmodule DSPyBridge.Worker do
   def draining(:cast, :prepare_stop, _data), do: :keep_state_and_data
 
   def draining(:info, {port, {:exit_status, status}}, %Data{port: port} = data) do
+    Spans.worker_exit(data, status, :shutdown)
     Logger.debug("dspy_bridge worker #{data.os_pid} stopped with status #{status}")
     {:stop, :shutdown, Replies.fail_all(%{data | exited: true}, "worker stopped")}
   end
@@ -481,6 +514,7 @@ defmodule DSPyBridge.Worker do
     do: Admission.hold(data, from, msg, listener)
 
   defp not_ready({:timeout, :ready}, nil, :starting, data) do
+    Spans.worker_exit(data, nil, :ready_timeout)
     Effects.kill(data.os_pid)
     error = StartFailure.timed_out(data.start)
     Shutdown.start_failed(data, error, nil, {:shutdown, :ready_timeout})
@@ -488,6 +522,7 @@ defmodule DSPyBridge.Worker do
 
   defp not_ready({:timeout, :ready}, nil, state, data) do
     Logger.error("dspy_bridge worker #{data.os_pid} not ready in time (#{state}); killing it")
+    Spans.worker_exit(data, nil, :ready_timeout)
     Effects.kill(data.os_pid)
     data = Replies.fail_all(%{data | exited: true}, "worker did not become ready in time")
     {:stop, {:shutdown, :ready_timeout}, data}
@@ -512,6 +547,8 @@ defmodule DSPyBridge.Worker do
     do: Frames.handle(Protocol.decode(frame), state, data)
 
   defp common(:info, {port, {:exit_status, status}}, _state, %Data{port: port} = data) do
+    Spans.worker_exit(data, status, :exited)
+
     Shutdown.exited(data,
       why: " exited with status #{status}",
       message: "worker exited with status #{status}",
@@ -522,6 +559,9 @@ defmodule DSPyBridge.Worker do
 
   defp common(:info, {:timeout, _tref, {:req_timeout, id}}, state, data),
     do: {:keep_state, Admission.timed_out(data, id, state)}
+
+  defp common(:cast, {:caller_failed, pid, failure}, state, data),
+    do: {:keep_state, Admission.caller_failed(data, pid, failure, state)}
 
   # A host function's task (see Worker.HostCalls): its answer, its end, its deadline.
   defp common(:info, {ref, answer}, _state, data) when is_reference(ref),
@@ -537,6 +577,8 @@ defmodule DSPyBridge.Worker do
   # status: that is the worker's death too. The process is killed in case it
   # only closed its stdin.
   defp common(:info, {:EXIT, port, reason}, _state, %Data{port: port} = data) do
+    Spans.worker_exit(data, nil, :port_closed)
+
     Shutdown.exited(data,
       why: ": port closed (#{inspect(reason)})",
       message: "worker port closed: #{inspect(reason)}",
@@ -552,5 +594,8 @@ defmodule DSPyBridge.Worker do
   # Asks the worker to stop, keeps answering callers while it drains, and
   # makes sure the OS process is gone before returning.
   @impl true
-  def terminate(reason, state, data), do: Shutdown.terminate(reason, state, data)
+  def terminate(reason, state, data) do
+    Shutdown.terminate(reason, state, data)
+    Spans.worker_stopped(data, reason)
+  end
 end

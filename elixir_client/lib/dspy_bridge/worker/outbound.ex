@@ -8,7 +8,7 @@ defmodule DSPyBridge.Worker.Outbound do
   require Logger
 
   alias DSPyBridge.{MsgPack, Protocol}
-  alias DSPyBridge.Worker.{Data, Effects, Request, Requests}
+  alias DSPyBridge.Worker.{Data, Effects, Request, Requests, Spans}
 
   @doc """
   Sends request `req` under wire `id` (its timer started when it was
@@ -42,8 +42,12 @@ defmodule DSPyBridge.Worker.Outbound do
   def drain_queue(data) do
     if Requests.room?(data.requests, data.max_in_flight) do
       case Requests.dequeue(data.requests) do
-        {:ok, id, req, requests} -> drain_queue(dispatch(%{data | requests: requests}, id, req))
-        :empty -> data
+        {:ok, id, req, requests} ->
+          Spans.queue_stop(data, req, :sent)
+          drain_queue(dispatch(%{data | requests: requests}, id, req))
+
+        :empty ->
+          data
       end
     else
       data

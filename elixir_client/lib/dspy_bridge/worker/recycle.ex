@@ -1,8 +1,10 @@
 defmodule DSPyBridge.Worker.Recycle do
   @moduledoc false
-  # Worker recycling (the `:max_requests` and `:max_age_ms` options): a ready
-  # worker counts the requests it accepts and, from when it becomes ready,
-  # runs a `:max_age_ms` timer. At either limit it moves to :recycling, where
+  # Worker recycling (the `:max_requests`, `:max_age_ms` and `:max_memory_mb`
+  # options): a ready worker counts the requests it accepts, runs a
+  # `:max_age_ms` timer from when it becomes ready, and every
+  # `:memory_check_ms` reads its OS process's resident memory (RSS, see
+  # DSPyBridge.Worker.Memory). At any limit it moves to :recycling, where
   # new requests are queued (as while :starting) and those in flight finish.
   # Once nothing is in flight the OS process is sent `shutdown` and awaited
   # (SIGKILL after `:shutdown_grace` plus `:kill_after`); then a fresh OS
@@ -12,18 +14,109 @@ defmodule DSPyBridge.Worker.Recycle do
   # `:on_start` hook (restart count, load counter) is not called, and the
   # queued callers keep their count on the pool's load counter.
   #
+  # The memory is checked on a timer rather than every N requests: a leak
+  # grows with time as well as with traffic (caches, background threads),
+  # an idle worker holding leaked memory should still be replaced, and a
+  # timer bounds the cost of reading /proc whatever the request rate.
+  #
   # `data` is the worker's state data (DSPyBridge.Worker.Data), whose
-  # `recycle` field is `%{max_requests, max_age_ms, served, stopping}`.
+  # `recycle` field is `%{max_requests, max_age_ms, max_memory_mb,
+  # memory_check_ms, served, stopping, reason, rss_kb}`: `reason` is the
+  # limit that started the last recycle, `rss_kb` the RSS last read.
 
   require Logger
 
   alias DSPyBridge.Protocol
-  alias DSPyBridge.Worker.{Data, Effects, HostCalls, Outbound, Replies, StartFailure}
 
-  @doc "The `:max_age_ms` timer, as :gen_statem actions, for a worker that just became ready."
-  @spec age_timer(Data.t()) :: [:gen_statem.action()]
-  def age_timer(%Data{recycle: %{max_age_ms: nil}}), do: []
-  def age_timer(%Data{recycle: %{max_age_ms: ms}}), do: [{{:timeout, :recycle}, ms, :max_age}]
+  alias DSPyBridge.Worker.{
+    Data,
+    Effects,
+    HostCalls,
+    Memory,
+    Outbound,
+    Replies,
+    StartFailure
+  }
+
+  @typedoc "The limit that makes a worker recycle: the option's name."
+  @type reason :: :max_requests | :max_age_ms | :max_memory_mb
+
+  @doc """
+  Adds the memory limit of the worker's options (`opts`, validated) to its
+  data. Without a procfs to read RSS from (not Linux), the limit is dropped,
+  which is logged once per node.
+  """
+  @spec configure(Data.t(), keyword()) :: Data.t()
+  def configure(%Data{recycle: recycle} = data, opts) do
+    max_memory_mb =
+      case opts[:max_memory_mb] do
+        nil -> nil
+        mb -> if Memory.supported?(), do: mb, else: unsupported(mb)
+      end
+
+    recycle =
+      Map.merge(recycle, %{
+        max_memory_mb: max_memory_mb,
+        memory_check_ms: Keyword.fetch!(opts, :memory_check_ms),
+        reason: nil,
+        rss_kb: nil
+      })
+
+    %{data | recycle: recycle}
+  end
+
+  # the warning is logged once per node, not once per worker and restart
+  defp unsupported(max_memory_mb) do
+    key = {__MODULE__, :memory_unsupported_logged}
+
+    unless :persistent_term.get(key, false) do
+      :persistent_term.put(key, true)
+
+      Logger.warning(
+        "dspy_bridge: max_memory_mb: #{max_memory_mb} is ignored: " <>
+          "/proc/self/status cannot be read to measure a worker's memory (not Linux?)"
+      )
+    end
+
+    nil
+  end
+
+  @doc """
+  The recycling timers, as :gen_statem actions, for a worker that just
+  became ready: `:max_age_ms`'s and the first memory check.
+  """
+  @spec timers(Data.t()) :: [:gen_statem.action()]
+  def timers(%Data{recycle: recycle} = data) do
+    age = if ms = recycle.max_age_ms, do: [{{:timeout, :recycle}, ms, :max_age_ms}], else: []
+    age ++ memory_timer(data)
+  end
+
+  defp memory_timer(%Data{recycle: %{max_memory_mb: nil}}), do: []
+
+  defp memory_timer(%Data{recycle: recycle}),
+    do: [{{:timeout, :memory_check}, recycle.memory_check_ms, nil}]
+
+  @doc "A recycling limit's timer (`{:timeout, :recycle}`) went off while ready: recycles."
+  @spec limit_reached(Data.t(), reason()) :: :gen_statem.event_handler_result(atom())
+  def limit_reached(data, reason),
+    do: {:next_state, :recycling, %{data | recycle: %{data.recycle | reason: reason}}}
+
+  @doc """
+  The memory check's timer went off while ready: recycles if the OS
+  process's RSS is over `:max_memory_mb`, else checks again later. An RSS
+  that cannot be read (the process is exiting: its exit status follows) is
+  no reason to recycle.
+  """
+  @spec check_memory(Data.t()) :: :gen_statem.event_handler_result(atom())
+  def check_memory(%Data{recycle: recycle} = data) do
+    case Memory.rss_kb(data.os_pid) do
+      {:ok, kb} when kb > recycle.max_memory_mb * 1024 ->
+        limit_reached(%{data | recycle: %{recycle | rss_kb: kb}}, :max_memory_mb)
+
+      _ ->
+        {:keep_state_and_data, memory_timer(data)}
+    end
+  end
 
   @doc """
   Sends the queue of a worker that just became ready (see
@@ -64,25 +157,28 @@ defmodule DSPyBridge.Worker.Recycle do
     data = %{data | recycle: %{recycle | served: served}}
 
     case recycle.max_requests do
-      max when is_integer(max) and served >= max -> {:next_state, :recycling, data, actions}
-      _ -> {:keep_state, data, actions}
+      max when is_integer(max) and served >= max ->
+        data = %{data | recycle: %{data.recycle | reason: :max_requests}}
+        {:next_state, :recycling, data, actions}
+
+      _ ->
+        {:keep_state, data, actions}
     end
   end
 
   @doc "Entering :recycling: logs why, and asks the worker to stop at once if it is idle."
   @spec enter(Data.t()) :: :gen_statem.event_handler_result(atom())
   def enter(data) do
-    %{served: served, max_requests: max} = data.recycle
-
-    why =
-      if is_integer(max) and served >= max,
-        do: "after #{served} request(s)",
-        else: "after #{data.recycle.max_age_ms} ms"
-
-    Logger.info("dspy_bridge worker #{data.os_pid}: recycling #{why}")
+    Logger.info("dspy_bridge worker #{data.os_pid}: recycling #{why(data.recycle)}")
     Effects.register(data, :recycling)
     check({:keep_state, data})
   end
+
+  defp why(%{reason: :max_requests, served: served}), do: "after #{served} request(s)"
+  defp why(%{reason: :max_age_ms, max_age_ms: ms}), do: "after #{ms} ms"
+
+  defp why(%{reason: :max_memory_mb, rss_kb: kb, max_memory_mb: mb}),
+    do: "at #{div(kb, 1024)} MiB resident (max_memory_mb: #{mb})"
 
   @doc """
   After an event handled while :recycling (`result`): once nothing is in
@@ -142,8 +238,14 @@ defmodule DSPyBridge.Worker.Recycle do
     StartFailure.discard(data.start)
     data = HostCalls.kill_all(data, :worker_exited)
 
-    case Effects.open(data.command, data.ready_timeout) do
+    case Effects.open(data.command, data.ready_timeout, data.pool) do
       {:ok, port, os_pid, start} ->
+        recycled = %{
+          "os_pid" => os_pid,
+          "previous_os_pid" => data.os_pid,
+          "reason" => Atom.to_string(data.recycle.reason)
+        }
+
         data = %{
           data
           | port: port,
@@ -156,7 +258,7 @@ defmodule DSPyBridge.Worker.Recycle do
         }
 
         data = Data.bump(data, :recycles)
-        Effects.emit(data, :client, "worker_recycled", %{"os_pid" => os_pid})
+        Effects.emit(data, :client, "worker_recycled", recycled)
         {:next_state, :starting, data, [{{:timeout, :ready}, data.ready_timeout, nil}]}
 
       {:error, {:spawn_failed, _python, error} = reason} ->

@@ -4,14 +4,20 @@ defmodule DSPyBridge.Worker.Replayer do
   # is :replaying: builds it from the init commands and the pool's `:replay`
   # function, sends its batches (DSPyBridge.Worker.Outbound), takes their
   # answers, and moves on to :ready, emitting `replayed`, once it is done.
+  # The replay begins as the OS process sends `ready`, so the worker's
+  # `:start` telemetry is emitted here too, and its `:replay` at the end.
 
   require Logger
 
-  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replay}
+  alias DSPyBridge.Worker.{Data, Effects, Outbound, Replay, Spans}
 
-  @doc "The replay of `data`'s init commands and `:replay` batches, started now."
+  @doc """
+  The replay of `data`'s init commands and `:replay` batches, started now
+  (the OS process has just sent `ready`).
+  """
   @spec start(Data.t()) :: Data.t()
   def start(data) do
+    Spans.worker_start(data)
     batches = if data.replay_fun, do: data.replay_fun.(), else: []
     replay = Replay.new(data.init_commands, batches, System.monotonic_time(:millisecond))
     %{data | replay: replay}
@@ -34,6 +40,7 @@ defmodule DSPyBridge.Worker.Replayer do
           )
 
           Effects.emit(data, :client, "replayed", summary)
+          Spans.worker_replay(data, summary)
         end
 
         {:next_state, :ready, %{data | replay: nil}}

@@ -10,7 +10,7 @@ defmodule DSPyBridge.Worker.Replies do
   require Logger
 
   alias DSPyBridge.{Error, Protocol}
-  alias DSPyBridge.Worker.{Data, Effects, Replayer, Requests}
+  alias DSPyBridge.Worker.{Admission, Data, Effects, Replayer, Requests}
 
   @doc "The response to wire id `id`: `{data, :replay_answered | :ok}`."
   @spec response(Data.t(), term(), map()) :: {Data.t(), :replay_answered | :ok}
@@ -93,11 +93,12 @@ defmodule DSPyBridge.Worker.Replies do
   @spec fail_all(Data.t(), String.t()) :: Data.t()
   def fail_all(data, message) do
     error = Error.new(:worker_exited, message)
+    Admission.unqueue_all(data, :worker_exited)
     {callers, requests} = Requests.take_callers(data.requests)
 
     for req <- callers do
       Effects.cancel_timer(req.timer)
-      Effects.reply(req, {:error, error})
+      Effects.answer(data, req, {:error, error})
     end
 
     Enum.each(data.ready_waiters, &:gen_statem.reply(&1, {:error, error}))
