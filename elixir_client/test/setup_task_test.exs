@@ -9,7 +9,7 @@ defmodule DSPyBridge.SetupTaskTest do
 
   import DSPyBridge.Test.Helpers
 
-  alias DSPyBridge.Command
+  alias DSPyBridge.Test.ConsumerApp
 
   @moduletag timeout: 240_000
 
@@ -18,17 +18,7 @@ defmodule DSPyBridge.SetupTaskTest do
   test "creates the default venv, installs the worker, and the client finds it", %{base: base} do
     app = Path.join(base, "consumer")
     File.mkdir_p!(app)
-    # A copy of the repository's sources: pip builds in its source tree, and the
-    # repository's own build/ holds the editable install other tests run on.
-    repo = Path.join(base, "repo")
-
-    for entry <- ~w(pyproject.toml README.md LICENSE bridge protocol elixir_client/mix.exs
-                    elixir_client/lib) do
-      File.mkdir_p!(Path.dirname(Path.join(repo, entry)))
-      File.cp_r!(Path.join(Command.repo_root(), entry), Path.join(repo, entry))
-    end
-
-    client = Path.join(repo, "elixir_client")
+    {_repo, client} = ConsumerApp.copy_repo!(base)
 
     File.write!(Path.join(app, "mix.exs"), """
     defmodule Consumer.MixProject do
@@ -39,15 +29,7 @@ defmodule DSPyBridge.SetupTaskTest do
     end
     """)
 
-    # only msgpack, so that pip sees no dspy_bridge already installed
-    deps = Path.join(base, "pythonpath")
-    File.mkdir_p!(deps)
-
-    [msgpack] =
-      Path.wildcard(Path.join(Command.repo_root(), ".venv/lib/python*/site-packages/msgpack"))
-
-    File.ln_s!(msgpack, Path.join(deps, "msgpack"))
-
+    deps = ConsumerApp.setup_pythonpath!(base)
     env = [{"MIX_ENV", "dev"}, {"PYTHONPATH", deps}]
 
     {out, status} =
