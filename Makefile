@@ -62,9 +62,12 @@ demo: venv elixir
 
 # matplotlib (the `bench` extra) draws the plots; installed here, on first use only, so the
 # editable install stays strict and `make test` never needs it. BENCH_ARGS=--quick: < 1 min.
-bench: venv
+# The cluster figure (3 nodes x 2 workers against 1 x 2, on :peer nodes) is an ExUnit
+# test tagged :bench, which `make test` excludes; it writes _build/test/cluster_bench.txt.
+bench: venv elixir
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib>=3.8'
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+	cd elixir_client && MIX_ENV=test mix test --only bench test/cluster_test.exs
 
 clean:
 	rm -rf $(VENV) elixir_client/_build

@@ -13,6 +13,9 @@ defmodule DSPyBridge.MixProject do
       elixirc_options: [warnings_as_errors: Mix.env() == :test],
       # No hex dependencies: hex is unreachable where this is built and tested. `mix docs`
       # needs ex_doc, which a project that can reach hex adds as a dev dependency.
+      # `:telemetry` would be `{:telemetry, "~> 1.0", optional: true}`; without it the
+      # client emits its events only when the host application has it loaded (see
+      # DSPyBridge.Telemetry), and the tests use test/support/fake_telemetry.ex.
       deps: [],
       description:
         "Run DSPy programs from Elixir: a supervised pool of Python workers " <>
@@ -27,7 +30,8 @@ defmodule DSPyBridge.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    # the application only starts the :pg scope of clustered pools (docs/cluster.md)
+    [extra_applications: [:logger], mod: {DSPyBridge.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -266,6 +266,15 @@ defmodule DSPyBridge do
   @spec request(pool(), String.t(), map() | keyword(), [option()]) :: result(term())
   defdelegate request(pool, command, args \\ %{}, opts \\ []), to: Sessions
 
+  @doc """
+  The worker that owns `session` in `pool`: `{node, index}` (`nil` when no
+  node runs the pool). For a pool started with `cluster: true` the owner is
+  chosen over the workers of every connected node (see `DSPyBridge.Cluster`);
+  otherwise it is the local worker `DSPyBridge.Pool.index_for/2` names.
+  """
+  @spec whereis(pool(), String.t() | atom()) :: {node(), non_neg_integer()} | nil
+  defdelegate whereis(pool, session), to: DSPyBridge.Cluster
+
   @doc false
   defdelegate lm_args(lm), to: Args
 

@@ -60,7 +60,7 @@ defmodule DSPyBridge.Pool do
   use Supervisor
   require Logger
 
-  alias DSPyBridge.{Args, Error, Event, Options, Worker}
+  alias DSPyBridge.{Args, Cluster, Error, Event, Options, Worker}
   alias DSPyBridge.Pool.{Router, Stopper, Store}
 
   @worker_opts Options.forwarded()
@@ -74,7 +74,7 @@ defmodule DSPyBridge.Pool do
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
-    opts = Options.validate!(opts, :pool)
+    opts = validate!(opts)
 
     %{
       id: Keyword.fetch!(opts, :name),
@@ -93,12 +93,25 @@ defmodule DSPyBridge.Pool do
   """
   @spec start_link(keyword()) :: Supervisor.on_start() | {:error, Error.t()}
   def start_link(opts) do
-    opts = Options.validate!(opts, :pool)
+    opts = validate!(opts)
 
     case Supervisor.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name)) do
       {:error, reason} -> {:error, start_error(reason) || reason}
       other -> other
     end
+  end
+
+  defp validate!(opts) do
+    opts = Options.validate!(opts, :pool)
+    transcript = opts[:transcript]
+
+    if transcript && opts[:size] > 1 && not String.contains?(transcript, "{worker}") do
+      raise ArgumentError,
+            "transcript: #{inspect(transcript)} would interleave #{opts[:size]} workers' " <>
+              "frames in one file: put {worker} in the path (one transcript per worker)"
+    end
+
+    opts
   end
 
   # The first worker start failure in a supervisor's start error, if any.
@@ -123,6 +136,7 @@ defmodule DSPyBridge.Pool do
     tasks = Module.concat(name, Tasks)
     load = :atomics.new(size, signed: true)
     user_on_event = opts[:on_event]
+    cluster? = Keyword.fetch!(opts, :cluster)
 
     on_event = fn event -> dispatch_event(registry, user_on_event, event) end
 
@@ -139,6 +153,7 @@ defmodule DSPyBridge.Pool do
       load: load,
       registry: registry,
       tasks: tasks,
+      cluster: cluster?,
       started_at: System.system_time(:millisecond)
     })
 
@@ -146,14 +161,16 @@ defmodule DSPyBridge.Pool do
 
     workers =
       for index <- 0..(size - 1) do
+        owns? = Cluster.owns_fun(name, index, size, cluster?)
+
         opts =
           worker_opts ++
             [
               id: {:worker, index},
-              pool: worker_hooks(name, table, index, size, load, tasks),
+              pool: worker_hooks(name, table, index, owns?, load, tasks, cluster?),
               on_event: on_event,
               init_commands: init_commands,
-              replay: fn -> Store.replay_batches(table, index, size) end
+              replay: fn -> Store.replay_batches(table, &(&1 == nil or owns?.(&1))) end
             ]
 
         Worker.child_spec(opts)
@@ -185,7 +202,10 @@ defmodule DSPyBridge.Pool do
     # host functions run here, never in a worker process; started before the
     # workers and stopped after them
     task_supervisor = {Task.Supervisor, name: tasks}
-    children = [subscribers, task_supervisor] ++ workers ++ extra ++ [stopper]
+    # last, so it is stopped first: the cluster stops routing here before the workers go
+    member = if cluster?, do: [{Cluster.Member, pool: name, table: table, size: size}], else: []
+
+    children = [subscribers, task_supervisor] ++ workers ++ extra ++ [stopper] ++ member
 
     Supervisor.init(children,
       strategy: :one_for_one,
@@ -196,7 +216,7 @@ defmodule DSPyBridge.Pool do
 
   # What a worker tells its pool, as callbacks (the worker knows nothing of
   # the pool's table): it runs them in its own process.
-  defp worker_hooks(name, table, index, size, load, tasks) do
+  defp worker_hooks(name, table, index, owns?, load, tasks, cluster?) do
     %{
       name: name,
       index: index,
@@ -210,8 +230,8 @@ defmodule DSPyBridge.Pool do
         Store.register_worker(table, index, pid, os_pid, status)
       end,
       on_down: fn pid -> Store.unregister_worker(table, index, pid) end,
-      on_record: fn record, reply -> Store.apply_record(table, record, reply) end,
-      serves_session?: fn session -> Router.index_for(session, size) == index end,
+      on_record: fn record, reply -> Cluster.record(name, table, cluster?, record, reply) end,
+      serves_session?: owns?,
       on_session_evicted: fn session -> Store.forget_session(table, session) end,
       host_function: fn session, function -> Store.host_function(table, session, function) end
     }
@@ -295,6 +315,11 @@ defmodule DSPyBridge.Pool do
           {:ok, term()} | {:error, Error.t()}
   def request(pool, session, command, args, opts) do
     opts = Options.validate!(opts, :pool_request)
+    # a clustered pool's session lives on its owner, maybe on another node
+    Cluster.request({__MODULE__, :request}, &local_request/5, [pool, session, command, args, opts])
+  end
+
+  defp local_request(pool, session, command, args, opts) do
     config = Store.config(pool)
 
     index = Router.route(opts[:worker], session, config.size, fn -> candidates(config) end)
@@ -317,6 +342,14 @@ defmodule DSPyBridge.Pool do
   @spec broadcast(t(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def broadcast(pool, command, args, opts) do
     opts = Options.validate!(opts, :broadcast)
+    # a clustered pool's default session is on every pool node
+    args = [pool, command, args, opts]
+    Cluster.broadcast({__MODULE__, :__broadcast__}, &broadcast_result/1, args)
+  end
+
+  @doc false
+  # The broadcast on this node's workers (a clustered pool's: one node's part).
+  def __broadcast__(pool, command, args, opts) do
     config = Store.config(pool)
 
     0..(config.size - 1)

@@ -36,7 +36,22 @@ defmodule DSPyBridge.Options.Schema do
       doc: "environment variables as `{name, value}` pairs (`nil`/`false` unsets one)"
     ],
     cd: [type: :string, doc: "the working directory of the OS process"],
-    log_level: [type: :log_level, doc: "the worker's stderr log level (`--log-level`)"]
+    log_level: [type: :log_level, doc: "the worker's stderr log level (`--log-level`)"],
+    stderr: [
+      type: {:in, [:logger, :passthrough]},
+      default: :logger,
+      doc:
+        "the worker's stderr: `:logger` logs its JSON lines with Logger at their level " <>
+          "(metadata `pool`, `worker`, `os_pid`, `worker_id`, `request_id`, `command`, " <>
+          "`session_id`); `:passthrough` copies them to the BEAM's stderr"
+    ],
+    transcript: [
+      type: :string,
+      doc:
+        "records every frame to this file (the worker's `--record`); `{worker}` in it " <>
+          "is the worker's index, which a pool of more than one worker requires " <>
+          "(one transcript per worker; a restarted worker appends its next life)"
+    ]
   ]
 
   @worker_own [
@@ -87,6 +102,17 @@ defmodule DSPyBridge.Options.Schema do
       doc:
         "recycles the worker (like `:max_requests`) once its OS process has served this many ms"
     ],
+    max_memory_mb: [
+      type: :pos_integer,
+      doc:
+        "recycles the worker (like `:max_requests`) once its OS process's resident memory " <>
+          "(RSS, read from Linux's `/proc`; ignored elsewhere) exceeds this many MiB"
+    ],
+    memory_check_ms: [
+      type: :pos_integer,
+      default: 5_000,
+      doc: "ms between two reads of a ready worker's RSS for `:max_memory_mb`"
+    ],
     init_commands: [
       type: :list,
       default: [],
@@ -117,6 +143,8 @@ defmodule DSPyBridge.Options.Schema do
     :env,
     :cd,
     :log_level,
+    :stderr,
+    :transcript,
     :ready_timeout,
     :max_in_flight,
     :max_queue,
@@ -125,7 +153,9 @@ defmodule DSPyBridge.Options.Schema do
     :shutdown_grace,
     :kill_after,
     :max_requests,
-    :max_age_ms
+    :max_age_ms,
+    :max_memory_mb,
+    :memory_check_ms
   ]
 
   @pool [
@@ -165,6 +195,14 @@ defmodule DSPyBridge.Options.Schema do
             type: :pos_integer,
             default: 10,
             doc: "...in this many seconds, else the pool gives up"
+          ],
+          cluster: [
+            type: :boolean,
+            default: false,
+            doc:
+              "joins the pools of this name on every connected node into one: sessions " <>
+                "owned across the cluster by rendezvous hashing, records on every pool node " <>
+                "(see `DSPyBridge.Cluster` and `docs/cluster.md`)"
           ]
         ] ++ Keyword.take(@worker, @forwarded)
 

@@ -246,13 +246,19 @@ defmodule DSPyBridge.Pool.Store do
   then every program (sent concurrently, in creation order).
   """
   @spec replay_batches(atom(), non_neg_integer(), pos_integer()) :: [[{String.t(), map()}]]
-  def replay_batches(table, index, size) do
+  def replay_batches(table, index, size),
+    do: replay_batches(table, &(&1 == nil or Router.index_for(&1, size) == index))
+
+  @doc """
+  The batches of commands to replay for the sessions `replay?.(session)`
+  accepts (`nil` is the default session), in the order of `replay_batches/3`.
+  """
+  @spec replay_batches(atom(), (String.t() | nil -> boolean())) :: [[{String.t(), map()}]]
+  def replay_batches(table, replay?) do
     records =
       table
       |> :ets.match_object({{:rec, :_, :_, :_}, :_, :_, :_})
-      |> Enum.filter(fn {{:rec, session, _, _}, _, _, _} ->
-        session == nil or Router.index_for(session, size) == index
-      end)
+      |> Enum.filter(fn {{:rec, session, _, _}, _, _, _} -> replay?.(session) end)
       |> Enum.sort_by(fn {_, seq, _, _} -> seq end)
 
     {tools, records} =
@@ -279,6 +285,33 @@ defmodule DSPyBridge.Pool.Store do
 
   defp to_commands(records),
     do: Enum.map(records, fn {_, _, command, args} -> {command, args} end)
+
+  @doc false
+  # Every replay record and host function row, to copy to another node's
+  # table (the cluster member's, when its pool joins the cluster).
+  @spec records(atom()) :: [tuple()]
+  def records(table) do
+    :ets.match_object(table, {{:rec, :_, :_, :_}, :_, :_, :_}) ++
+      :ets.match_object(table, {{:fun, :_, :_}, :_})
+  end
+
+  @doc false
+  # Adds rows from `records/1` of another node, keeping the rows this table
+  # already has (they came by replication, so they are at least as new).
+  @spec load_records(atom(), [tuple()]) :: :ok
+  def load_records(table, rows) do
+    Enum.each(rows, &:ets.insert_new(table, &1))
+  end
+
+  @doc false
+  # The sessions (not the default one) that have records.
+  @spec sessions(atom()) :: [String.t()]
+  def sessions(table) do
+    table
+    |> :ets.match({{:rec, :"$1", :_, :_}, :_, :_, :_})
+    |> Enum.flat_map(fn [session] -> if session, do: [session], else: [] end)
+    |> Enum.uniq()
+  end
 
   @doc "Counts of recorded sessions, programs and host functions (for `DSPyBridge.stats/1`)."
   @spec counts(atom()) :: %{

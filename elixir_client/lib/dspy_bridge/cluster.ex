@@ -1,0 +1,429 @@
+defmodule DSPyBridge.Cluster do
+  @moduledoc """
+  One logical pool over a cluster of BEAM nodes, on Erlang distribution,
+  `:pg` and `:erpc` (see `docs/cluster.md` in the repository).
+
+  A pool started with `cluster: true` joins the `:pg` group of its name in
+  the scope `DSPyBridge.Cluster` (started by the `:dspy_bridge`
+  application on every node), once per worker, so the group's members are
+  the worker keys `{node, index}`. Pools of the same name on all connected
+  nodes form one pool:
+
+    * a session is owned by one worker, chosen over all the keys by
+      rendezvous (highest-random-weight) hashing: it stays put while the
+      membership is stable, and when it changes only the sessions of a
+      departed worker (or the share a joining one takes) move;
+    * a call with a session goes straight to its owner: the local worker,
+      or `:erpc` to `DSPyBridge.Pool.request/5` on the owner's node (one
+      hop), from any node, one with no pool of its own included; a call
+      without a session goes to the local pool, or to any pool node;
+    * the session records (what a restarted worker is replayed) are
+      replicated to every pool node, so when a node goes away the new
+      owners replay its sessions from their own copy;
+    * a call on a node that goes down fails at once with a retryable
+      `:worker_exited` error whose `details["reason"]` is `"node_down"`.
+
+  `whereis/2` says which worker owns a session, `stats/1` what each pool
+  node holds. Ownership changes emit `[:dspy_bridge, :cluster, :ownership]`
+  (see `DSPyBridge.Cluster.Member`).
+  """
+
+  alias DSPyBridge.Cluster.Rendezvous
+  alias DSPyBridge.Error
+  alias DSPyBridge.Pool.{Router, Store}
+
+  @scope __MODULE__
+
+  # A call's arguments bigger than this (the worker's default max_frame_bytes,
+  # 64 MiB) are refused before they cross the network: the owner's worker
+  # would refuse them anyway, after they had held the connection between the
+  # two nodes for size / bandwidth (see docs/cluster.md).
+  @max_remote_bytes 64 * 1024 * 1024
+
+  # how long a call routed here by another node waits for this node's view of
+  # the membership to agree that a local worker owns its session
+  @view_wait_ms 2_000
+  @view_poll_ms 5
+
+  @typedoc "A worker of a clustered pool: `{node, index}`."
+  @type key :: Rendezvous.key()
+
+  @doc "The `:pg` scope of every clustered pool (started by the application)."
+  @spec scope() :: atom()
+  def scope, do: @scope
+
+  @doc false
+  # The `:pg` scope's child spec, for the application's supervisor.
+  def child_spec(_arg), do: %{id: @scope, start: {:pg, :start_link, [@scope]}}
+
+  @doc false
+  # The group of a pool's worker keys: its member joins once per worker.
+  def owner_group(pool), do: {:dspy_bridge_pool, pool}
+
+  @doc false
+  # The group of the members that hold a copy of the pool's records.
+  def replica_group(pool), do: {:dspy_bridge_replicas, pool}
+
+  @doc false
+  def member_name(pool), do: Module.concat(pool, ClusterMember)
+
+  @doc "The worker keys of `pool` on every connected node, sorted."
+  @spec keys(atom()) :: [key()]
+  def keys(pool), do: keys_of(:pg.get_members(@scope, owner_group(pool)))
+
+  @doc false
+  # A member pid joined n times is the keys {node, 0} .. {node, n - 1}.
+  @spec keys_of([pid()]) :: [key()]
+  def keys_of(pids) do
+    pids
+    |> Enum.frequencies()
+    |> Enum.flat_map(fn {pid, n} -> for index <- 0..(n - 1), do: {node(pid), index} end)
+    |> Enum.sort()
+  end
+
+  @doc "The nodes where `pool` runs as part of the cluster, sorted."
+  @spec nodes(atom()) :: [node()]
+  def nodes(pool), do: pool |> keys() |> Enum.map(&elem(&1, 0)) |> Enum.uniq()
+
+  @doc """
+  The worker that owns `session` in `pool`: `{node, index}`, or `nil` when
+  no node runs the pool. For a pool that is not clustered, the local
+  worker `DSPyBridge.Pool.index_for/2` names.
+  """
+  @spec whereis(atom(), String.t() | atom()) :: key() | nil
+  def whereis(pool, session) do
+    session = if is_atom(session), do: Atom.to_string(session), else: session
+
+    case local_config(pool) do
+      %{cluster: true} -> owner(pool, session)
+      %{size: size} -> {node(), Router.index_for(session, size)}
+      nil -> owner(pool, session)
+    end
+  end
+
+  defp owner(pool, session) do
+    case Rendezvous.owner(session, keys(pool)) do
+      nil ->
+        case local_config(pool) do
+          %{size: size} -> {node(), Router.index_for(session, size)}
+          nil -> nil
+        end
+
+      key ->
+        key
+    end
+  end
+
+  @doc false
+  # Where a call goes: `{:local, opts}` (the local pool, with the owner's
+  # index in `opts[:worker]` when a local worker owns the session),
+  # `{:remote, node, opts}` (`DSPyBridge.Pool.request/5` there, with the
+  # owner's index in `opts[:worker]`, or none for a call without a session);
+  # raises `ArgumentError` when no node runs the pool.
+  @spec route(atom(), String.t() | nil, keyword()) ::
+          {:local, keyword()} | {:remote, node(), keyword()}
+  def route(pool, session, opts) do
+    config = local_config(pool)
+
+    cond do
+      config != nil and not Map.get(config, :cluster, false) -> {:local, opts}
+      config != nil and session == nil -> {:local, opts}
+      # a call routed here by another node (with its owner's index)
+      config != nil and is_integer(opts[:worker]) -> local_owner(pool, config, session, opts)
+      session == nil or is_integer(opts[:worker]) -> any_node(pool, opts)
+      true -> route_session(pool, config, session, opts)
+    end
+  end
+
+  defp route_session(pool, config, session, opts) do
+    keys = keys(pool)
+
+    case {Rendezvous.owner(session, keys), config} do
+      {nil, nil} ->
+        no_pool(pool)
+
+      {nil, _config} ->
+        {:local, opts}
+
+      {{node, index}, config} when node == node() and config != nil ->
+        await_moved(pool, config, session, keys, opts)
+        {:local, Keyword.put(opts, :worker, index)}
+
+      {{node, index}, _config} ->
+        {:remote, node, Keyword.put(opts, :worker, index)}
+    end
+  end
+
+  # The caller's node named a local worker the owner of `session`. When this
+  # node's :pg disagrees, it has not yet seen the membership change the
+  # caller saw (each node learns of a node's loss on its own): wait a little
+  # for it (polling, bounded), so the session's replay happens before the call.
+  # If it never agrees (the caller had not seen a join yet), the call goes on
+  # to the owner this node sees (one more hop; bounded by the caller's timeout).
+  defp local_owner(pool, config, session, opts) do
+    keys = await_view(pool, session, {node(), opts[:worker]}, @view_wait_ms)
+
+    case Rendezvous.owner(session, keys) do
+      {node, index} when node != node() ->
+        {:remote, node, Keyword.put(opts, :worker, index)}
+
+      _local_or_none ->
+        await_moved(pool, config, session, keys, opts)
+        {:local, opts}
+    end
+  end
+
+  defp await_view(pool, session, owner, wait_ms) do
+    keys = keys(pool)
+
+    if Rendezvous.owner(session, keys) == owner or wait_ms <= 0 do
+      keys
+    else
+      Process.sleep(@view_poll_ms)
+      await_view(pool, session, owner, wait_ms - @view_poll_ms)
+    end
+  end
+
+  defp any_node(pool, opts) do
+    case nodes(pool) do
+      [] -> no_pool(pool)
+      nodes -> {:remote, Enum.random(nodes), opts}
+    end
+  end
+
+  # The local member must have done the moves of the membership this call
+  # was routed by (`keys`) before the call reaches the session's new owner:
+  # when it has not handled that membership yet, or the session is being
+  # replayed, wait (within the call's timeout) until it has.
+  defp await_moved(pool, %{table: table}, session, keys, opts) do
+    handled = :ets.lookup(table, :cluster_keys)
+
+    if handled != [{:cluster_keys, keys}] or :ets.member(table, {:moving, session}) do
+      try do
+        GenServer.call(member_name(pool), :sync, Keyword.get(opts, :timeout, 30_000))
+      catch
+        :exit, _ -> :ok
+      end
+    end
+
+    :ok
+  end
+
+  # No node runs the pool: as for a pool that is not clustered, the call
+  # raises (Store.config/1's ArgumentError), naming it.
+  defp no_pool(pool), do: Store.config(pool)
+
+  @doc false
+  # The nodes a default-session mutation goes to: `:local` for a pool that is
+  # not clustered (its own broadcast), else every pool node.
+  @spec broadcast_nodes(atom()) :: :local | [node()]
+  def broadcast_nodes(pool) do
+    case local_config(pool) do
+      %{cluster: true} -> Enum.uniq([node() | nodes(pool)])
+      %{} -> :local
+      nil -> with [] <- nodes(pool), do: no_pool(pool)
+    end
+  end
+
+  @doc false
+  # DSPyBridge.Pool.request/5: `local.(args...)` for the local pool (with the
+  # owner's index), else `module.function(args...)` on the owner's node.
+  @spec request({module(), atom()}, function(), list()) :: {:ok, term()} | {:error, Error.t()}
+  def request(remote, local, [pool, session, command, args, opts]) do
+    case route(pool, session, opts) do
+      {:local, opts} -> local.(pool, session, command, args, opts)
+      {:remote, node, opts} -> call_listening(node, remote, [pool, session, command, args, opts])
+    end
+  end
+
+  # A remote call whose `listen` function (`on_chunk:`, `on_progress:`) must
+  # run in the calling process: the owner node runs a stand-in that sends
+  # each event here, and this process calls `listen` with it while a task
+  # waits for the answer.
+  defp call_listening(node, remote, [pool, session, command, args, opts]) do
+    case opts[:listen] do
+      nil ->
+        call(node, remote, [pool, session, command, args, opts])
+
+      listen ->
+        caller = self()
+        tag = make_ref()
+        forward = fn name, event -> send(caller, {tag, name, event}) end
+        opts = Keyword.put(opts, :listen, forward)
+        task = Task.async(fn -> call(node, remote, [pool, session, command, args, opts]) end)
+        await_listening(task, tag, listen)
+    end
+  end
+
+  defp await_listening(%Task{ref: ref} = task, tag, listen) do
+    receive do
+      {^tag, name, event} ->
+        listen.(name, event)
+        await_listening(task, tag, listen)
+
+      {^ref, result} ->
+        Process.demonitor(ref, [:flush])
+        flush_listening(tag, listen)
+        result
+    end
+  end
+
+  # events that came after the answer (from another path than it)
+  defp flush_listening(tag, listen) do
+    receive do
+      {^tag, name, event} ->
+        listen.(name, event)
+        flush_listening(tag, listen)
+    after
+      0 -> :ok
+    end
+  end
+
+  @doc false
+  # DSPyBridge.Pool.broadcast/4: `module.function(args...)` here for a pool
+  # that is not clustered, else on every pool node, the results combined by `combine`.
+  @spec broadcast({module(), atom()}, function(), list()) :: {:ok, term()} | {:error, Error.t()}
+  def broadcast({module, function} = remote, combine, [pool | _] = args) do
+    case broadcast_nodes(pool) do
+      :local -> apply(module, function, args)
+      nodes -> combine.(multicall(nodes, remote, args))
+    end
+  end
+
+  @doc false
+  # Records `record` in the local table and, for a clustered pool, sends it
+  # to the other pool nodes (`replicate/3`). Runs in the worker process.
+  @spec record(atom(), atom(), boolean(), Store.record(), {:ok, term()}) :: :ok
+  def record(pool, table, cluster?, record, reply) do
+    Store.apply_record(table, record, reply)
+    if cluster?, do: replicate(pool, record, reply), else: :ok
+  end
+
+  @doc false
+  # `module.function(pool, session, command, args, opts)` (DSPyBridge.Pool's
+  # request or broadcast) on `node`, within `opts[:timeout]`.
+  @spec call(node(), {module(), atom()}, list()) :: {:ok, term()} | {:error, Error.t()}
+  def call(node, {module, function}, [_pool, _session, command, _args, opts] = args),
+    do: remote_call(node, {module, function, args}, Keyword.get(opts, :timeout, 30_000), command)
+
+  def call(node, {module, function}, [_pool, command, _args, opts] = args),
+    do: remote_call(node, {module, function, args}, Keyword.get(opts, :timeout, 30_000), command)
+
+  @doc false
+  # `call/3` on every node at once: the results in the order of `nodes`.
+  @spec multicall([node()], {module(), atom()}, list()) :: [{:ok, term()} | {:error, Error.t()}]
+  def multicall(nodes, function, args) do
+    nodes
+    |> Enum.map(fn node -> Task.async(fn -> call(node, function, args) end) end)
+    |> Task.await_many(:infinity)
+  end
+
+  @doc false
+  # Calls `module.function(args)` on `node` within the call's `timeout` (one
+  # second more, so the remote side answers its own timeout first), mapping
+  # distribution failures to client errors: a node that is or goes down is a
+  # retryable `:worker_exited` (`details["reason"] == "node_down"`), never a hang.
+  @spec remote_call(node(), {module(), atom(), list()}, timeout(), String.t()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def remote_call(node, {module, function, args}, timeout, command) do
+    erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + 1_000
+    size = :erlang.external_size(args)
+
+    if size > @max_remote_bytes do
+      {:error,
+       Error.new(
+         :limit_exceeded,
+         "#{command}: #{size} bytes is over #{@max_remote_bytes} for #{node}",
+         details: %{
+           "limit" => "max_remote_bytes",
+           "max_remote_bytes" => @max_remote_bytes,
+           "size" => size
+         },
+         retryable: false
+       )}
+    else
+      erpc(node, {module, function, args}, erpc_timeout, command)
+    end
+  end
+
+  defp erpc(node, {module, function, args}, erpc_timeout, command) do
+    try do
+      :erpc.call(node, module, function, args, erpc_timeout)
+    catch
+      :error, {:erpc, :noconnection} ->
+        {:error, node_down(node, command)}
+
+      :error, {:erpc, :timeout} ->
+        {:error, Error.new(:timeout, "#{command}: no answer from #{node} in time")}
+
+      :error, {:exception, %ArgumentError{message: "no DSPyBridge.Pool" <> _}, _} ->
+        {:error,
+         Error.new(:worker_exited, "#{command}: the pool on #{node} is gone",
+           details: %{"reason" => "node_down", "node" => Atom.to_string(node)}
+         )}
+
+      kind, reason ->
+        {:error,
+         Error.new(:internal, "#{command} on #{node} failed: #{inspect({kind, reason})}",
+           details: %{"node" => Atom.to_string(node)}
+         )}
+    end
+  end
+
+  defp node_down(node, command) do
+    Error.new(:worker_exited, "#{command}: node #{node} is down or unreachable",
+      details: %{"reason" => "node_down", "node" => Atom.to_string(node)}
+    )
+  end
+
+  @doc """
+  What each node of `pool` holds: `[%{node, workers, sessions_owned,
+  records, moved_in, moved_out}]` (nodes that do not answer within 5 s are
+  left out), sessions counted from each node's copy of the records.
+  """
+  @spec stats(atom()) :: [map()]
+  def stats(pool) do
+    nodes = nodes(pool)
+
+    nodes
+    |> :erpc.multicall(GenServer, :call, [member_name(pool), :info], 5_000)
+    |> Enum.zip(nodes)
+    |> Enum.flat_map(fn
+      {{:ok, info}, node} -> [Map.put(info, :node, node)]
+      {_failed, _node} -> []
+    end)
+  end
+
+  @doc false
+  # Whether the worker at `index` of a pool of `size` serves `session`: by
+  # the session's hash, or in a cluster by rendezvous over every node's workers.
+  @spec owns_fun(atom(), non_neg_integer(), pos_integer(), boolean()) :: (String.t() -> boolean())
+  def owns_fun(_pool, index, size, false), do: &(Router.index_for(&1, size) == index)
+  def owns_fun(pool, index, _size, true), do: &(whereis(pool, &1) == {node(), index})
+
+  @doc false
+  # Called by the worker that recorded `record` (after its own table): sends
+  # it to the members on the other pool nodes (DSPyBridge.Cluster.Member),
+  # asynchronously: one message per other node. Default-session records are
+  # not sent: their mutations run on every pool node, which records them itself.
+  @spec replicate(atom(), Store.record(), {:ok, term()}) :: :ok
+  def replicate(pool, record, reply) do
+    if record_session(record) != nil do
+      for pid <- :pg.get_members(@scope, replica_group(pool)),
+          node(pid) != node(),
+          do: send(pid, {:replicate, record, reply})
+    end
+
+    :ok
+  end
+
+  defp record_session({:put_cache, _}), do: nil
+  defp record_session(record), do: elem(record, 1)
+
+  @doc false
+  def local_config(pool) do
+    if :ets.whereis(pool) != :undefined, do: Store.config(pool)
+  rescue
+    ArgumentError -> nil
+  end
+end

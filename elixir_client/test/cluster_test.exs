@@ -1,0 +1,427 @@
+defmodule DSPyBridge.ClusterTest do
+  # One logical pool over several BEAM nodes: peers on 127.0.0.1 (OTP's
+  # :peer), each with a clustered pool of real workers; the test node has no
+  # pool of its own and calls through the cluster. Not async: the peers'
+  # workers need the machine's cores.
+  use ExUnit.Case, async: false
+
+  import DSPyBridge.Test.Cluster
+
+  alias DSPyBridge.{Cluster, Error, Pool}
+  alias DSPyBridge.Cluster.Rendezvous
+
+  @moduletag :cluster
+  @moduletag :dspy
+  @moduletag timeout: 180_000
+
+  setup_all do
+    ensure_distributed!()
+    :ok
+  end
+
+  # fixed names, so the rendezvous figures below are the same in every run
+  defp pool, do: DSPyBridge.ClusterTestPool
+
+  defp keys(nodes_sizes), do: for({node, size} <- nodes_sizes, i <- 0..(size - 1), do: {node, i})
+
+  # Peers are started here, in the test process (a peer is linked to the
+  # process that starts it); their pools concurrently.
+  defp peers(specs, pool_opts \\ []) do
+    started = for {name, size} <- specs, do: Tuple.append(start_peer(name), size)
+
+    started
+    |> Enum.map(fn {_, node, size} ->
+      Task.async(fn -> start_pool(node, pool(), size, pool_opts) end)
+    end)
+    |> Task.await_many(90_000)
+
+    keys = keys(for {_, node, size} <- started, do: {node, size})
+    await_keys(pool(), keys, for({_, node, _} <- started, do: node))
+    {started, keys}
+  end
+
+  defp answer_of(session), do: "the answer of #{session}"
+
+  # A session with its own mock LM (whose answer names the session) and a
+  # program: after a move, the same answer shows its records were replayed.
+  defp set_up_session(session) do
+    lm = [model: "mock/#{session}", extra: %{responses: %{"who?" => answer_of(session)}}]
+    {:ok, _} = DSPyBridge.configure_lm(pool(), lm, session: session)
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool(), %{program_id: "qa", signature: "question -> answer"},
+        session: session
+      )
+
+    :ok
+  end
+
+  defp set_up_sessions(sessions) do
+    sessions
+    |> Enum.map(&Task.async(fn -> set_up_session(&1) end))
+    |> Task.await_many(60_000)
+  end
+
+  defp execute(session, node \\ node()) do
+    args = [pool(), "qa", %{question: "who?"}, [session: session, timeout: 15_000]]
+
+    result =
+      if node == node(),
+        do: apply(DSPyBridge, :execute, args),
+        else: :erpc.call(node, DSPyBridge, :execute, args, 20_000)
+
+    case result do
+      {:ok, %{"outputs" => %{"answer" => answer}}} -> answer
+      other -> flunk("#{session}: expected an answer, got #{inspect(other)}")
+    end
+  end
+
+  defp assert_answers(sessions) do
+    sessions
+    |> Enum.map(&Task.async(fn -> {&1, execute(&1)} end))
+    |> Task.await_many(60_000)
+    |> Enum.each(fn {session, answer} -> assert answer == answer_of(session) end)
+  end
+
+  # The sessions a worker of `node` holds, as the worker itself lists them.
+  defp sessions_held(node, size) do
+    for index <- 0..(size - 1),
+        {:ok, %{"sessions" => list}} =
+          :erpc.call(node, DSPyBridge, :request, [pool(), "list_sessions", %{}, [worker: index]]),
+        %{"session_id" => id} <- list,
+        id != "default",
+        do: {id, {node, index}}
+  end
+
+  test "sessions spread over the nodes by their workers, calls work from a node with no pool, " <>
+         "and a stopped node's sessions are replayed on their new owners" do
+    {[{_, a, _}, {_, b, _}, {c_peer, c, _}], keys} =
+      peers(cluster_a: 2, cluster_b: 1, cluster_c: 1)
+
+    refute Process.whereis(pool()), "the test node has no pool of its own"
+    sessions = for i <- 1..120, do: "user-#{i}"
+    set_up_sessions(sessions)
+
+    # spread: exactly as rendezvous hashing predicts, each worker near its
+    # quarter (30), so the node with two workers has about twice the share
+    owners = Map.new(sessions, &{&1, DSPyBridge.whereis(pool(), &1)})
+    assert owners == Map.new(sessions, &{&1, Rendezvous.owner(&1, keys)})
+    per_worker = owners |> Map.values() |> Enum.frequencies()
+    assert Enum.sort(Map.keys(per_worker)) == keys
+    assert Enum.all?(Map.values(per_worker), &(&1 in 20..40)), inspect(per_worker)
+    per_node = owners |> Map.values() |> Enum.frequencies_by(&elem(&1, 0))
+    assert per_node[a] > per_node[b] and per_node[a] > per_node[c], inspect(per_node)
+
+    # each call reached its owner: the owner's worker holds the session
+    held = Enum.flat_map([{a, 2}, {b, 1}, {c, 1}], fn {n, s} -> sessions_held(n, s) end)
+    assert Map.new(held) == owners
+
+    assert_answers(sessions)
+    # a call's on_chunk runs here, in the caller, though the owner is elsewhere
+    me = self()
+    streamed = "streamed"
+    set_up_session(streamed)
+
+    assert {:ok, %{"outputs" => %{"answer" => answer}}} =
+             DSPyBridge.execute(pool(), "qa", %{question: "who?"},
+               session: streamed,
+               on_chunk: fn item -> send(me, {:chunk_in, self(), item}) end
+             )
+
+    assert answer == answer_of(streamed)
+    assert_received {:chunk_in, ^me, {:chunk, "answer", _}}
+
+    # cluster-wide stats: every node, all sessions owned once
+    stats = Cluster.stats(pool())
+    assert Enum.sort(for st <- stats, do: st.node) == Enum.sort([a, b, c])
+    assert Enum.sum(for st <- stats, do: st.sessions_owned) == length(sessions) + 1
+
+    # and from a pool node, the same
+    for s <- Enum.take(sessions, 8), do: assert(execute(s, b) == answer_of(s))
+
+    # a call in flight on c when c goes away fails at once, retryable
+    [on_c | _] = for {s, {^c, _}} <- owners, do: s
+    caller = self()
+
+    slow =
+      Task.async(fn ->
+        send(caller, :sent)
+        DSPyBridge.request(pool(), "sleep", %{ms: 20_000}, session: on_c, timeout: 30_000)
+      end)
+
+    assert_receive :sent
+    await_in_flight(c)
+    stopped_at = System.monotonic_time(:millisecond)
+    :ok = :peer.stop(c_peer)
+
+    assert {:error, %Error{type: :worker_exited, retryable: true, details: details}} =
+             Task.await(slow, 10_000)
+
+    assert details["reason"] == "node_down"
+    assert System.monotonic_time(:millisecond) - stopped_at < 5_000
+
+    # c's sessions now belong to a and b, which replay them. A call on a, as
+    # soon as a's :pg has dropped c, for a session a now owns, waits for its
+    # replay instead of failing
+    survivors = keys -- [{c, 0}]
+    await_pg_view(a, survivors)
+
+    to_a = for {s, {^c, _}} <- owners, match?({^a, _}, Rendezvous.owner(s, survivors)), do: s
+    assert to_a != []
+    for s <- to_a, do: assert(execute(s, a) == answer_of(s))
+
+    # and from the test node as soon as its :pg has dropped c: the new owners
+    # (a and b, each learning of the loss on its own) replay before answering
+    await_pg_view(node(), survivors)
+    moved = for {s, {^c, _}} <- owners, do: s
+    assert_answers(moved)
+
+    await_keys(pool(), survivors, [a, b])
+
+    for s <- sessions,
+        do: assert(DSPyBridge.whereis(pool(), s) == Rendezvous.owner(s, survivors))
+
+    assert moved != []
+    assert_answers(sessions)
+
+    held = Enum.flat_map([{a, 2}, {b, 1}], fn {n, s} -> sessions_held(n, s) end)
+    all = ["streamed" | sessions]
+    assert Map.new(held) == Map.new(all, &{&1, Rendezvous.owner(&1, survivors)})
+    assert length(held) == length(all)
+  end
+
+  test "a joining node takes about its share, only those sessions move, " <>
+         "and a call in flight on a session that moves still succeeds" do
+    {[{_, a, _}, {_, b, _}], old_keys} = peers(join_a: 1, join_b: 1)
+    sessions = for i <- 1..30, do: "tenant-#{i}"
+    set_up_sessions(sessions)
+    assert_answers(sessions)
+
+    # a default-session program: on every pool node, and on the joiner too
+    {:ok, _} =
+      DSPyBridge.create_program(pool(), %{program_id: "shared", signature: "question -> answer"})
+
+    for node <- [a, b] do
+      assert {:ok, %{"program_id" => "shared"}} =
+               :erpc.call(node, DSPyBridge, :get_program, [pool(), "shared", [worker: 0]])
+    end
+
+    c = :"join_c@127.0.0.1"
+    new_keys = Enum.sort(old_keys ++ [{c, 0}])
+    predicted = Rendezvous.moves(sessions, old_keys, new_keys)
+    assert Enum.all?(predicted, &match?({_, _, {^c, 0}}, &1))
+    assert length(predicted) in 5..16, "about a third of 30: #{length(predicted)}"
+
+    # a slow execute on a session about to move, on its old owner
+    [{moving, _, _} | _] = predicted
+    slow_lm = [model: "mock/slow", extra: %{default: "slow answer", latency_ms: 3_000}]
+
+    slow =
+      Task.async(fn ->
+        DSPyBridge.execute(pool(), "qa", %{question: "?"},
+          session: moving,
+          lm: slow_lm,
+          timeout: 30_000
+        )
+      end)
+
+    {old_node, _} = DSPyBridge.whereis(pool(), moving)
+    await_in_flight(old_node)
+
+    {_peer, ^c} = start_peer(:join_c)
+    for node <- [a, b, c], do: forward_telemetry(node, self())
+    start_pool(c, pool(), 1)
+    await_keys(pool(), new_keys, [a, b, c])
+
+    # each move was announced where it arrived and where it left
+    for {session, from, to} <- predicted do
+      for direction <- [:in, :out] do
+        assert_receive {:telemetry, [:dspy_bridge, :cluster, :ownership], %{duration: _},
+                        %{
+                          session: ^session,
+                          from: ^from,
+                          to: ^to,
+                          direction: ^direction,
+                          reason: :join
+                        }}
+      end
+    end
+
+    refute_received {:telemetry, [:dspy_bridge, :cluster, :ownership], _, _}
+
+    assert {:ok, %{"outputs" => %{"answer" => "slow answer"}}} = Task.await(slow, 30_000)
+
+    assert {:ok, %{"program_id" => "shared"}} =
+             :erpc.call(c, DSPyBridge, :get_program, [pool(), "shared", [worker: 0]])
+
+    # exactly the predicted sessions moved, all to c
+    moved =
+      for s <- sessions, DSPyBridge.whereis(pool(), s) != Rendezvous.owner(s, old_keys), do: s
+
+    assert Enum.sort(moved) == Enum.sort(for {s, _, _} <- predicted, do: s)
+    assert member_info(c, pool()).moved_in == length(predicted)
+    assert_answers(sessions)
+
+    # the old owners let them go (drained, then ended): one owner each
+    held = Enum.flat_map([a, b, c], &sessions_held(&1, 1))
+    assert Map.new(held) == Map.new(sessions, &{&1, Rendezvous.owner(&1, new_keys)})
+    assert length(held) == length(sessions)
+  end
+
+  test "after a partition heals, no session is served by two owners" do
+    {[{_, a, _}, {b_peer, b, _}], keys} = peers(part_a: 1, part_b: 1)
+    sessions = for i <- 1..16, do: "acct-#{i}"
+    set_up_sessions(sessions)
+    assert_answers(sessions)
+
+    # b is cut off from every node: each side takes over the other's sessions
+    cookie = :peer.call(b_peer, DSPyBridge.Test.Cluster, :isolate, [])
+    # global's prevent_overlapping_partitions may also cut the test node from
+    # a while the nodes learn of b's loss: reconnect it, once b is gone
+    await_keys(pool(), [{a, 0}], [a], reconnect: [a], gone: [b])
+    assert %{keys: [{^b, 0}]} = await_member(b_peer, [{b, 0}])
+
+    # the test node, on a's side, is served by a alone, same answers
+    assert_answers(sessions)
+
+    :ok = :peer.call(b_peer, DSPyBridge.Test.Cluster, :heal, [cookie, [node(), a]])
+    await_keys(pool(), keys, [a, b])
+
+    # one owner per session, agreed by every node, and held by that worker only
+    for node <- [a, b],
+        s <- sessions,
+        do:
+          assert(:erpc.call(node, DSPyBridge, :whereis, [pool(), s]) == Rendezvous.owner(s, keys))
+
+    held = Enum.flat_map([a, b], &sessions_held(&1, 1))
+    assert length(held) == length(sessions), "a session held twice: #{inspect(held)}"
+    assert Map.new(held) == Map.new(sessions, &{&1, Rendezvous.owner(&1, keys)})
+    assert_answers(sessions)
+  end
+
+  test "a pool no node runs raises as a local one does; an unreachable node is node_down" do
+    assert_raise ArgumentError, ~r/no DSPyBridge.Pool named NoSuchClusterPool/, fn ->
+      DSPyBridge.ping(NoSuchClusterPool, session: "s")
+    end
+
+    assert DSPyBridge.whereis(NoSuchClusterPool, "s") == nil
+
+    # a node that cannot be reached: at once, retryable
+    assert {:error,
+            %Error{type: :worker_exited, retryable: true, details: %{"reason" => "node_down"}}} =
+             Cluster.remote_call(:"nowhere@127.0.0.1", {:erlang, :node, []}, 5_000, "ping")
+
+    assert Cluster.keys(NoSuchClusterPool) == []
+    refute Process.whereis(Pool)
+  end
+
+  @tag :bench
+  test "bench: 3 nodes x 2 workers against 1 node x 2 workers, and the cost of replication" do
+    lm = [model: "mock/bench", extra: %{default: "ok", latency_ms: 20}]
+    sessions = for i <- 1..60, do: "bench-#{i}"
+    n = 1_500
+
+    run = fn specs ->
+      {started, _keys} = peers(specs, default_lm: lm)
+
+      {created_us, _} =
+        :timer.tc(fn ->
+          for s <- sessions,
+              do: {:ok, _} = DSPyBridge.create_program(pool(), "question -> answer", session: s)
+        end)
+
+      programs = Map.new(sessions, fn s -> {s, program_of(s)} end)
+      # warm every worker (DSPy's first call is slow)
+      assert_answers_ok(sessions, programs, length(sessions))
+      {elapsed_us, _} = :timer.tc(fn -> assert_answers_ok(sessions, programs, n) end)
+      for {peer, _, _} <- started, do: :peer.stop(peer)
+      await_keys(pool(), [], [])
+      %{calls_per_s: round(n * 1_000_000 / elapsed_us), create_us: div(created_us, 60)}
+    end
+
+    one = run.(bench1_a: 2)
+    three = run.(bench3_a: 2, bench3_b: 2, bench3_c: 2)
+
+    # what one replicated record costs on the wire: a create_program's
+    record =
+      {:put_program, "bench-1", "create_program",
+       %{"session_id" => "bench-1", "signature" => "question -> answer", "program_id" => "p-1"}}
+
+    bytes = :erlang.external_size({:replicate, record, {:ok, %{"program_id" => "p-1"}}})
+
+    report =
+      "#{n} concurrent executes over 60 sessions (mock LM, 20 ms latency), from a node " <>
+        "with no pool: 1 node x 2 workers #{one.calls_per_s} calls/s, 3 nodes x 2 workers " <>
+        "#{three.calls_per_s} calls/s (#{Float.round(three.calls_per_s / one.calls_per_s, 2)}x); " <>
+        "create_program one at a time: #{one.create_us} us (replicated to no other node) vs " <>
+        "#{three.create_us} us (to 2 others); one replicated record #{bytes} bytes"
+
+    IO.puts("\n  " <> report)
+    File.write!(Path.join(Mix.Project.build_path(), "cluster_bench.txt"), report <> "\n")
+    assert one.calls_per_s > 0 and three.calls_per_s > 0
+  end
+
+  # -- helpers -----------------------------------------------------------------
+
+  defp program_of(session) do
+    {:ok, %{"programs" => [%{"program_id" => id} | _]}} =
+      DSPyBridge.list_programs(pool(), session: session)
+
+    id
+  end
+
+  # `n` executes at once, one process each, round-robin over the sessions.
+  defp assert_answers_ok(sessions, programs, n) do
+    sessions
+    |> Stream.cycle()
+    |> Enum.take(n)
+    |> Enum.map(fn s ->
+      Task.async(fn ->
+        DSPyBridge.execute(pool(), programs[s], %{question: "q"}, session: s, timeout: 60_000)
+      end)
+    end)
+    |> Task.await_many(90_000)
+    |> Enum.each(&assert(match?({:ok, %{"outputs" => %{"answer" => "ok"}}}, &1), inspect(&1)))
+  end
+
+  defp await_member(peer, keys, tries \\ 1_500) do
+    info = member_info(peer, pool())
+
+    cond do
+      info.keys == keys -> info
+      tries == 0 -> flunk("the cut-off node did not settle: #{inspect(info.keys)}")
+      true -> Process.sleep(20) && await_member(peer, keys, tries - 1)
+    end
+  end
+
+  # Waits until :pg on `node` shows exactly `keys` (its member may not have
+  # handled the change yet).
+  defp await_pg_view(node, keys, tries \\ 1_500) do
+    cond do
+      :erpc.call(node, Cluster, :keys, [pool()]) == keys ->
+        :ok
+
+      tries == 0 ->
+        flunk("#{node} still sees #{inspect(:erpc.call(node, Cluster, :keys, [pool()]))}")
+
+      true ->
+        Process.sleep(5) && await_pg_view(node, keys, tries - 1)
+    end
+  end
+
+  # Waits until a worker of `node` has a request in flight.
+  defp await_in_flight(node, tries \\ 500) do
+    busy? =
+      node
+      |> :erpc.call(Pool, :workers, [pool()])
+      |> Enum.any?(fn {_, pid, _, _} ->
+        pid != nil and :erpc.call(node, DSPyBridge.Worker, :info, [pid]).in_flight > 0
+      end)
+
+    cond do
+      busy? -> :ok
+      tries == 0 -> flunk("no request in flight on #{node}")
+      true -> Process.sleep(10) && await_in_flight(node, tries - 1)
+    end
+  end
+end
