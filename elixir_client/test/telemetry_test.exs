@@ -342,7 +342,11 @@ defmodule DSPyBridge.TelemetryTest do
 
     # cancelled in the worker: its answer, when it comes, is dropped
     assert_receive {:telemetry_event, [:dspy_bridge, :event], _,
-                    %{event: %Event{name: "late_reply_dropped", data: %{"command" => cmd}}}},
+                    %{
+                      event: %Event{name: "late_reply_dropped", data: %{"command" => cmd}},
+                      pool: ^pool,
+                      worker: 0
+                    }},
                    @wait
 
     assert cmd == "execute_program"

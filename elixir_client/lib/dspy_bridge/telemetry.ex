@@ -17,8 +17,7 @@ defmodule DSPyBridge.Telemetry do
   worker's process, so a handler runs there, between the
   worker's frames, and should be quick. Every event's metadata has `pool`
   (the pool's name) and `worker` (the worker's index in it), both `nil`
-  for a worker started without a pool; `[:dspy_bridge, :event]` has them
-  in its `event`.
+  for a worker started without a pool.
 
   ## Requests
 
@@ -130,7 +129,7 @@ defmodule DSPyBridge.Telemetry do
 
     * `[:dspy_bridge, :event]` — every `DSPyBridge.Event` (the worker's and
       the client's, as subscribers get them): measurements `%{count: 1}`,
-      metadata `%{event: DSPyBridge.Event.t()}`.
+      metadata `%{event: DSPyBridge.Event.t(), pool, worker}`.
   """
 
   @events [

@@ -187,7 +187,11 @@ defmodule DSPyBridge.Worker.Effects do
       pid when is_pid(pid) -> send(pid, {:dspy_bridge_event, event})
     end
 
-    Telemetry.execute([:dspy_bridge, :event], %{count: 1}, %{event: event})
+    Telemetry.execute([:dspy_bridge, :event], %{count: 1}, %{
+      event: event,
+      pool: event.pool,
+      worker: event.worker
+    })
   end
 
   defp safe_call(fun, event) do
