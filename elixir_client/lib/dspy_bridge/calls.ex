@@ -28,6 +28,20 @@ defmodule DSPyBridge.Calls do
       else: Pool.broadcast(pool, command, args, call_opts)
   end
 
+  # checkpoint_program/3: an export whose document the worker that exports
+  # it records, as it records the other changes (a clustered pool's session:
+  # on its owner, which copies it to every pool node).
+  @doc false
+  def checkpoint(pool, program_id, opts) do
+    session = session(opts)
+    args = put_opt(%{"program_id" => program_id}, "session_id", session)
+    call_opts = call_opts(opts) ++ [record: {:checkpoint, session, program_id, nil}]
+
+    with {:ok, %{"document" => doc}} <-
+           Pool.request(pool, session, "export_program", args, call_opts),
+         do: {:ok, doc}
+  end
+
   @doc false
   def all_workers(pool, command, args, opts) do
     %{size: size} = Store.config(pool)

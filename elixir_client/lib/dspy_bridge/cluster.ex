@@ -67,6 +67,17 @@ defmodule DSPyBridge.Cluster do
   @doc false
   def member_name(pool), do: Module.concat(pool, ClusterMember)
 
+  @doc false
+  # Whether calls to `pool` from this node go through the cluster: its local
+  # pool is clustered, or it has none (then only pool nodes can serve them).
+  @spec clustered?(atom()) :: boolean()
+  def clustered?(pool) do
+    case local_config(pool) do
+      %{} = config -> Map.get(config, :cluster, false)
+      nil -> true
+    end
+  end
+
   @doc "The worker keys of `pool` on every connected node, sorted."
   @spec keys(atom()) :: [key()]
   def keys(pool), do: keys_of(:pg.get_members(@scope, owner_group(pool)))

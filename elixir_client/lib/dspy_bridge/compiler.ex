@@ -19,7 +19,7 @@ defmodule DSPyBridge.Compiler do
 
   require Logger
 
-  alias DSPyBridge.{Args, Error, Pool, Streaming}
+  alias DSPyBridge.{Args, Cluster, Error, Pool, Streaming}
   alias DSPyBridge.Pool.Store
 
   # each of the requests that record the result (export, and for the
@@ -65,7 +65,7 @@ defmodule DSPyBridge.Compiler do
     call = %{
       pool: pool,
       session: session,
-      index: Pool.route(pool, session, opts[:worker]),
+      index: worker_index(pool, session, opts[:worker]),
       args: args,
       listen: Streaming.progress_listener(opts[:on_progress]),
       deadline: deadline
@@ -84,7 +84,8 @@ defmodule DSPyBridge.Compiler do
 
   defp compile(call, resumes) do
     opts =
-      [worker: call.index, timeout: remaining(call.deadline), resume: resumes] ++
+      worker_opt(call) ++
+        [timeout: remaining(call.deadline), resume: resumes] ++
         if(call.listen, do: [listen: call.listen], else: [])
 
     with {:ok, result} <-
@@ -117,6 +118,19 @@ defmodule DSPyBridge.Compiler do
     end
   end
 
+  # The worker to compile on: a clustered pool's session is on its owner,
+  # which the pool's routing finds (maybe on another node), so none is named
+  # unless the caller did; otherwise the worker the pool routes to now, so
+  # the export that records the result reaches the same one.
+  defp worker_index(pool, session, worker) do
+    if session != nil and Cluster.clustered?(pool),
+      do: worker,
+      else: Pool.route(pool, session, worker)
+  end
+
+  defp worker_opt(%{index: nil}), do: []
+  defp worker_opt(%{index: index}), do: [worker: index]
+
   defp remaining(:infinity), do: :infinity
   defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
 
@@ -125,17 +139,28 @@ defmodule DSPyBridge.Compiler do
 
   # Exports the compiled program from the worker that compiled it and
   # records the document for replay (for the default session, imports it on
-  # the other workers too).
+  # the other workers too). A session's document is recorded by the worker
+  # that exported it, as its other records are (so a clustered pool's owner
+  # records it and copies it to every pool node).
+  defp record(%{session: session} = call, result) when session != nil do
+    target = target(call, result)
+    export = %{"program_id" => target, "session_id" => session}
+    record = {:checkpoint, session, target, call.args["program_id"]}
+    opts = worker_opt(call) ++ [timeout: @record_timeout, record: record]
+
+    with {:ok, _} <- Pool.request(call.pool, session, "export_program", export, opts), do: :ok
+  end
+
   defp record(call, result) do
     target = target(call, result)
-    export = put_opt(%{"program_id" => target}, "session_id", call.session)
+    export = %{"program_id" => target}
     opts = [worker: call.index, timeout: @record_timeout]
 
     with {:ok, %{"document" => doc}} <-
-           Pool.request(call.pool, call.session, "export_program", export, opts) do
+           Pool.request(call.pool, nil, "export_program", export, opts) do
       table = Store.config(call.pool).table
-      {:ok, doc} = Store.checkpoint(table, call.session, target, doc, call.args["program_id"])
-      if call.session == nil, do: spread(call, target, doc), else: :ok
+      {:ok, doc} = Store.checkpoint(table, nil, target, doc, call.args["program_id"])
+      spread(call, target, doc)
     end
   end
 

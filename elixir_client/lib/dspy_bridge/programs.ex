@@ -2,7 +2,6 @@ defmodule DSPyBridge.Programs do
   @moduledoc false
   # The LM and program functions of `DSPyBridge`, which delegates to them.
   alias DSPyBridge.{Args, HostFunction, Options, Tools}
-  alias DSPyBridge.Pool.Store
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [lm_args: 1, normalize: 1]
 
@@ -148,10 +147,7 @@ defmodule DSPyBridge.Programs do
   def checkpoint_program(pool, program_id, opts \\ []) do
     opts = Options.validate!(opts, :call)
 
-    with {:ok, %{"document" => doc}} <- export_program(pool, program_id, opts) do
-      {:ok, _} = Store.checkpoint(Store.config(pool).table, session(opts), program_id, doc)
-      {:ok, doc}
-    end
+    checkpoint(pool, program_id, opts)
   end
 
   @api_doc {:import_program,

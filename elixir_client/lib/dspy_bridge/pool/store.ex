@@ -37,6 +37,7 @@ defmodule DSPyBridge.Pool.Store do
           | {:put_signature, String.t() | nil, String.t(), map()}
           | {:delete_signature, String.t() | nil, String.t()}
           | {:delete_session, String.t() | nil}
+          | {:checkpoint, String.t() | nil, String.t(), String.t() | nil}
 
   @doc false
   @spec new(atom()) :: :ets.tid() | atom()
@@ -143,6 +144,10 @@ defmodule DSPyBridge.Pool.Store do
 
       {:delete_session, session} ->
         forget_session(table, session)
+
+      # an export_program's document, as the program's replay record (checkpoint/5)
+      {:checkpoint, session, program_id, source} ->
+        {:ok, _} = checkpoint(table, session, program_id, Map.fetch!(result, "document"), source)
     end
 
     :ok
