@@ -19,80 +19,6 @@ defmodule DSPyBridge.ClusterTest do
     :ok
   end
 
-  # fixed names, so the rendezvous figures below are the same in every run
-  defp pool, do: DSPyBridge.ClusterTestPool
-
-  defp keys(nodes_sizes), do: for({node, size} <- nodes_sizes, i <- 0..(size - 1), do: {node, i})
-
-  # Peers are started here, in the test process (a peer is linked to the
-  # process that starts it); their pools concurrently.
-  defp peers(specs, pool_opts \\ []) do
-    started = for {name, size} <- specs, do: Tuple.append(start_peer(name), size)
-
-    started
-    |> Enum.map(fn {_, node, size} ->
-      Task.async(fn -> start_pool(node, pool(), size, pool_opts) end)
-    end)
-    |> Task.await_many(90_000)
-
-    keys = keys(for {_, node, size} <- started, do: {node, size})
-    await_keys(pool(), keys, for({_, node, _} <- started, do: node))
-    {started, keys}
-  end
-
-  defp answer_of(session), do: "the answer of #{session}"
-
-  # A session with its own mock LM (whose answer names the session) and a
-  # program: after a move, the same answer shows its records were replayed.
-  defp set_up_session(session) do
-    lm = [model: "mock/#{session}", extra: %{responses: %{"who?" => answer_of(session)}}]
-    {:ok, _} = DSPyBridge.configure_lm(pool(), lm, session: session)
-
-    {:ok, _} =
-      DSPyBridge.create_program(pool(), %{program_id: "qa", signature: "question -> answer"},
-        session: session
-      )
-
-    :ok
-  end
-
-  defp set_up_sessions(sessions) do
-    sessions
-    |> Enum.map(&Task.async(fn -> set_up_session(&1) end))
-    |> Task.await_many(60_000)
-  end
-
-  defp execute(session, node \\ node()) do
-    args = [pool(), "qa", %{question: "who?"}, [session: session, timeout: 15_000]]
-
-    result =
-      if node == node(),
-        do: apply(DSPyBridge, :execute, args),
-        else: :erpc.call(node, DSPyBridge, :execute, args, 20_000)
-
-    case result do
-      {:ok, %{"outputs" => %{"answer" => answer}}} -> answer
-      other -> flunk("#{session}: expected an answer, got #{inspect(other)}")
-    end
-  end
-
-  defp assert_answers(sessions) do
-    sessions
-    |> Enum.map(&Task.async(fn -> {&1, execute(&1)} end))
-    |> Task.await_many(60_000)
-    |> Enum.each(fn {session, answer} -> assert answer == answer_of(session) end)
-  end
-
-  # The sessions a worker of `node` holds, as the worker itself lists them.
-  defp sessions_held(node, size) do
-    for index <- 0..(size - 1),
-        {:ok, %{"sessions" => list}} =
-          :erpc.call(node, DSPyBridge, :request, [pool(), "list_sessions", %{}, [worker: index]]),
-        %{"session_id" => id} <- list,
-        id != "default",
-        do: {id, {node, index}}
-  end
-
   test "sessions spread over the nodes by their workers, calls work from a node with no pool, " <>
          "and a stopped node's sessions are replayed on their new owners" do
     {[{_, a, _}, {_, b, _}, {c_peer, c, _}], keys} =
@@ -130,6 +56,10 @@ defmodule DSPyBridge.ClusterTest do
 
     assert answer == answer_of(streamed)
     assert_received {:chunk_in, ^me, {:chunk, "answer", _}}
+
+    # and stream/4 from this node with no pool: the owner's chunks, then the answer
+    items = Enum.to_list(DSPyBridge.stream(pool(), "qa", %{question: "who?"}, session: streamed))
+    assert {:done, %{"outputs" => %{"answer" => ^answer}}} = List.last(items)
 
     # cluster-wide stats: every node, all sessions owned once
     stats = Cluster.stats(pool())
@@ -299,6 +229,166 @@ defmodule DSPyBridge.ClusterTest do
     assert_answers(sessions)
   end
 
+  test "a session's compile and checkpoint run on its owner, and the compiled programs " <>
+         "survive the owner's loss" do
+    {started, _keys} = peers(compile_a: 1, compile_b: 1)
+    s = "compiled"
+    lm = [model: "mock/knows", extra: %{generator: %{name: "knows", run: &knows/1}}]
+    {:ok, _} = DSPyBridge.configure_lm(pool(), lm, session: s)
+
+    for id <- ["qa", "base"] do
+      {:ok, _} =
+        DSPyBridge.create_program(pool(), %{program_id: id, signature: "question -> answer"},
+          session: s
+        )
+    end
+
+    {owner, 0} = DSPyBridge.whereis(pool(), s)
+    [{owner_peer, ^owner, _}] = for {_, node, _} = p <- started, node == owner, do: p
+    [{_, other, _}] = for {_, node, _} = p <- started, node != owner, do: p
+    training = [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
+
+    # compile/4 from the test node (no pool): on the owner, progress here
+    me = self()
+    on_progress = fn event -> send(me, {:progress, self(), event}) end
+
+    assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} =
+             DSPyBridge.compile(
+               pool(),
+               "qa",
+               :labeled_few_shot,
+               training ++ [session: s, on_progress: on_progress]
+             )
+
+    assert_received {:progress, ^me, _}
+
+    # checkpoint_program/3 from the pool node that does not own the session,
+    # of a program compiled by a raw request (which records nothing)
+    compile_base =
+      Map.new(training) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
+
+    {:ok, _} =
+      DSPyBridge.request(pool(), "compile_program", Map.put(compile_base, :session_id, s),
+        session: s,
+        timeout: 30_000
+      )
+
+    assert {:ok, %{"program_id" => "base"}} =
+             :erpc.call(other, DSPyBridge, :checkpoint_program, [pool(), "base", [session: s]])
+
+    # both ran on the owner: the other node's worker never got the session
+    assert sessions_held(other, 1) == []
+    assert sessions_held(owner, 1) == [{s, {owner, 0}}]
+
+    # and both compiled programs are recorded on every pool node
+    for node <- [owner, other], id <- ["qa", "base"] do
+      rows = :erpc.call(node, DSPyBridge.Pool.Store, :records, [pool()])
+      key = {:rec, s, :program, id}
+
+      assert [{^key, _, "import_program", %{"document" => _}}] =
+               for({^key, _, _, _} = r <- rows, do: r)
+    end
+
+    ask = fn program -> for q <- ["Peru?", "Japan?"], do: ask(s, program, q) end
+    assert ask.("qa") == ["Lima", "Tokyo"]
+    assert ask.("base") == ["Lima", "Tokyo"]
+
+    # the owner goes: the other node replays the session, compiled
+    :ok = :peer.stop(owner_peer)
+    await_keys(pool(), [{other, 0}], [other])
+    assert DSPyBridge.whereis(pool(), s) == {other, 0}
+    assert ask.("qa") == ["Lima", "Tokyo"]
+    assert ask.("base") == ["Lima", "Tokyo"]
+    assert {:ok, %{"demos" => 2}} = DSPyBridge.get_program(pool(), "qa", session: s)
+  end
+
+  test "a call routed here before this node sees a loss waits for its :pg to change, " <>
+         "and goes on to the owner it sees when it never agrees" do
+    {[{_, a, _}, {b_peer, b, _}], keys} = peers(view_a: 1, view_b: 1)
+    on_b = for i <- 1..40, s = "view-#{i}", Rendezvous.owner(s, keys) == {b, 0}, do: s
+    [never_agrees, agrees | _] = on_b
+    set_up_sessions([never_agrees, agrees])
+    forward_telemetry(a, self())
+    [{0, _, a_os_pid, _}] = :erpc.call(a, Pool, :workers, [pool()])
+    [{0, _, b_os_pid, _}] = :erpc.call(b, Pool, :workers, [pool()])
+
+    # as a caller that (wrongly) sees a's worker as the owner routes it: a
+    # waits for its view, which never agrees, then forwards it to b
+    ping_on_a = fn session ->
+      args = [pool(), session, "ping", %{}, [worker: 0, timeout: 15_000]]
+      :erpc.call(a, Pool, :request, args, 20_000)
+    end
+
+    assert {:ok, %{"pid" => ^b_os_pid}} = ping_on_a.(never_agrees)
+
+    assert_received {:telemetry, [:dspy_bridge, :cluster, :view_wait, :stop], %{duration: _},
+                     %{session: ^never_agrees, owner: {^a, 0}, outcome: :timed_out}}
+
+    # as a caller that has seen b go routes it: a waits, b goes, a's view
+    # agrees, and a's worker answers, with the session replayed
+    waiting = Task.async(fn -> ping_on_a.(agrees) end)
+
+    assert_receive {:telemetry, [:dspy_bridge, :cluster, :view_wait, :start], _,
+                    %{session: ^agrees, owner: {^a, 0}}},
+                   10_000
+
+    :ok = :peer.stop(b_peer)
+    assert {:ok, %{"pid" => ^a_os_pid}} = Task.await(waiting, 20_000)
+
+    assert_receive {:telemetry, [:dspy_bridge, :cluster, :view_wait, :stop], _,
+                    %{session: ^agrees, outcome: :agreed}},
+                   10_000
+
+    assert execute(agrees, a) == answer_of(agrees)
+  end
+
+  test "the reads of the whole pool work from a node with no pool: sessions and usage " <>
+         "from every pool node, stats combined" do
+    {[{_, a, _}, {_, b, _}], keys} = peers(reads_a: 2, reads_b: 1)
+    sessions = for i <- 1..12, do: "reader-#{i}"
+    set_up_sessions(sessions)
+    owners = Map.new(sessions, &{&1, Rendezvous.owner(&1, keys)})
+
+    # every session once, named by the node and worker that own it
+    listed = fn node ->
+      {:ok, %{"sessions" => list}} = :erpc.call(node, DSPyBridge, :list_sessions, [pool()])
+
+      for %{"session_id" => id, "node" => n, "worker" => w} <- list,
+          id != "default",
+          into: %{},
+          do: {id, {String.to_atom(n), w}}
+    end
+
+    assert listed.(node()) == owners
+    assert listed.(a) == owners
+
+    for s <- Enum.take(sessions, 3) do
+      {node, index} = owners[s]
+      assert {:ok, %{"sessions" => [entry]}} = DSPyBridge.list_sessions(pool(), session: s)
+      assert %{"session_id" => ^s, "node" => node_name, "worker" => ^index} = entry
+      assert node_name == Atom.to_string(node)
+    end
+
+    # the default session's usage, summed over every pool node's workers
+    {:ok, _} = DSPyBridge.create_program(pool(), %{program_id: "shared", signature: "q -> a"})
+
+    for i <- 1..6,
+        do:
+          {:ok, _} = DSPyBridge.execute(pool(), "shared", %{q: "question #{i}"}, timeout: 15_000)
+
+    assert {:ok, %{"total" => %{"requests" => 6}}} = DSPyBridge.get_usage(pool())
+
+    # stats: every node's workers, the records of the pool
+    assert {:ok, stats} = DSPyBridge.stats(pool())
+    assert %{size: 3, sessions: 12, programs: 13} = stats
+    assert Enum.sort(stats.nodes) == Enum.sort([a, b])
+
+    assert Enum.sort(for w <- stats.workers, do: {w.node, w.index}) ==
+             Enum.sort([{a, 0}, {a, 1}, {b, 0}])
+
+    assert Enum.all?(stats.workers, &match?(%{status: :ready, worker_stats: %{}}, &1))
+  end
+
   test "a pool no node runs raises as a local one does; an unreachable node is node_down" do
     assert_raise ArgumentError, ~r/no DSPyBridge.Pool named NoSuchClusterPool/, fn ->
       DSPyBridge.ping(NoSuchClusterPool, session: "s")
@@ -391,37 +481,6 @@ defmodule DSPyBridge.ClusterTest do
       info.keys == keys -> info
       tries == 0 -> flunk("the cut-off node did not settle: #{inspect(info.keys)}")
       true -> Process.sleep(20) && await_member(peer, keys, tries - 1)
-    end
-  end
-
-  # Waits until :pg on `node` shows exactly `keys` (its member may not have
-  # handled the change yet).
-  defp await_pg_view(node, keys, tries \\ 1_500) do
-    cond do
-      :erpc.call(node, Cluster, :keys, [pool()]) == keys ->
-        :ok
-
-      tries == 0 ->
-        flunk("#{node} still sees #{inspect(:erpc.call(node, Cluster, :keys, [pool()]))}")
-
-      true ->
-        Process.sleep(5) && await_pg_view(node, keys, tries - 1)
-    end
-  end
-
-  # Waits until a worker of `node` has a request in flight.
-  defp await_in_flight(node, tries \\ 500) do
-    busy? =
-      node
-      |> :erpc.call(Pool, :workers, [pool()])
-      |> Enum.any?(fn {_, pid, _, _} ->
-        pid != nil and :erpc.call(node, DSPyBridge.Worker, :info, [pid]).in_flight > 0
-      end)
-
-    cond do
-      busy? -> :ok
-      tries == 0 -> flunk("no request in flight on #{node}")
-      true -> Process.sleep(10) && await_in_flight(node, tries - 1)
     end
   end
 end

@@ -24,12 +24,14 @@ defmodule DSPyBridge.Cluster do
       `:worker_exited` error whose `details["reason"]` is `"node_down"`.
 
   `whereis/2` says which worker owns a session, `stats/1` what each pool
-  node holds. Ownership changes emit `[:dspy_bridge, :cluster, :ownership]`
+  node holds. The reads of the whole pool (`DSPyBridge.list_sessions/2`,
+  `DSPyBridge.get_usage/2` without a session, `DSPyBridge.stats/2`) are
+  combined over every pool node (`DSPyBridge.Cluster.Reads`). Ownership changes emit `[:dspy_bridge, :cluster, :ownership]`
   (see `DSPyBridge.Cluster.Member`).
   """
 
   alias DSPyBridge.Cluster.Rendezvous
-  alias DSPyBridge.Error
+  alias DSPyBridge.{Error, Telemetry}
   alias DSPyBridge.Pool.{Router, Store}
 
   @scope __MODULE__
@@ -43,7 +45,6 @@ defmodule DSPyBridge.Cluster do
   # how long a call routed here by another node waits for this node's view of
   # the membership to agree that a local worker owns its session
   @view_wait_ms 2_000
-  @view_poll_ms 5
 
   @typedoc "A worker of a clustered pool: `{node, index}`."
   @type key :: Rendezvous.key()
@@ -167,12 +168,12 @@ defmodule DSPyBridge.Cluster do
 
   # The caller's node named a local worker the owner of `session`. When this
   # node's :pg disagrees, it has not yet seen the membership change the
-  # caller saw (each node learns of a node's loss on its own): wait a little
-  # for it (polling, bounded), so the session's replay happens before the call.
-  # If it never agrees (the caller had not seen a join yet), the call goes on
-  # to the owner this node sees (one more hop; bounded by the caller's timeout).
+  # caller saw (each node learns of a node's loss on its own): wait for it
+  # (await_view/3), so the session's replay happens before the call. If it
+  # never agrees (the caller had not seen a join yet), the call goes on to
+  # the owner this node sees (one more hop; bounded by the caller's timeout).
   defp local_owner(pool, config, session, opts) do
-    keys = await_view(pool, session, {node(), opts[:worker]}, @view_wait_ms)
+    keys = await_view(pool, session, {node(), opts[:worker]})
 
     case Rendezvous.owner(session, keys) do
       {node, index} when node != node() ->
@@ -184,14 +185,61 @@ defmodule DSPyBridge.Cluster do
     end
   end
 
-  defp await_view(pool, session, owner, wait_ms) do
+  # The keys once this node's :pg names `owner` the owner of `session`, or
+  # the keys it sees after @view_wait_ms: the calling process monitors the
+  # owner group and follows its joins and leaves (no polling). Emits
+  # [:dspy_bridge, :cluster, :view_wait, :start | :stop] when it waits.
+  defp await_view(pool, session, owner) do
     keys = keys(pool)
 
-    if Rendezvous.owner(session, keys) == owner or wait_ms <= 0 do
+    if Rendezvous.owner(session, keys) == owner do
       keys
     else
-      Process.sleep(@view_poll_ms)
-      await_view(pool, session, owner, wait_ms - @view_poll_ms)
+      meta = %{pool: pool, session: session, owner: owner}
+      started = System.monotonic_time()
+      start = %{system_time: System.system_time(), monotonic_time: started}
+      Telemetry.execute([:dspy_bridge, :cluster, :view_wait, :start], start, meta)
+
+      {ref, pids} = :pg.monitor(@scope, owner_group(pool))
+      deadline = System.monotonic_time(:millisecond) + @view_wait_ms
+      {outcome, keys} = await_membership(ref, pids, session, owner, deadline)
+      :pg.demonitor(@scope, ref)
+      flush_membership(ref)
+
+      stopped = System.monotonic_time()
+      stop = %{duration: stopped - started, monotonic_time: stopped}
+      meta = Map.put(meta, :outcome, outcome)
+      Telemetry.execute([:dspy_bridge, :cluster, :view_wait, :stop], stop, meta)
+      keys
+    end
+  end
+
+  # `pids`: the owner group's members as :pg last told this process (its
+  # notifications carry the pids that joined or left, once per join).
+  defp await_membership(ref, pids, session, owner, deadline) do
+    keys = keys_of(pids)
+
+    if Rendezvous.owner(session, keys) == owner do
+      {:agreed, keys}
+    else
+      receive do
+        {^ref, :join, _group, joined} ->
+          await_membership(ref, pids ++ joined, session, owner, deadline)
+
+        {^ref, :leave, _group, left} ->
+          await_membership(ref, pids -- left, session, owner, deadline)
+      after
+        max(deadline - System.monotonic_time(:millisecond), 0) -> {:timed_out, keys}
+      end
+    end
+  end
+
+  # notifications sent before the demonitor took effect
+  defp flush_membership(ref) do
+    receive do
+      {^ref, _event, _group, _pids} -> flush_membership(ref)
+    after
+      0 -> :ok
     end
   end
 

@@ -1,8 +1,7 @@
 defmodule DSPyBridge.Execution do
   @moduledoc false
   # Running programs (execute, stream, evaluate, compile): `DSPyBridge` delegates here.
-  alias DSPyBridge.{Compiler, Options, Streaming}
-  alias DSPyBridge.Pool.Store
+  alias DSPyBridge.{Cluster, Compiler, Options, Streaming}
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [lm_args: 1, normalize: 1]
 
@@ -106,8 +105,9 @@ defmodule DSPyBridge.Execution do
             """}
   def stream(pool, program_id, inputs, opts \\ []) do
     opts = Options.validate!(opts, :stream)
-    # raises now, not in the task, for a pool that is not running
-    _ = Store.config(pool)
+    # raises now, not in the task, for a pool that no node runs (a clustered
+    # pool may be served by other nodes only)
+    _ = Cluster.broadcast_nodes(pool)
 
     Streaming.stream(fn on_chunk ->
       execute(pool, program_id, inputs, [on_chunk: on_chunk] ++ opts)

@@ -2,6 +2,7 @@ defmodule DSPyBridge.Sessions do
   @moduledoc false
   # Sessions, usage, cache, stats, events and raw requests: `DSPyBridge` delegates here.
   alias DSPyBridge.{Options, Pool}
+  alias DSPyBridge.Cluster.Reads
   alias DSPyBridge.Pool.Store
   import DSPyBridge.Calls
   import DSPyBridge.Args, only: [normalize: 1]
@@ -25,7 +26,7 @@ defmodule DSPyBridge.Sessions do
             """
             Token usage and cost per model (string keys). With `session:` it is that
             session's usage; without, the default session's usage summed over all
-            workers.
+            workers (on a clustered pool, every pool node's).
             """}
   def get_usage(pool, opts \\ []) do
     opts = Options.validate!(opts, :call)
@@ -33,11 +34,22 @@ defmodule DSPyBridge.Sessions do
     if session(opts) != nil do
       read(pool, "get_usage", %{}, opts)
     else
-      with {:ok, results} <- all_workers(pool, "get_usage", %{}, opts) do
-        {:ok, Enum.reduce(results, %{}, &merge_sum/2)}
-      end
+      # a clustered pool: summed over every pool node's workers
+      Reads.on_pool_nodes(pool, {__MODULE__, :get_usage_here, [pool, opts]}, timeout(opts), fn
+        parts -> {:ok, parts |> Enum.map(&elem(&1, 1)) |> Enum.reduce(%{}, &merge_sum/2)}
+      end)
     end
   end
+
+  @doc false
+  # The default session's usage on this node's workers (DSPyBridge.Cluster.Reads).
+  def get_usage_here(pool, opts) do
+    with {:ok, results} <- all_workers(pool, "get_usage", %{}, opts) do
+      {:ok, Enum.reduce(results, %{}, &merge_sum/2)}
+    end
+  end
+
+  defp timeout(opts), do: Keyword.get(opts, :timeout, 30_000)
 
   @api_doc {:reset_usage,
             "Resets the usage counters of a session (or of the default session on every worker)."}
@@ -53,16 +65,32 @@ defmodule DSPyBridge.Sessions do
             "in_flight" => ..., "worker" => index}]}}` (string keys). Without `session:`
             every worker is asked and their lists are concatenated (the default
             session appears once per worker that has it); with `session:` only that
-            session is listed, by its worker.
+            session is listed, by its worker. On a clustered pool, from any node:
+            every pool node's workers, each entry with its `"node"` too (with
+            `session:`, the owner's entry).
             """}
   def list_sessions(pool, opts \\ []) do
     opts = Options.validate!(opts, :call)
-    %{size: size} = Store.config(pool)
+    # a clustered pool: the session's owner, or every pool node
+    here = {__MODULE__, :list_sessions_here, [pool, opts]}
+
+    if session(opts) != nil,
+      do: Reads.on_owner(pool, session(opts), here, timeout(opts), &Reads.sessions/1),
+      else: Reads.on_pool_nodes(pool, here, timeout(opts), &Reads.sessions/1)
+  end
+
+  @doc false
+  # list_sessions/2 on this node's workers (DSPyBridge.Cluster.Reads): a
+  # clustered pool's session on the worker `worker:` names (its owner).
+  def list_sessions_here(pool, opts) do
+    %{size: size} = config = Store.config(pool)
 
     indexes =
-      if session(opts) != nil,
-        do: [Pool.index_for(session(opts), size)],
-        else: Enum.to_list(0..(size - 1))
+      cond do
+        session(opts) == nil -> Enum.to_list(0..(size - 1))
+        config.cluster and is_integer(opts[:worker]) -> [opts[:worker]]
+        true -> [Pool.index_for(session(opts), size)]
+      end
 
     with {:ok, results} <- on_workers(pool, indexes, "list_sessions", %{}, opts) do
       sessions =
@@ -115,10 +143,20 @@ defmodule DSPyBridge.Sessions do
             `worker_stats` is the worker's own `get_stats` answer (string keys), or
             `nil` if it could not be fetched (pass `worker_stats: false` to skip it).
             `sessions`/`programs`/`tools` count what the pool would replay (a
-            default-session record once, however many workers hold it).
+            default-session record once, however many workers hold it). On a
+            clustered pool, from any node: every pool node's workers (each with
+            `:node`), `size` their number, `nodes` the pool nodes.
             """}
   def stats(pool, opts \\ []) do
     opts = Options.validate!(opts, :stats)
+    # a clustered pool: every pool node's, combined
+    here = {__MODULE__, :stats_here, [pool, opts]}
+    Reads.on_pool_nodes(pool, here, timeout(opts) + 1_000, &Reads.stats(pool, &1))
+  end
+
+  @doc false
+  # stats/2 of this node's workers (DSPyBridge.Cluster.Reads).
+  def stats_here(pool, opts) do
     config = Store.config(pool)
     fetch? = Keyword.fetch!(opts, :worker_stats)
     timeout = Keyword.fetch!(opts, :timeout)

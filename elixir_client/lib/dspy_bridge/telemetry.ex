@@ -130,6 +130,17 @@ defmodule DSPyBridge.Telemetry do
     * `[:dspy_bridge, :event]` — every `DSPyBridge.Event` (the worker's and
       the client's, as subscribers get them): measurements `%{count: 1}`,
       metadata `%{event: DSPyBridge.Event.t(), pool, worker}`.
+
+  ## A pool across nodes (`cluster: true`; see `docs/cluster.md`)
+
+    * `[:dspy_bridge, :cluster, :ownership]` — a session moved, on the node
+      it leaves and on the node it reaches: measurements `%{duration}` (the
+      drain or the replay), metadata `%{pool, session, from, to, direction:
+      :in | :out, reason: :join | :leave}`;
+    * `[:dspy_bridge, :cluster, :view_wait, :start | :stop]` — a call routed
+      here by another node waited for this node's membership view to agree
+      on the session's owner: at the stop, metadata `outcome: :agreed |
+      :timed_out` (besides `pool`, `session`, `owner`), in the calling process.
   """
 
   @events [
@@ -144,7 +155,10 @@ defmodule DSPyBridge.Telemetry do
     [:dspy_bridge, :worker, :exit],
     [:dspy_bridge, :tool, :start],
     [:dspy_bridge, :tool, :stop],
-    [:dspy_bridge, :event]
+    [:dspy_bridge, :event],
+    [:dspy_bridge, :cluster, :ownership],
+    [:dspy_bridge, :cluster, :view_wait, :start],
+    [:dspy_bridge, :cluster, :view_wait, :stop]
   ]
 
   @doc "The name of every event the client emits (see the module doc)."

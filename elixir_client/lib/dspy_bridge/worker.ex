@@ -409,6 +409,9 @@ defmodule DSPyBridge.Worker do
         data = %{Data.new(opts, port, os_pid) | start: start, command: command}
         data = Recycle.configure(data, opts)
         Effects.hook(data, :on_start, [])
+        # registered before start_link returns (entering :starting registers too,
+        # but after it): the pool's await-ready step reads the table next
+        Effects.register(data, :starting)
         {:ok, :starting, data, [{{:timeout, :ready}, ready_timeout, nil}]}
     end
   end
@@ -539,6 +542,10 @@ defmodule DSPyBridge.Worker do
 
   defp common({:call, from}, :info, state, data),
     do: {:keep_state_and_data, [{:reply, from, Data.info(data, state)}]}
+
+  # (a worker being recycled was sent its shutdown already: it drains, not restarts)
+  defp common(:cast, :prepare_stop, _state, %Data{recycle: %{stopping: true}} = data),
+    do: {:next_state, :draining, data}
 
   defp common(:cast, :prepare_stop, _state, data),
     do: {:next_state, :draining, Outbound.send_shutdown(data)}

@@ -177,6 +177,142 @@ defmodule DSPyBridge.Test.Cluster do
     forward(pid)
   end
 
+  @capitals %{"France?" => "Paris", "Peru?" => "Lima", "Japan?" => "Tokyo", "Italy?" => "Rome"}
+
+  @doc "Questions and their right answers, as compile examples."
+  @spec capitals() :: [map()]
+  def capitals, do: for({q, a} <- @capitals, do: %{question: q, answer: a})
+
+  @doc """
+  A mock LM's generator (a host function, so it runs on the owner node:
+  this module is on every peer's code path) that answers right only when
+  its prompt holds demos, which is what a few-shot optimizer adds.
+  """
+  @spec knows(map()) :: map()
+  def knows(%{"inputs" => %{"question" => q}, "demos" => demos}) when demos > 0,
+    do: %{answer: Map.get(@capitals, q, "?")}
+
+  def knows(_args), do: %{answer: "I don't know"}
+
+  @doc "The clustered pool of the cluster tests (a fixed name, so the rendezvous figures are the same in every run)."
+  def pool, do: DSPyBridge.ClusterTestPool
+
+  @doc "The worker keys of `[{node, size}]`."
+  def worker_keys(nodes_sizes),
+    do: for({node, size} <- nodes_sizes, i <- 0..(size - 1), do: {node, i})
+
+  @doc "Starts a peer per `{name, size}` (in the calling process: a peer is linked to the process that starts it) and their pools, concurrently; waits until the cluster has settled. Returns `{[{peer, node, size}], keys}`."
+  def peers(specs, pool_opts \\ []) do
+    started = for {name, size} <- specs, do: Tuple.append(start_peer(name), size)
+
+    started
+    |> Enum.map(fn {_, node, size} ->
+      Task.async(fn -> start_pool(node, pool(), size, pool_opts) end)
+    end)
+    |> Task.await_many(90_000)
+
+    keys = worker_keys(for {_, node, size} <- started, do: {node, size})
+    await_keys(pool(), keys, for({_, node, _} <- started, do: node))
+    {started, keys}
+  end
+
+  @doc "What the mock LM of `set_up_session/1` answers in `session`."
+  def answer_of(session), do: "the answer of #{session}"
+
+  @doc "A session with its own mock LM (whose answer names the session) and a program `\"qa\"`: after a move, the same answer shows its records were replayed."
+  def set_up_session(session) do
+    lm = [model: "mock/#{session}", extra: %{responses: %{"who?" => answer_of(session)}}]
+    {:ok, _} = DSPyBridge.configure_lm(pool(), lm, session: session)
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool(), %{program_id: "qa", signature: "question -> answer"},
+        session: session
+      )
+
+    :ok
+  end
+
+  @doc "`set_up_session/1` for every session, concurrently."
+  def set_up_sessions(sessions) do
+    sessions
+    |> Enum.map(&Task.async(fn -> set_up_session(&1) end))
+    |> Task.await_many(60_000)
+  end
+
+  @doc "The answer of the session's `\"qa\"` program, called from `node`."
+  def execute(session, node \\ node()) do
+    args = [pool(), "qa", %{question: "who?"}, [session: session, timeout: 15_000]]
+
+    result =
+      if node == node(),
+        do: apply(DSPyBridge, :execute, args),
+        else: :erpc.call(node, DSPyBridge, :execute, args, 20_000)
+
+    case result do
+      {:ok, %{"outputs" => %{"answer" => answer}}} -> answer
+      other -> flunk("#{session}: expected an answer, got #{inspect(other)}")
+    end
+  end
+
+  @doc "Asserts every session answers as `set_up_session/1` made it (concurrently, from this node)."
+  def assert_answers(sessions) do
+    sessions
+    |> Enum.map(&Task.async(fn -> {&1, execute(&1)} end))
+    |> Task.await_many(60_000)
+    |> Enum.each(fn {session, answer} -> assert answer == answer_of(session) end)
+  end
+
+  @doc "The sessions a worker of `node` holds, as the worker itself lists them: `[{session, {node, index}}]`."
+  def sessions_held(node, size) do
+    for index <- 0..(size - 1),
+        {:ok, %{"sessions" => list}} =
+          :erpc.call(node, DSPyBridge, :request, [pool(), "list_sessions", %{}, [worker: index]]),
+        %{"session_id" => id} <- list,
+        id != "default",
+        do: {id, {node, index}}
+  end
+
+  @doc "The answer of `program` in `session` to `question`."
+  def ask(session, program, question) do
+    assert {:ok, %{"outputs" => %{"answer" => answer}}} =
+             DSPyBridge.execute(pool(), program, %{question: question},
+               session: session,
+               timeout: 15_000
+             )
+
+    answer
+  end
+
+  @doc "Waits until :pg on `node` shows exactly `keys` (its member may not have handled the change yet)."
+  def await_pg_view(node, keys, tries \\ 1_500) do
+    cond do
+      :erpc.call(node, Cluster, :keys, [pool()]) == keys ->
+        :ok
+
+      tries == 0 ->
+        flunk("#{node} still sees #{inspect(:erpc.call(node, Cluster, :keys, [pool()]))}")
+
+      true ->
+        Process.sleep(5) && await_pg_view(node, keys, tries - 1)
+    end
+  end
+
+  @doc "Waits until a worker of `node` has a request in flight."
+  def await_in_flight(node, tries \\ 500) do
+    busy? =
+      node
+      |> :erpc.call(Pool, :workers, [pool()])
+      |> Enum.any?(fn {_, pid, _, _} ->
+        pid != nil and :erpc.call(node, DSPyBridge.Worker, :info, [pid]).in_flight > 0
+      end)
+
+    cond do
+      busy? -> :ok
+      tries == 0 -> flunk("no request in flight on #{node}")
+      true -> Process.sleep(10) && await_in_flight(node, tries - 1)
+    end
+  end
+
   @doc false
   # On the peer: cuts this node off from every other (a wrong cookie keeps
   # it from reconnecting).

@@ -147,7 +147,8 @@ defmodule DSPyBridge.Pool.Store do
 
       # an export_program's document, as the program's replay record (checkpoint/5)
       {:checkpoint, session, program_id, source} ->
-        {:ok, _} = checkpoint(table, session, program_id, Map.fetch!(result, "document"), source)
+        with %{"document" => document} <- result,
+             do: checkpoint(table, session, program_id, document, source)
     end
 
     :ok

@@ -69,7 +69,9 @@ defmodule DSPyBridge.Worker.Shutdown do
 
   def terminate(reason, state, data) do
     StartFailure.discard(data.start)
-    data = if state == :draining, do: data, else: Outbound.send_shutdown(data)
+    # a draining worker, or one being recycled, was sent its shutdown already
+    sent? = state == :draining or data.recycle.stopping
+    data = if sent?, do: data, else: Outbound.send_shutdown(data)
     deadline = System.monotonic_time(:millisecond) + data.grace + data.kill_after
 
     data =
