@@ -87,9 +87,8 @@ class WorkerClient:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            # An explicit copy even for "inherit": with env=None the vfork'd child
-            # reads the C environ, which another thread's setenv may be moving (a
-            # library's import in a concurrent test: the Errno 14 seen once).
+            # A copy even to inherit: with env=None the vfork'd child reads the C environ,
+            # which another thread's setenv may be moving (the Errno 14 seen once).
             env=dict(os.environ) if env is None else env,
         )
         # Any frame a 4-byte length allows is read: the worker bounds its own replies

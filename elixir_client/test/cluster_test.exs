@@ -399,7 +399,7 @@ defmodule DSPyBridge.ClusterTest do
     # a node that cannot be reached: at once, retryable
     assert {:error,
             %Error{type: :worker_exited, retryable: true, details: %{"reason" => "node_down"}}} =
-             Cluster.remote_call(:"nowhere@127.0.0.1", {:erlang, :node, []}, 5_000, "ping")
+             Cluster.Remote.remote_call(:"nowhere@127.0.0.1", {:erlang, :node, []}, 5_000, "ping")
 
     assert Cluster.keys(NoSuchClusterPool) == []
     refute Process.whereis(Pool)

@@ -77,7 +77,7 @@ defmodule DSPyBridge.Cluster.RendezvousTest do
     big = :binary.copy(<<0>>, 64 * 1024 * 1024 + 1)
 
     assert {:error, %DSPyBridge.Error{type: :limit_exceeded, details: details}} =
-             DSPyBridge.Cluster.remote_call(
+             DSPyBridge.Cluster.Remote.remote_call(
                :"nowhere@127.0.0.1",
                {:erlang, :node, [big]},
                1_000,

@@ -145,7 +145,7 @@ defmodule DSPyBridge.StartFailureTest do
     :ok = Worker.await_ready(pid)
     {_state, data} = :sys.get_state(pid)
     stderr = :sys.get_state(data.start.stderr)
-    assert stderr.keep == 0 and stderr.first == []
+    assert stderr.ready and stderr.first == []
     refute File.exists?(stderr.fifo)
   end
 end

@@ -30,17 +30,11 @@ defmodule DSPyBridge.Cluster do
   (see `DSPyBridge.Cluster.Member`).
   """
 
-  alias DSPyBridge.Cluster.Rendezvous
+  alias DSPyBridge.Cluster.{Remote, Rendezvous}
   alias DSPyBridge.{Error, Telemetry}
   alias DSPyBridge.Pool.{Router, Store}
 
   @scope __MODULE__
-
-  # A call's arguments bigger than this (the worker's default max_frame_bytes,
-  # 64 MiB) are refused before they cross the network: the owner's worker
-  # would refuse them anyway, after they had held the connection between the
-  # two nodes for size / bandwidth (see docs/cluster.md).
-  @max_remote_bytes 64 * 1024 * 1024
 
   # how long a call routed here by another node waits for this node's view of
   # the membership to agree that a local worker owns its session
@@ -302,14 +296,17 @@ defmodule DSPyBridge.Cluster do
   defp call_listening(node, remote, [pool, session, command, args, opts]) do
     case opts[:listen] do
       nil ->
-        call(node, remote, [pool, session, command, args, opts])
+        Remote.call(node, remote, [pool, session, command, args, opts])
 
       listen ->
         caller = self()
         tag = make_ref()
         forward = fn name, event -> send(caller, {tag, name, event}) end
         opts = Keyword.put(opts, :listen, forward)
-        task = Task.async(fn -> call(node, remote, [pool, session, command, args, opts]) end)
+
+        task =
+          Task.async(fn -> Remote.call(node, remote, [pool, session, command, args, opts]) end)
+
         await_listening(task, tag, listen)
     end
   end
@@ -345,7 +342,7 @@ defmodule DSPyBridge.Cluster do
   def broadcast({module, function} = remote, combine, [pool | _] = args) do
     case broadcast_nodes(pool) do
       :local -> apply(module, function, args)
-      nodes -> combine.(multicall(nodes, remote, args))
+      nodes -> combine.(Remote.multicall(nodes, remote, args))
     end
   end
 
@@ -356,83 +353,6 @@ defmodule DSPyBridge.Cluster do
   def record(pool, table, cluster?, record, reply) do
     Store.apply_record(table, record, reply)
     if cluster?, do: replicate(pool, record, reply), else: :ok
-  end
-
-  @doc false
-  # `module.function(pool, session, command, args, opts)` (DSPyBridge.Pool's
-  # request or broadcast) on `node`, within `opts[:timeout]`.
-  @spec call(node(), {module(), atom()}, list()) :: {:ok, term()} | {:error, Error.t()}
-  def call(node, {module, function}, [_pool, _session, command, _args, opts] = args),
-    do: remote_call(node, {module, function, args}, Keyword.get(opts, :timeout, 30_000), command)
-
-  def call(node, {module, function}, [_pool, command, _args, opts] = args),
-    do: remote_call(node, {module, function, args}, Keyword.get(opts, :timeout, 30_000), command)
-
-  @doc false
-  # `call/3` on every node at once: the results in the order of `nodes`.
-  @spec multicall([node()], {module(), atom()}, list()) :: [{:ok, term()} | {:error, Error.t()}]
-  def multicall(nodes, function, args) do
-    nodes
-    |> Enum.map(fn node -> Task.async(fn -> call(node, function, args) end) end)
-    |> Task.await_many(:infinity)
-  end
-
-  @doc false
-  # Calls `module.function(args)` on `node` within the call's `timeout` (one
-  # second more, so the remote side answers its own timeout first), mapping
-  # distribution failures to client errors: a node that is or goes down is a
-  # retryable `:worker_exited` (`details["reason"] == "node_down"`), never a hang.
-  @spec remote_call(node(), {module(), atom(), list()}, timeout(), String.t()) ::
-          {:ok, term()} | {:error, Error.t()}
-  def remote_call(node, {module, function, args}, timeout, command) do
-    erpc_timeout = if timeout == :infinity, do: :infinity, else: timeout + 1_000
-    size = :erlang.external_size(args)
-
-    if size > @max_remote_bytes do
-      {:error,
-       Error.new(
-         :limit_exceeded,
-         "#{command}: #{size} bytes is over #{@max_remote_bytes} for #{node}",
-         details: %{
-           "limit" => "max_remote_bytes",
-           "max_remote_bytes" => @max_remote_bytes,
-           "size" => size
-         },
-         retryable: false
-       )}
-    else
-      erpc(node, {module, function, args}, erpc_timeout, command)
-    end
-  end
-
-  defp erpc(node, {module, function, args}, erpc_timeout, command) do
-    try do
-      :erpc.call(node, module, function, args, erpc_timeout)
-    catch
-      :error, {:erpc, :noconnection} ->
-        {:error, node_down(node, command)}
-
-      :error, {:erpc, :timeout} ->
-        {:error, Error.new(:timeout, "#{command}: no answer from #{node} in time")}
-
-      :error, {:exception, %ArgumentError{message: "no DSPyBridge.Pool" <> _}, _} ->
-        {:error,
-         Error.new(:worker_exited, "#{command}: the pool on #{node} is gone",
-           details: %{"reason" => "node_down", "node" => Atom.to_string(node)}
-         )}
-
-      kind, reason ->
-        {:error,
-         Error.new(:internal, "#{command} on #{node} failed: #{inspect({kind, reason})}",
-           details: %{"node" => Atom.to_string(node)}
-         )}
-    end
-  end
-
-  defp node_down(node, command) do
-    Error.new(:worker_exited, "#{command}: node #{node} is down or unreachable",
-      details: %{"reason" => "node_down", "node" => Atom.to_string(node)}
-    )
   end
 
   @doc """

@@ -407,7 +407,7 @@ defmodule DSPyBridge.Worker do
 
       {:ok, port, os_pid, start} ->
         data = %{Data.new(opts, port, os_pid) | start: start, command: command}
-        data = Recycle.configure(data, opts)
+        data = Recycle.configure(data)
         Effects.hook(data, :on_start, [])
         # registered before start_link returns (entering :starting registers too,
         # but after it): the pool's await-ready step reads the table next

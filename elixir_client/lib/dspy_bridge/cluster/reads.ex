@@ -8,6 +8,7 @@ defmodule DSPyBridge.Cluster.Reads do
   # clustered answers from its workers, as before.
 
   alias DSPyBridge.Cluster
+  alias DSPyBridge.Cluster.Remote
   alias DSPyBridge.Pool.Store
 
   @doc """
@@ -28,7 +29,7 @@ defmodule DSPyBridge.Cluster.Reads do
       case Cluster.nodes(pool) do
         # as for a pool that is not running: ArgumentError naming it
         [] -> Store.config(pool)
-        nodes -> nodes |> on_nodes(mfa, timeout, Atom.to_string(function)) |> combined(combine)
+        nodes -> nodes |> on_nodes(mfa, timeout) |> combined(combine)
       end
     else
       apply(module, function, args)
@@ -51,7 +52,7 @@ defmodule DSPyBridge.Cluster.Reads do
         {node, index} ->
           {opts, args} = List.pop_at(args, -1)
           mfa = {module, function, args ++ [Keyword.put(opts, :worker, index)]}
-          [node] |> on_nodes(mfa, timeout, Atom.to_string(function)) |> combined(combine)
+          [node] |> on_nodes(mfa, timeout) |> combined(combine)
       end
     else
       apply(module, function, args)
@@ -92,20 +93,8 @@ defmodule DSPyBridge.Cluster.Reads do
      })}
   end
 
-  defp on_nodes(nodes, {module, function, args}, timeout, command) do
-    results =
-      nodes
-      |> Enum.map(fn node ->
-        Task.async(fn ->
-          if node == node(),
-            do: apply(module, function, args),
-            else: Cluster.remote_call(node, {module, function, args}, timeout, command)
-        end)
-      end)
-      |> Task.await_many(:infinity)
-
-    Enum.zip(nodes, results)
-  end
+  defp on_nodes(nodes, {_module, function, _args} = mfa, timeout),
+    do: Enum.zip(nodes, Remote.on_nodes(nodes, mfa, timeout, Atom.to_string(function)))
 
   defp combined(results, combine) do
     case Enum.find(results, &match?({_node, {:error, _}}, &1)) do

@@ -46,7 +46,16 @@ defmodule DSPyBridge.Worker.Data do
     :start,
     :command,
     :ready_timeout,
-    recycle: %{max_requests: nil, max_age_ms: nil, served: 0, stopping: false},
+    recycle: %{
+      max_requests: nil,
+      max_age_ms: nil,
+      max_memory_mb: nil,
+      memory_check_ms: nil,
+      served: 0,
+      stopping: false,
+      reason: nil,
+      rss_kb: nil
+    },
     init_commands: [],
     ready_waiters: [],
     exited: false
@@ -114,8 +123,12 @@ defmodule DSPyBridge.Worker.Data do
       recycle: %{
         max_requests: opts[:max_requests],
         max_age_ms: opts[:max_age_ms],
+        max_memory_mb: opts[:max_memory_mb],
+        memory_check_ms: Keyword.fetch!(opts, :memory_check_ms),
         served: 0,
-        stopping: false
+        stopping: false,
+        reason: nil,
+        rss_kb: nil
       },
       limits: Protocol.default_limits(),
       requests: Requests.new(),

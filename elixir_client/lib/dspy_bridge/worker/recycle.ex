@@ -42,28 +42,17 @@ defmodule DSPyBridge.Worker.Recycle do
   @type reason :: :max_requests | :max_age_ms | :max_memory_mb
 
   @doc """
-  Adds the memory limit of the worker's options (`opts`, validated) to its
-  data. Without a procfs to read RSS from (not Linux), the limit is dropped,
-  which is logged once per node.
+  Drops the memory limit of a worker without a procfs to read RSS from (not
+  Linux), which is logged once per node.
   """
-  @spec configure(Data.t(), keyword()) :: Data.t()
-  def configure(%Data{recycle: recycle} = data, opts) do
-    max_memory_mb =
-      case opts[:max_memory_mb] do
-        nil -> nil
-        mb -> if Memory.supported?(), do: mb, else: unsupported(mb)
-      end
-
-    recycle =
-      Map.merge(recycle, %{
-        max_memory_mb: max_memory_mb,
-        memory_check_ms: Keyword.fetch!(opts, :memory_check_ms),
-        reason: nil,
-        rss_kb: nil
-      })
-
-    %{data | recycle: recycle}
+  @spec configure(Data.t()) :: Data.t()
+  def configure(%Data{recycle: %{max_memory_mb: mb} = recycle} = data) when mb != nil do
+    if Memory.supported?(),
+      do: data,
+      else: %{data | recycle: %{recycle | max_memory_mb: unsupported(mb)}}
   end
+
+  def configure(data), do: data
 
   # the warning is logged once per node, not once per worker and restart
   defp unsupported(max_memory_mb) do

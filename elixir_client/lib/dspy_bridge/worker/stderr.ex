@@ -109,7 +109,6 @@ defmodule DSPyBridge.Worker.Stderr do
          metadata: [pool: labels && labels.name, worker: labels && labels.index],
          held: "",
          first: [],
-         keep: @first_lines,
          ready: false,
          waiting: [],
          owner: Process.monitor(owner)
@@ -187,7 +186,7 @@ defmodule DSPyBridge.Worker.Stderr do
 
   @impl true
   def handle_cast(:started, %{port: nil} = state), do: {:stop, :normal, state}
-  def handle_cast(:started, state), do: {:noreply, %{state | first: [], keep: 0, ready: true}}
+  def handle_cast(:started, state), do: {:noreply, %{state | first: [], ready: true}}
 
   def handle_cast({:attach, os_pid}, state) do
     # cat's open of the fifo waits for the worker's shell to open it for
@@ -216,8 +215,9 @@ defmodule DSPyBridge.Worker.Stderr do
   defp line(text, state) do
     emit(state.mode, text, state.metadata)
 
-    if state.keep > 0,
-      do: %{state | first: [text | state.first], keep: state.keep - 1},
+    # the first lines are kept until the worker is ready
+    if not state.ready and length(state.first) < @first_lines,
+      do: %{state | first: [text | state.first]},
       else: state
   end
 
