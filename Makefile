@@ -66,6 +66,9 @@ demo: venv elixir
 # test tagged :bench, which `make test` excludes; it writes _build/test/cluster_bench.txt.
 bench: venv elixir
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib>=3.8'
+	@# The worker's bytecode, as an installed wheel has it: start-up is measured without
+	@# compiling every module (PYTHONDONTWRITEBYTECODE, if set, would keep it from caching).
+	@$(PY) -c 'import compileall, os, dspy_bridge; compileall.compile_dir(os.path.dirname(dspy_bridge.__file__), quiet=1)'
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 	cd elixir_client && MIX_ENV=test mix test --only bench test/cluster_test.exs
 

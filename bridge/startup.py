@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import secrets
 import signal
 import socket
 import sys
@@ -55,7 +54,7 @@ def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:
         "event": "ready",
         "protocol_version": PROTOCOL_VERSION,
         "worker_id": options.worker_id
-        or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}",
         "pid": os.getpid(),
         "commands": command_names(include_test_only=options.enable_test_commands),
         "versions": _versions(),

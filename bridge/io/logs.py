@@ -1,9 +1,10 @@
 """structlog set-up: JSON lines on stderr, secrets redacted, never blocking the worker.
 
 Every line (structlog's, the stdlib loggers' of litellm and httpx, a stray `print`)
-goes into one bounded queue that a thread of its own writes to fd 2. A host that stops
-draining the worker's stderr then stalls only that thread: replies and the exit go on,
-and lines past the bound are dropped and counted.
+goes to fd 2 at once when stderr is a pipe that takes it now, else into one bounded
+queue that a thread of its own writes. A host that stops draining the worker's stderr
+then stalls only that thread: replies and the exit go on, and lines past the bound are
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import logging
 import os
 import queue
+import select
+import stat
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -25,11 +28,14 @@ DEFAULT_MAX_QUEUED = 10_000
 
 
 class LogQueue:
-    """Text for stderr, queued; written by the `log-writer` thread."""
+    """Text for stderr: written at once while the pipe takes it, else queued for the
+    `log-writer` thread (a thread wake per line costs a request more than its line)."""
 
     def __init__(self, max_queued: int = DEFAULT_MAX_QUEUED, fd: int = 2) -> None:
-        self._lines: queue.Queue[str] = queue.Queue(max_queued)
+        self._lines: queue.Queue[bytes] = queue.Queue(max_queued)
         self._fd = fd
+        self._at_once = _at_once_descriptor(fd)
+        self._at_once_lock = threading.Lock()
         self.dropped = 0
         threading.Thread(target=self._write_lines, name="log-writer", daemon=True).start()
 
@@ -38,10 +44,12 @@ class LogQueue:
         return self._lines.qsize()
 
     def write(self, text: str) -> int:
-        try:
-            self._lines.put_nowait(text)
-        except queue.Full:
-            self.dropped += 1
+        data = text.encode("utf-8", "replace")
+        if not self._written_at_once(data):
+            try:
+                self._lines.put_nowait(data)
+            except queue.Full:
+                self.dropped += 1
         return len(text)
 
     def flush(self) -> None:
@@ -53,17 +61,52 @@ class LogQueue:
         with done:
             done.wait_for(lambda: not self._lines.unfinished_tasks, timeout)
 
+    def _written_at_once(self, data: bytes) -> bool:
+        """Whether `data` went out now. Only while nothing is queued (lines keep their
+        order), and only a line of at most PIPE_BUF bytes: the pipe takes that whole or
+        not at all, so a line is never split."""
+        if self._at_once is None or len(data) > select.PIPE_BUF:
+            return False
+        with self._at_once_lock:
+            if self._lines.unfinished_tasks:
+                return False
+            try:
+                os.write(self._at_once, data)
+            except BlockingIOError:
+                return False
+            except OSError:
+                pass  # stderr is gone: the line is lost, never the worker
+            return True
+
     def _write_lines(self) -> None:
         while True:
-            text = self._lines.get()
+            data = memoryview(self._lines.get())
             try:
-                data = memoryview(text.encode("utf-8", "replace"))
                 while data:
                     data = data[os.write(self._fd, data) :]
             except OSError:
                 pass  # stderr is gone: the line is lost, never the worker
             finally:
                 self._lines.task_done()
+
+
+def _at_once_descriptor(fd: int) -> int | None:
+    """Where a line may be written without ever blocking the writer, or None.
+
+    A regular file is `fd` itself (it takes a write at once). A pipe is opened again,
+    non-blocking, through /proc: O_NONBLOCK belongs to an open file description, which
+    fd 1 and 2 share with every process that inherited them (and with C code writing
+    there), so setting it on fd 2 would hand them EAGAIN; the new description is ours
+    alone. Anything else (a terminal, a socket) is left to the thread."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        if stat.S_ISFIFO(mode):
+            return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        pass
+    return None
 
 
 class PrintedLines(io.TextIOBase):

@@ -1,12 +1,14 @@
-"""The threads that own the protocol descriptors, below the serving loop.
+"""The protocol descriptors, below the serving loop.
 
-A reader decodes frames off the loop (a large frame never stalls replies) and hands
-them over in batches, pausing while unread replies are over the outbox budget. Replies
-are written by the loop itself while the pipe takes them at once (the descriptor is
-non-blocking: no thread hop on the common path); once the pipe is full, a writer thread
-takes over the backlog, in order, coalescing it into large writes. A watcher waits for
-the host process to exit. The loop hears of them only through the callbacks given to
-`start`.
+Requests are read by the loop itself where the descriptor can be polled (a pipe or a
+socket, as a host's port gives): each readable turn reads up to READ_CHUNK, so a large
+frame arrives over many turns and never stalls replies, and no thread hop sits between
+a frame and its handling. Reading pauses while unread replies are over the outbox
+budget. A descriptor the loop cannot poll (a regular file) is read by a thread that hands
+the bytes over. Replies are written by the loop while the pipe takes them at once (the
+descriptor is non-blocking); once the pipe is full, a writer thread takes over the
+backlog, in order, coalescing it into large writes. A watcher waits for the host process
+to exit. The loop hears of them only through the callbacks given to `start`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class HostPipes:
         self._direct = False  # whether the loop may write (see start)
         self._unflushed: list[bytes] = []
         self._after_flush: list[Callable[[], None]] = []
-        self._dispatched = threading.Event()
+        self._dispatched = threading.Event()  # the reading thread's batch was handled
+        self._reading: asyncio.Future[None]
+        self._polled = False  # whether the loop reads (see start)
         # Written once when the exit is decided: the reader and the parent watcher stop.
         self._stop_reader, self._stop_writer = os.pipe()
         self._loop: asyncio.AbstractEventLoop
@@ -63,8 +67,8 @@ class HostPipes:
         on_eof: Callable[[bool], None],
         on_gone: Callable[[str], None],
     ) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
-        """Start the threads; the futures are done when the reader and the writer end.
-        `on_items` must call `items_handled()` when it is done with a batch."""
+        """Start reading and the threads; the futures are done when reading and the writer
+        end."""
         self._loop, self._on_items, self._on_eof, self._on_gone = loop, on_items, on_eof, on_gone
         # Only a pipe or socket is made non-blocking: that flag is shared by every
         # process holding the descriptor, and a terminal's belongs to the shell too.
@@ -73,9 +77,9 @@ class HostPipes:
         if self._direct:
             os.set_blocking(self._out_fd, False)
         writer = self._start_thread(self._write_frames, "frame-writer")
-        reader = self._start_thread(self._read_frames, "frame-reader")
+        self._reading = self._start_reading()
         self._start_thread(self._watch_parent, "parent-watcher")
-        return reader, writer
+        return self._reading, writer
 
     def send(self, frame: bytes) -> None:
         """Queue a frame (on the loop). The frames of one loop iteration go out together,
@@ -121,13 +125,64 @@ class HostPipes:
                 self._backlog = True
             self._outbox.put(data)
 
-    def items_handled(self) -> None:
-        self._dispatched.set()
-
     def stop_reading(self) -> None:
         """Read no more frames (the exit is decided); the watcher stops too."""
         os.write(self._stop_writer, b"x")
         self.outbox_budget.close()
+        if self._polled:
+            self._loop.remove_reader(self._in_fd)
+            self._end_reading()
+
+    # ----- reading -----
+
+    def _start_reading(self) -> asyncio.Future[None]:
+        mode = os.fstat(self._in_fd).st_mode
+        self._polled = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        if not self._polled:
+            return self._start_thread(self._read_in_thread, "frame-reader")
+        os.set_blocking(self._in_fd, False)  # see start: a pipe's flag is ours alone
+        self._loop.add_reader(self._in_fd, self._read_ready)
+        return self._loop.create_future()
+
+    def _read_ready(self) -> None:
+        """One readable turn on the loop: read what is there, hand over its frames."""
+        if self.outbox_budget.pause_while_over(self._resume_soon):
+            self._loop.remove_reader(self._in_fd)
+            return
+        try:
+            data = os.read(self._in_fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._loop.remove_reader(self._in_fd)
+            self._end_reading()
+            self._on_gone(f"stdin error: {exc}")
+            return
+        if not data:
+            self._loop.remove_reader(self._in_fd)
+            self._end_reading()
+            self._on_eof(self._connection.has_partial_frame)
+            return
+        self._hand_over(data, time.perf_counter())
+
+    def _resume_soon(self) -> None:
+        """Room again in the outbox (called from whichever thread released it)."""
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            self._loop.call_soon_threadsafe(self._resume)
+
+    def _resume(self) -> None:
+        if not self._reading.done():
+            self._loop.add_reader(self._in_fd, self._read_ready)
+
+    def _end_reading(self) -> None:
+        if not self._reading.done():
+            self._reading.set_result(None)
+
+    def _hand_over(self, data: bytes, received: float) -> None:
+        # every request's duration counts from `received`
+        items = self._connection.receive_data(data)
+        if items:
+            self._on_items(items, received)
 
     def finish_writing(self) -> None:
         """The writer writes what is queued, then ends."""
@@ -153,9 +208,10 @@ class HostPipes:
         threading.Thread(target=run, name=name, daemon=True).start()
         return done
 
-    def _read_frames(self) -> None:
-        """Reads and decodes frames (off the loop: a large frame never stalls replies),
-        pausing while the replies the host has not yet read exceed the outbox budget."""
+    def _read_in_thread(self) -> None:
+        """Reads a descriptor the loop cannot poll, handing each read to the loop and
+        reading on once it was handled (never running ahead of the loop, so the outbox
+        check sees the replies of what was read)."""
         while self.outbox_budget.wait_for_room():
             readable, _, _ = select.select([self._in_fd, self._stop_reader], [], [])
             if self._stop_reader in readable:
@@ -169,14 +225,15 @@ class HostPipes:
                 partial = self._connection.has_partial_frame
                 self._loop.call_soon_threadsafe(self._on_eof, partial)
                 return
-            received = time.perf_counter()  # every request's duration counts from here
-            items = self._connection.receive_data(data)
-            if items:
-                # Read on only once the loop has admitted these: the reader never runs
-                # ahead of the loop, so the outbox check above sees their replies.
-                self._dispatched.clear()
-                self._loop.call_soon_threadsafe(self._on_items, items, received)
-                self._dispatched.wait()
+            self._dispatched.clear()
+            self._loop.call_soon_threadsafe(self._hand_over_batch, data, time.perf_counter())
+            self._dispatched.wait()
+
+    def _hand_over_batch(self, data: bytes, received: float) -> None:
+        try:
+            self._hand_over(data, received)
+        finally:
+            self._dispatched.set()
 
     def _write_frames(self) -> None:
         """Writes the backlog, waiting for the pipe to take it; hands the output back to

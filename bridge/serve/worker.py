@@ -1,8 +1,9 @@
 """The worker: reads frames, runs each request as its own asyncio task, writes replies.
 
-One reader thread and one writer thread own the protocol descriptors (`bridge/io`);
-everything else happens on the event loop, so handlers run concurrently and the loop
-never blocks on the host. A frame's path: decoded by the `Connection` (reader thread) →
+The loop reads the protocol descriptor itself and a writer thread takes over a backlog of
+replies (`bridge/io`); everything happens on the event loop, so handlers run
+concurrently and the loop never blocks on the host. A frame's path: decoded by the
+`Connection` (on the loop, a chunk at a time) →
 `_on_item` → admission (`serve/admission`) → argument validation → its own task
 (`serve/request`) → one reply (`serve/outbound`). Every request gets exactly one response.
 """
@@ -113,7 +114,7 @@ class Worker:
         # be full of threads blocked in DSPy calls.
         self._pipes.stop_reading()
         await reader
-        await asyncio.sleep(0)  # run the reader's last scheduled _on_items callbacks
+        await asyncio.sleep(0)  # run a reading thread's last scheduled hand-over
         replying = self.in_flight.tasks()
         if replying:
             await asyncio.wait(replying, timeout=ABANDON_REPLY_S)
@@ -148,11 +149,8 @@ class Worker:
     # ----- incoming -----
 
     def _on_items(self, items: list[Request | Rejected], received: float) -> None:
-        try:
-            for item in items:
-                self._on_item_guarded(item, received)
-        finally:
-            self._pipes.items_handled()
+        for item in items:
+            self._on_item_guarded(item, received)
 
     def _on_item_guarded(self, item: Request | Rejected, received: float) -> None:
         try:
