@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import signal
 import socket
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -68,9 +68,46 @@ def announce(options: WorkerOptions, protocol_out: int) -> dict[str, Any]:
 
 def _versions() -> dict[str, str]:
     versions = {"bridge": __version__, "python": platform.python_version()}
-    for package in ("dspy", "msgpack", "pydantic"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "missing"
+    versions.update(installed_versions(("dspy", "msgpack", "pydantic")))
     return versions
+
+
+DIST_INFO = re.compile(r"(?P<name>[^-]+)-(?P<version>[^-]+)\.dist-info")
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each distribution ("missing" when it is not installed).
+
+    Read from the `{name}-{version}.dist-info` directories on sys.path, as the packaging
+    spec names them (the first on the path wins, as for the import): importing
+    importlib.metadata alone takes ~25 ms, a sixth of the worker's start-up. A
+    distribution installed another way (an .egg-info) is asked of importlib.metadata."""
+    wanted = {_normalized(name): name for name in names}
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in listing:
+            match = DIST_INFO.fullmatch(item)
+            if match is None:
+                continue
+            name = wanted.get(_normalized(match["name"]))
+            if name is not None and name not in found:
+                found[name] = match["version"]
+        if len(found) == len(names):
+            return found
+    from importlib import metadata
+
+    for name in names:
+        if name not in found:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = "missing"
+    return found
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()

@@ -559,3 +559,16 @@ def test_sigterm_right_after_ready_is_still_graceful(spawn: Any) -> None:
         worker.process.send_signal(signal.SIGTERM)
         codes.append(worker.wait_exit(timeout=10))
     assert codes == [0, 0, 0]
+
+
+def test_ready_versions_agree_with_importlib_metadata() -> None:
+    """`ready` reads versions from the .dist-info directory names, to spare start-up the
+    import of importlib.metadata; the two must agree, and an unknown name is missing."""
+    from importlib import metadata
+
+    from dspy_bridge.startup import installed_versions
+
+    names = ("dspy", "msgpack", "pydantic", "pydantic_core", "typing-extensions", "litellm")
+    found = installed_versions((*names, "no-such-distribution"))
+    assert found == {**{name: metadata.version(name) for name in names},
+                     "no-such-distribution": "missing"}
