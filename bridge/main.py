@@ -3,9 +3,10 @@ whole stack is built in this one place, in two phases.
 
 Phase one imports almost nothing (`startup`, `options`, `io/channel`): it claims the
 protocol descriptors, validates the flags and announces `ready`. Phase two, after
-`ready`, imports pydantic, structlog, asyncio and the handlers and builds, bottom up:
-log queue → logging → command table → observers → `Worker` (which composes the pipes,
-the `Connection`, outbound, admission and the request sessions) → event loop. DSPy loads
+`ready`, imports pydantic, structlog and asyncio and builds, bottom up: log queue →
+logging → command table (its handlers' modules load when first needed) → observers →
+`Worker` (which composes the pipes, the `Connection`, outbound, admission and the
+request sessions) → event loop. DSPy loads
 after that, in the background. The phase-two imports are inside `_serve` for that reason.
 """
 
@@ -61,7 +62,7 @@ def _serve(
     """Phase two: build the stack and serve until done; the process ends here."""
     import asyncio
 
-    from dspy_bridge.commands.registry import build_table
+    from dspy_bridge.commands.registry import LoadingTable
     from dspy_bridge.io.logs import LogQueue, configure_logging, route_std_streams
     from dspy_bridge.serve.outbound import FrameObserver
     from dspy_bridge.serve.worker import Worker
@@ -69,7 +70,7 @@ def _serve(
     log_queue = LogQueue(options.max_log_queue)
     route_std_streams()
     configure_logging(options.log_level, log_queue, ready["worker_id"])
-    table = build_table(include_test_only=options.enable_test_commands)
+    table = LoadingTable(include_test_only=options.enable_test_commands)
     observers: list[FrameObserver] = []
     if record_to is not None:
         from dspy_bridge.tools.record import Recorder, worker_args_without_record

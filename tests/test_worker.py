@@ -492,13 +492,27 @@ def test_help_and_version_go_to_stdout_and_speak_no_protocol(flag: str) -> None:
 
 
 def test_registry_names_every_command_its_tables_define() -> None:
-    from dspy_bridge.commands.registry import build_table, command_names
+    from dspy_bridge.commands.registry import LoadingTable, command_names
 
-    full = build_table(include_test_only=True)
-    assert sorted(full.names()) == sorted(command_names(include_test_only=True))
-    production = build_table(include_test_only=False)
-    assert sorted(production.names()) == sorted(command_names(include_test_only=False))
-    assert "sleep" not in production.names()
+    for include_test_only in (True, False):
+        table = LoadingTable(include_test_only=include_test_only)
+        assert table.names() == command_names(include_test_only=include_test_only)
+        table.load_all()
+        for name in table.names():
+            spec = table.get(name)
+            assert spec is not None and spec.name == name
+    assert LoadingTable(include_test_only=False).get("sleep") is None  # a test command
+
+
+def test_a_table_that_disagrees_with_the_registry_is_refused_when_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dspy_bridge.commands import registry
+
+    monkeypatch.setitem(registry.COMMANDS, "not_in_any_table", "dspy_bridge.commands.control")
+    table = registry.LoadingTable(include_test_only=False)
+    with pytest.raises(RuntimeError, match="missing in the table \\['not_in_any_table'\\]"):
+        table.get("ping")
 
 
 def test_worker_serves_and_exits_when_its_stderr_is_gone() -> None:

@@ -1,18 +1,20 @@
 """Every command the worker knows, by the module whose `table` defines it.
 
 The names are known without importing those modules, so the `ready` event can go out
-before pydantic and the handlers load (see `bridge.startup`). Adding a command: its
-handler and Args model in its module's table, and its name here; `build_table` refuses
-to start when the two disagree.
+before pydantic and the handlers load (see `bridge.startup`), and a module is imported
+only when one of its commands is first asked for (`LoadingTable`), so the first request
+after start-up waits for the control commands alone. Adding a command: its handler and
+Args model in its module's table, and its name here; loading refuses a module whose table
+disagrees.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dspy_bridge.commands.table import CommandTable
+    from dspy_bridge.commands.table import CommandSpec
 
 COMMANDS: dict[str, str] = {
     "ping": "dspy_bridge.commands.control",
@@ -59,17 +61,44 @@ def command_names(*, include_test_only: bool) -> list[str]:
     return [*COMMANDS, *(TEST_COMMANDS if include_test_only else {})]
 
 
-def build_table(*, include_test_only: bool) -> CommandTable:
-    from dspy_bridge.commands.table import CommandTable
+class LoadingTable:
+    """The worker's commands by name, each module imported the first time one of its
+    commands is asked for, or all by `load_all` (the engine loader calls it in its thread,
+    in the background). Safe from both: a module is imported once (the import lock), and
+    what a load adds is the same whoever adds it."""
 
-    declared = {**COMMANDS, **TEST_COMMANDS}
-    modules = dict.fromkeys(declared.values())
-    tables = [importlib.import_module(name).table for name in modules]
-    table = CommandTable.merged(tables)
-    if set(table.names()) != set(declared):
-        raise RuntimeError(
-            "dspy_bridge.commands.registry disagrees with the command tables: "
-            f"missing here {sorted(set(table.names()) - set(declared))}, "
-            f"missing in tables {sorted(set(declared) - set(table.names()))}"
-        )
-    return table.restricted_to(command_names(include_test_only=include_test_only))
+    def __init__(self, *, include_test_only: bool) -> None:
+        declared = {**COMMANDS, **TEST_COMMANDS}
+        self._module_of = {name: declared[name]
+                           for name in command_names(include_test_only=include_test_only)}
+        self._specs: dict[str, CommandSpec[Any]] = {}
+
+    def get(self, name: str) -> CommandSpec[Any] | None:
+        spec = self._specs.get(name)
+        if spec is None and name in self._module_of:
+            self._load(self._module_of[name])
+            spec = self._specs[name]
+        return spec
+
+    def names(self) -> list[str]:
+        return list(self._module_of)
+
+    def load_all(self) -> None:
+        for module in dict.fromkeys(self._module_of.values()):
+            self._load(module)
+
+    def _load(self, module: str) -> None:
+        table = importlib.import_module(module).table
+        declared = {name for name, owner in {**COMMANDS, **TEST_COMMANDS}.items()
+                    if owner == module}
+        if set(table.names()) != declared:
+            raise RuntimeError(
+                f"dspy_bridge.commands.registry disagrees with {module}'s table: "
+                f"missing here {sorted(set(table.names()) - declared)}, "
+                f"missing in the table {sorted(declared - set(table.names()))}"
+            )
+        for name in table.names():
+            if name in self._module_of:
+                spec = table.get(name)
+                assert spec is not None
+                self._specs[name] = spec

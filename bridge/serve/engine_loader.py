@@ -1,6 +1,7 @@
 """Loads the DSPy engine once, in the background, as a state every request can ask about.
 
-The import runs in its own thread so `ready` and control commands never wait for it.
+The import runs in its own thread so `ready` and control commands never wait for it
+(after `before`: what is best loaded there too, off the loop).
 Its outcome is settled on the event loop: `loading`, then `ready` or `failed` for good.
 A request waiting for it waits through `asyncio.shield`, so a request that times out or
 is cancelled while DSPy loads stops waiting without cancelling the load itself.
@@ -26,8 +27,10 @@ class EngineLoader:
         module_name: str,
         on_loaded: Callable[[ModuleType], None],
         on_failed: Callable[[BridgeError], None],
+        before: Callable[[], object] = lambda: None,
     ) -> None:
         self._module_name = module_name
+        self._before = before
         self._on_loaded = on_loaded
         self._on_failed = on_failed
         self._module: ModuleType | None = None
@@ -42,6 +45,7 @@ class EngineLoader:
 
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
+            self._before()
             module = importlib.import_module(self._module_name)
         except BaseException as exc:  # noqa: BLE001 - a failed load is a state, reported
             loop.call_soon_threadsafe(self._settle, None, exc)

@@ -20,7 +20,8 @@ from typing import Any
 
 import structlog
 
-from dspy_bridge.commands.table import CommandSpec, CommandTable, RequestContext
+from dspy_bridge.commands.registry import LoadingTable
+from dspy_bridge.commands.table import CommandSpec, RequestContext
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
 from dspy_bridge.io.channel import HostChannel
@@ -49,7 +50,7 @@ class Worker:
     def __init__(
         self,
         options: WorkerOptions,
-        table: CommandTable,
+        table: LoadingTable,
         channel: HostChannel,
         ready: dict[str, Any],
         observers: list[FrameObserver],
@@ -78,7 +79,11 @@ class Worker:
         self._runner = RequestRunner(self.in_flight, self.outbound, self.stats, self._log)
         # Signals that arrived before the loop could handle them (bridge/startup held them).
         self._held_signals = held_signals
-        self.engine_loader = EngineLoader(ENGINE_MODULE, self._engine_loaded, self._engine_failed)
+        # The command modules load with DSPy, in its thread, before it (a first request
+        # for one of them need not import it on the loop).
+        self.engine_loader = EngineLoader(
+            ENGINE_MODULE, self._engine_loaded, self._engine_failed, before=table.load_all
+        )
         self._loop: asyncio.AbstractEventLoop
         self._lifecycle: Lifecycle
         self._state: ServingState
