@@ -302,6 +302,51 @@ defmodule DSPyBridge.ClusterTest do
     assert {:ok, %{"demos" => 2}} = DSPyBridge.get_program(pool(), "qa", session: s)
   end
 
+  test "the default session's compile reaches every worker of every pool node, and its " <>
+         "checkpoint is recorded on every pool node" do
+    {[{_, a, _}, {_, b, _}], _keys} = peers(default_a: 2, default_b: 1)
+    lm = [model: "mock/knows", extra: %{generator: %{name: "knows", run: &knows/1}}]
+    {:ok, _} = DSPyBridge.configure_lm(pool(), lm)
+
+    for id <- ["qa", "base"] do
+      {:ok, _} =
+        DSPyBridge.create_program(pool(), %{program_id: id, signature: "question -> answer"})
+    end
+
+    training = [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
+
+    # on a pool node: compiled on one of its workers, then on every one
+    assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} =
+             :erpc.call(a, DSPyBridge, :compile, [pool(), "qa", :labeled_few_shot, training])
+
+    on = fn node, index, program ->
+      args = [pool(), program, %{question: "Peru?"}, [worker: index, timeout: 15_000]]
+      {:ok, %{"outputs" => %{"answer" => answer}}} = :erpc.call(node, DSPyBridge, :execute, args)
+      answer
+    end
+
+    assert for({node, i} <- [{a, 0}, {a, 1}, {b, 0}], do: on.(node, i, "qa")) ==
+             ["Lima", "Lima", "Lima"]
+
+    # a checkpoint of a program one worker compiled (a raw request records
+    # nothing): recorded on the other pool node too
+    compile_base =
+      Map.new(training) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
+
+    {:ok, _} =
+      :erpc.call(a, DSPyBridge, :request, [
+        pool(),
+        "compile_program",
+        compile_base,
+        [worker: 0, timeout: 30_000]
+      ])
+
+    assert {:ok, %{"program_id" => "base"}} =
+             :erpc.call(a, DSPyBridge, :checkpoint_program, [pool(), "base", [worker: 0]])
+
+    for node <- [a, b], id <- ["qa", "base"], do: await_import_record(node, nil, id)
+  end
+
   test "a call routed here before this node sees a loss waits for its :pg to change, " <>
          "and goes on to the owner it sees when it never agrees" do
     {[{_, a, _}, {b_peer, b, _}], keys} = peers(view_a: 1, view_b: 1)

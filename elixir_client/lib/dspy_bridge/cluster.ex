@@ -384,10 +384,11 @@ defmodule DSPyBridge.Cluster do
   # Called by the worker that recorded `record` (after its own table): sends
   # it to the members on the other pool nodes (DSPyBridge.Cluster.Member),
   # asynchronously: one message per other node. Default-session records are
-  # not sent: their mutations run on every pool node, which records them itself.
+  # not sent (their mutations run on every pool node, which records them
+  # itself), but for a checkpoint: one worker answers it.
   @spec replicate(atom(), Store.record(), {:ok, term()}) :: :ok
   def replicate(pool, record, reply) do
-    if record_session(record) != nil do
+    if replicated?(record) do
       for pid <- :pg.get_members(@scope, replica_group(pool)),
           node(pid) != node(),
           do: send(pid, {:replicate, record, reply})
@@ -396,8 +397,12 @@ defmodule DSPyBridge.Cluster do
     :ok
   end
 
-  defp record_session({:put_cache, _}), do: nil
-  defp record_session(record), do: elem(record, 1)
+  # A session's records go to every pool node. The default session's are
+  # made on each node by its own part of the broadcast, but for a checkpoint,
+  # which one worker answered.
+  defp replicated?({:put_cache, _}), do: false
+  defp replicated?({:checkpoint, nil, _, _}), do: true
+  defp replicated?(record), do: elem(record, 1) != nil
 
   @doc false
   def local_config(pool) do

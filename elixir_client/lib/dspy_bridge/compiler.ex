@@ -8,7 +8,8 @@ defmodule DSPyBridge.Compiler do
   # (DSPyBridge.Pool.Store.checkpoint/5), in the place of the program's
   # record when it was replaced, as a new record when it went to
   # `target_program_id`. The default session's programs live on every
-  # worker, so there the document is then imported on the other workers too.
+  # worker (of every pool node, for a clustered pool), so there the document
+  # is then recorded on each pool node and imported on its other workers too.
   #
   # `resume`: when the worker dies with the compile in flight, the pool
   # sends it again on the restarted worker (the worker's checkpoint replays
@@ -20,6 +21,7 @@ defmodule DSPyBridge.Compiler do
   require Logger
 
   alias DSPyBridge.{Args, Cluster, Error, Pool, Streaming}
+  alias DSPyBridge.Cluster.Remote
   alias DSPyBridge.Pool.Store
 
   # each of the requests that record the result (export, and for the
@@ -158,30 +160,58 @@ defmodule DSPyBridge.Compiler do
 
     with {:ok, %{"document" => doc}} <-
            Pool.request(call.pool, nil, "export_program", export, opts) do
-      table = Store.config(call.pool).table
-      {:ok, doc} = Store.checkpoint(table, nil, target, doc, call.args["program_id"])
-      spread(call, target, doc)
+      source = call.args["program_id"]
+      here = adopt(call.pool, target, doc, source, [call.index])
+
+      case Cluster.broadcast_nodes(call.pool) do
+        :local ->
+          here
+
+        nodes ->
+          mfa = {__MODULE__, :__adopt__, [call.pool, target, doc, source]}
+
+          (nodes -- [node()])
+          |> Remote.on_nodes(mfa, @record_timeout, "compile_program")
+          |> Enum.reduce(here, &first_error/2)
+      end
     end
   end
 
-  # The default session: the other workers get the compiled program too (a
+  @doc false
+  # A clustered pool's other pool nodes: the default session's compiled
+  # program recorded here and imported on every worker of this node.
+  @spec __adopt__(atom(), String.t(), map(), String.t()) :: :ok | {:error, Error.t()}
+  def __adopt__(pool, target, doc, source), do: adopt(pool, target, doc, source, [])
+
+  defp first_error(_result, {:error, _} = error), do: error
+  defp first_error({:error, _} = error, :ok), do: error
+  defp first_error(_ok, :ok), do: :ok
+
+  # The document recorded in this node's table, and imported on this node's
+  # workers but those in `except` (the one that compiled it has it).
+  defp adopt(pool, target, doc, source, except) do
+    %{table: table, size: size} = Store.config(pool)
+    {:ok, doc} = Store.checkpoint(table, nil, target, doc, source)
+    spread(pool, target, doc, Enum.to_list(0..(size - 1)) -- except)
+  end
+
+  # The default session: these workers get the compiled program too (a
   # program it replaces is deleted first). A worker that dies meanwhile gets
   # it by replay, since it is recorded already.
-  defp spread(call, target, doc) do
-    %{size: size} = Store.config(call.pool)
+  defp spread(pool, target, doc, indexes) do
     opts = [timeout: @record_timeout]
 
-    (Enum.to_list(0..(size - 1)) -- [call.index])
+    indexes
     |> Enum.map(fn index ->
       Task.async(fn ->
         opts = Keyword.put(opts, :worker, index)
         id = %{"program_id" => target}
 
         with {:error, %Error{type: :not_found}} <-
-               Pool.request(call.pool, nil, "delete_program", id, opts),
+               Pool.request(pool, nil, "delete_program", id, opts),
              do: :ok
 
-        Pool.request(call.pool, nil, "import_program", Map.put(id, "document", doc), opts)
+        Pool.request(pool, nil, "import_program", Map.put(id, "document", doc), opts)
       end)
     end)
     |> Task.await_many(:infinity)

@@ -297,6 +297,23 @@ defmodule DSPyBridge.Test.Cluster do
     end
   end
 
+  @doc "Waits until `node`'s records hold `program_id` of `session` as an import (a replicated record arrives by a message of its own, which nothing here can await)."
+  def await_import_record(node, session, program_id, tries \\ 1_500) do
+    key = {:rec, session, :program, program_id}
+    rows = :erpc.call(node, DSPyBridge.Pool.Store, :records, [pool()])
+
+    case for({^key, _, _, _} = row <- rows, do: row) do
+      [{_, _, "import_program", %{"document" => _}}] ->
+        :ok
+
+      other when tries == 0 ->
+        flunk("#{node}: no import record of #{program_id}, but #{inspect(other, limit: 5)}")
+
+      _ ->
+        Process.sleep(5) && await_import_record(node, session, program_id, tries - 1)
+    end
+  end
+
   @doc "Waits until a worker of `node` has a request in flight."
   def await_in_flight(node, tries \\ 500) do
     busy? =
