@@ -61,15 +61,18 @@ demo: venv elixir
 	cd elixir_client && mix run scripts/demo.exs
 
 # matplotlib (the `bench` extra) draws the plots; installed here, on first use only, so the
-# editable install stays strict and `make test` never needs it. BENCH_ARGS=--quick: < 1 min.
-# The cluster figure (3 nodes x 2 workers against 1 x 2, on :peer nodes) is an ExUnit
-# test tagged :bench, which `make test` excludes; it writes _build/test/cluster_bench.txt.
+# editable install stays strict and `make test` never needs it. BENCH_ARGS=--quick: fewer rounds.
+# The Elixir side (through the pool, beside a bare worker and a port echo) writes
+# bench/elixir.md. The cluster figure (3 nodes x 2 workers against 1 x 2, on :peer
+# nodes) is an ExUnit test tagged :bench, which `make test` excludes; it writes
+# _build/test/cluster_bench.txt.
 bench: venv elixir
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib>=3.8'
 	@# The worker's bytecode, as an installed wheel has it: start-up is measured without
 	@# compiling every module (PYTHONDONTWRITEBYTECODE, if set, would keep it from caching).
 	@$(PY) -c 'import compileall, os, dspy_bridge; compileall.compile_dir(os.path.dirname(dspy_bridge.__file__), quiet=1)'
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+	cd elixir_client && mix run scripts/bench.exs $(filter --quick,$(BENCH_ARGS))
 	cd elixir_client && MIX_ENV=test mix test --only bench test/cluster_test.exs
 
 clean:
