@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from conftest import REPO
 
+from dspy_bridge.protocol.host import Event, Response
 from dspy_bridge.tools.callbacks import (
     MAX_ERROR_MESSAGE_CHARS,
     Callback,
+    CallbackServer,
     HostFunction,
     HostFunctionError,
     answer,
@@ -107,6 +109,45 @@ def test_host_function_error_chooses_type_and_retryable_and_text_is_bounded() ->
 
     error = answer(HostFunction("f", verbose), Callback(event()))["error"]
     assert len(error["message"]) == MAX_ERROR_MESSAGE_CHARS and len(error["type"]) == 100
+
+
+def test_settled_callbacks_are_kept_only_up_to_a_bound_and_open_ones_always() -> None:
+    """A long-lived client serves callbacks without end: its records must not grow with
+    them. Every callback not yet settled is kept; of the settled ones, the latest."""
+    sent: list[dict[str, Any]] = []
+    replied = threading.Condition()
+
+    def send(request: dict[str, Any]) -> None:
+        with replied:
+            sent.append(request)
+            replied.notify_all()
+
+    server = CallbackServer(send, keep_settled=3)
+    server.register(HostFunction("double", lambda n: 2 * n))
+
+    def callback(n: int) -> Callback:
+        event = {"event": "callback", "callback_id": f"cb-{n}", "request_id": 1,
+                 "function": "double", "purpose": "tool", "args": {"n": n}}
+        assert server.take(Event("callback", event))
+        record = server.callback(f"cb-{n}")
+        assert record is not None
+        return record
+
+    def settle(record: Callback) -> None:
+        with replied:
+            assert replied.wait_for(lambda: any(r["id"] == record.reply_id for r in sent), 30)
+        reply = {"id": record.reply_id, "success": True, "result": {"accepted": True}}
+        assert server.take(Response(record.reply_id, True, reply["result"], None, reply))
+        assert record.wait(30)
+
+    open_one = callback(0)  # never settled
+    for n in range(1, 8):
+        settle(callback(n))
+    callback(8)  # the newest: its reply may still be on its way
+    kept = [record.callback_id for record in server.callbacks]
+    assert "cb-0" in kept and "cb-8" in kept
+    assert [cid for cid in kept if cid not in {"cb-0", "cb-8"}] == ["cb-5", "cb-6", "cb-7"]
+    assert not open_one.settled
 
 
 def test_a_result_msgpack_cannot_carry_is_an_error_answer() -> None:

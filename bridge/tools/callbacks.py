@@ -182,14 +182,22 @@ def error_reply(
     return {"callback_id": callback_id, "error": error}
 
 
+DEFAULT_KEEP_SETTLED = 1000
+
+
 class CallbackServer:
     """The host functions a client registered, and the callbacks they serve: by callback
     id, and by the request id of their reply. The client's reader thread hands it every
     item (`take`); each callback runs in a thread of its own, which answers through
-    `send_request` (a `callback_reply` request) unless the worker abandoned it."""
+    `send_request` (a `callback_reply` request) unless the worker abandoned it.
 
-    def __init__(self, send_request: Callable[[dict[str, Any]], None]) -> None:
+    Every callback not yet settled is kept, and of the settled ones the latest
+    `keep_settled`: a long-lived client's records do not grow without end."""
+
+    def __init__(self, send_request: Callable[[dict[str, Any]], None],
+                 keep_settled: int = DEFAULT_KEEP_SETTLED) -> None:
         self._send_request = send_request
+        self._keep_settled = keep_settled
         self._functions: dict[str, HostFunction] = {}
         self._callbacks: dict[str, Callback] = {}
         self._replies: dict[str, Callback] = {}
@@ -258,9 +266,18 @@ class CallbackServer:
                 return False
             record = Callback(message)
             self._callbacks[callback_id] = record
+            self._forget_settled()
         threading.Thread(target=self._serve, args=(function, record),
                          name=f"callback-{callback_id}", daemon=True).start()
         return True
+
+    def _forget_settled(self) -> None:
+        """Under the lock: drop the oldest settled records past `keep_settled`."""
+        if len(self._callbacks) <= self._keep_settled:
+            return
+        settled = [cid for cid, record in self._callbacks.items() if record.settled]
+        for callback_id in settled[: max(0, len(settled) - self._keep_settled)]:
+            del self._callbacks[callback_id]
 
     def _serve(self, function: HostFunction, record: Callback) -> None:
         """A callback's own thread: run the function, send its answer (unless abandoned)."""

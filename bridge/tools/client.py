@@ -182,7 +182,8 @@ class WorkerClient:
 
     @property
     def callbacks(self) -> list[Callback]:
-        """Every callback a registered function took, in the order they arrived."""
+        """The callbacks registered functions took, in the order they arrived: every one
+        not yet settled, and the latest 1,000 settled ones."""
         return self._host.callbacks
 
     def callback(self, callback_id: str) -> Callback | None:
