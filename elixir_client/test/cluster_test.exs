@@ -347,6 +347,46 @@ defmodule DSPyBridge.ClusterTest do
     for node <- [a, b], id <- ["qa", "base"], do: await_import_record(node, nil, id)
   end
 
+  test "a mutation made on another node's worker (an old owner, a stale view) reaches " <>
+         "the session's owner too" do
+    {[{_, a, _}, {_, b, _}], keys} = peers(stale_a: 1, stale_b: 1)
+    s = Enum.find(for(i <- 1..40, do: "stale-#{i}"), &(Rendezvous.owner(&1, keys) == {b, 0}))
+    set_up_session(s)
+    [{0, a_worker, _, _}] = :erpc.call(a, Pool, :workers, [pool()])
+
+    # as the old owner would run it: on a's worker, recorded there and
+    # replicated (DSPyBridge.Worker.request/4 with the record a call makes)
+    on_a = fn command, args, record ->
+      opts = [record: record, timeout: 30_000]
+      {:ok, _} = :erpc.call(a, DSPyBridge.Worker, :request, [a_worker, command, args, opts])
+    end
+
+    late = %{"session_id" => s, "program_id" => "late", "signature" => "question -> answer"}
+    on_a.("create_program", late, {:put_program, s, "create_program", late})
+
+    # b's worker runs it too (the record reaches b by a message of its own)
+    assert await_ok(fn -> DSPyBridge.get_program(pool(), "late", session: s) end)
+
+    assert {:ok, %{"outputs" => %{"answer" => answer}}} =
+             DSPyBridge.execute(pool(), "late", %{question: "who?"}, session: s)
+
+    assert answer == answer_of(s)
+
+    # and a delete made there (of a program a's worker has too) deletes on b
+    qa = %{"session_id" => s, "program_id" => "qa"}
+    on_a.("create_program", Map.put(qa, "signature", "question -> answer"), nil)
+    on_a.("delete_program", qa, {:delete_program, s, "qa"})
+
+    assert await_ok(fn ->
+             case DSPyBridge.get_program(pool(), "qa", session: s) do
+               {:error, %Error{type: :not_found}} -> {:ok, :gone}
+               other -> other
+             end
+           end)
+
+    assert DSPyBridge.whereis(pool(), s) == {b, 0}
+  end
+
   test "a call routed here before this node sees a loss waits for its :pg to change, " <>
          "and goes on to the owner it sees when it never agrees" do
     {[{_, a, _}, {b_peer, b, _}], keys} = peers(view_a: 1, view_b: 1)

@@ -314,6 +314,15 @@ defmodule DSPyBridge.Test.Cluster do
     end
   end
 
+  @doc "Waits until `fun` returns `{:ok, _}` (bounded): for state that comes by a message nothing here can await. Returns true, or flunks with the last answer."
+  def await_ok(fun, tries \\ 1_500) do
+    case fun.() do
+      {:ok, _} -> true
+      other when tries == 0 -> flunk("still #{inspect(other, limit: 8)}")
+      _ -> Process.sleep(5) && await_ok(fun, tries - 1)
+    end
+  end
+
   @doc "Waits until a worker of `node` has a request in flight."
   def await_in_flight(node, tries \\ 500) do
     busy? =

@@ -9,7 +9,9 @@ defmodule DSPyBridge.Cluster.Member do
       the pool's owner group once per worker, so calls reach its workers
       after their sessions are there;
     * applies the records other nodes replicate to it (every session record
-      goes to every pool node: `DSPyBridge.Cluster.replicate/3`);
+      goes to every pool node: `DSPyBridge.Cluster.replicate/3`), and runs
+      one made for a session a local worker owns on that worker too (it was
+      made on another: an old owner as this node joined, or a stale view);
     * on every join or leave in the owner group (`:pg.monitor/2`), works out
       which sessions changed owner (`DSPyBridge.Cluster.Rendezvous.moves/3`):
       a session a local worker now owns is replayed into it from the local
@@ -92,6 +94,7 @@ defmodule DSPyBridge.Cluster.Member do
 
   def handle_info({:replicate, record, reply}, state) do
     Store.apply_record(state.table, record, reply)
+    apply_to_owner(state, record, reply)
     {:noreply, state}
   end
 
@@ -134,6 +137,37 @@ defmodule DSPyBridge.Cluster.Member do
   end
 
   # -- internals ----------------------------------------------------------------
+
+  # A record made on another node's worker for a session a local worker owns
+  # (in the membership this member has replayed for): that worker has not
+  # run it. It happens when a mutation reaches the old owner as this node
+  # joins (after its replay, before its join is seen) or by a caller whose
+  # view is stale; the owner then runs it too. A session still to be
+  # replayed here gets the record with its replay instead.
+  defp apply_to_owner(state, record, reply) do
+    with session when is_binary(session) <- record_session(record),
+         {here, index} when here == node() <- Rendezvous.owner(session, state.keys),
+         {pid, _, _} <- Store.worker(state.table, index) do
+      for {command, args} <- Store.commands_for(state.table, record, reply) do
+        case Worker.request(pid, command, args, timeout: @replay_timeout) do
+          {:ok, _} ->
+            :ok
+
+          {:error, %DSPyBridge.Error{type: :not_found}} ->
+            :ok
+
+          {:error, error} ->
+            Logger.warning(
+              "DSPyBridge.Cluster #{inspect(state.pool)}: applying #{command} made on " <>
+                "another node to worker #{index} failed: #{Exception.message(error)}"
+            )
+        end
+      end
+    end
+  end
+
+  defp record_session({:put_cache, _}), do: nil
+  defp record_session(record), do: elem(record, 1)
 
   # The records of the first other pool node that answers (none: nothing to copy).
   defp copy_records(%{pool: pool, table: table}) do

@@ -126,9 +126,7 @@ defmodule DSPyBridge.Pool.Store do
         :ets.delete(table, {:fun, session, name})
 
       {:put_program, session, command, args} ->
-        program_id =
-          (is_map(result) && Map.get(result, "program_id")) || Map.get(args, "program_id")
-
+        program_id = program_id(args, result)
         args = args |> Map.put("program_id", program_id) |> resolved_signature(result)
         # keep the first seq so replay order stays creation order
         put(table, {:rec, session, :program, program_id}, command, args)
@@ -277,6 +275,71 @@ defmodule DSPyBridge.Pool.Store do
 
     [tool_commands(tools), to_commands(config), to_commands(programs)]
   end
+
+  @doc false
+  # The commands that make a worker holding the session as it was before
+  # `record` (already applied to `table`) hold it as the record left it: a
+  # put replays its record (a program is deleted first: creating it again
+  # would find it there), a delete deletes. For a clustered pool's owner,
+  # when the record was made on another worker (by its node's cluster member).
+  @spec commands_for(atom(), record(), {:ok, term()}) :: [{String.t(), map()}]
+  def commands_for(table, record, {:ok, result}) do
+    case record do
+      {:put_lm, session, _} ->
+        row_commands(table, {:rec, session, :lm, nil}, [])
+
+      {:put_cache, _} ->
+        row_commands(table, {:rec, nil, :cache, nil}, [])
+
+      {:put_tools, session, declarations, _} ->
+        tool_commands(tool_rows(session, declarations))
+
+      {:delete_tool, session, name} ->
+        [with_session("delete_tool", %{"name" => name}, session)]
+
+      {:put_program, session, _, args} ->
+        program_commands(table, session, program_id(args, result))
+
+      {:checkpoint, session, program_id, _} ->
+        program_commands(table, session, program_id)
+
+      {:put_signature, session, name, _} ->
+        row_commands(table, {:rec, session, :signature, name}, [])
+
+      {:delete_signature, session, name} ->
+        [with_session("delete_signature", %{"name" => name}, session)]
+
+      {:delete_program, session, id} ->
+        [with_session("delete_program", %{"program_id" => id}, session)]
+
+      {:delete_session, session} ->
+        [with_session("end_session", %{}, session)]
+    end
+  end
+
+  # the id the worker gave a program (it picks one when none was given)
+  defp program_id(args, result),
+    do: (is_map(result) && Map.get(result, "program_id")) || Map.get(args, "program_id")
+
+  defp program_commands(_table, _session, nil), do: []
+
+  defp program_commands(table, session, program_id) do
+    delete = with_session("delete_program", %{"program_id" => program_id}, session)
+    row_commands(table, {:rec, session, :program, program_id}, [delete])
+  end
+
+  defp row_commands(table, key, first) do
+    case :ets.lookup(table, key) do
+      [{_, _, command, args}] -> first ++ [{command, args}]
+      [] -> []
+    end
+  end
+
+  defp tool_rows(session, declarations),
+    do: for(d <- declarations, do: {{:rec, session, :tool, d["name"]}, 0, "register_tools", d})
+
+  defp with_session(command, args, nil), do: {command, args}
+  defp with_session(command, args, session), do: {command, Map.put(args, "session_id", session)}
 
   # One `register_tools` per session, its declarations in registration order.
   defp tool_commands(records) do
