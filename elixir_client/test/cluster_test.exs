@@ -315,9 +315,20 @@ defmodule DSPyBridge.ClusterTest do
 
     training = [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
 
-    # on a pool node: compiled on one of its workers, then on every one
+    # from the test node (no pool): run on a pool node, compiled on one of its
+    # workers, then on every one; its progress comes here
+    me = self()
+    on_progress = fn event -> send(me, {:progress, self(), event}) end
+
     assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} =
-             :erpc.call(a, DSPyBridge, :compile, [pool(), "qa", :labeled_few_shot, training])
+             DSPyBridge.compile(
+               pool(),
+               "qa",
+               :labeled_few_shot,
+               training ++ [on_progress: on_progress]
+             )
+
+    assert_received {:progress, ^me, %{"event" => "progress"}}
 
     on = fn node, index, program ->
       args = [pool(), program, %{question: "Peru?"}, [worker: index, timeout: 15_000]]

@@ -294,21 +294,26 @@ defmodule DSPyBridge.Cluster do
   # each event here, and this process calls `listen` with it while a task
   # waits for the answer.
   defp call_listening(node, remote, [pool, session, command, args, opts]) do
-    case opts[:listen] do
-      nil ->
-        Remote.call(node, remote, [pool, session, command, args, opts])
+    forwarding(opts[:listen], fn forward ->
+      opts = if forward, do: Keyword.put(opts, :listen, forward), else: opts
+      Remote.call(node, remote, [pool, session, command, args, opts])
+    end)
+  end
 
-      listen ->
-        caller = self()
-        tag = make_ref()
-        forward = fn name, event -> send(caller, {tag, name, event}) end
-        opts = Keyword.put(opts, :listen, forward)
+  @doc false
+  # `run.(forward)` in a task, where `forward` (a `listen` function, for
+  # another node to call) sends each event to this process, which gives it
+  # to `listen` until `run` returns; without `listen`, `run.(nil)` here.
+  @spec forwarding((String.t(), map() -> term()) | nil, (function() | nil -> result)) :: result
+        when result: term()
+  def forwarding(nil, run), do: run.(nil)
 
-        task =
-          Task.async(fn -> Remote.call(node, remote, [pool, session, command, args, opts]) end)
-
-        await_listening(task, tag, listen)
-    end
+  def forwarding(listen, run) do
+    caller = self()
+    tag = make_ref()
+    forward = fn name, event -> send(caller, {tag, name, event}) end
+    task = Task.async(fn -> run.(forward) end)
+    await_listening(task, tag, listen)
   end
 
   defp await_listening(%Task{ref: ref} = task, tag, listen) do

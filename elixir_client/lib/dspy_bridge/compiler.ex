@@ -61,10 +61,41 @@ defmodule DSPyBridge.Compiler do
 
     timeout = Keyword.fetch!(opts, :timeout)
 
+    case pool_node_for(pool, session) do
+      nil -> compile(call(pool, session, args, opts, timeout), resumes)
+      node -> run_on(node, [pool, session, program_id, optimizer, opts], timeout)
+    end
+  end
+
+  # A default-session compile on a node with no pool of its own runs whole
+  # on a pool node (which compiles on one of its workers and records the
+  # result on every pool node); a session's goes to its owner by the pool's
+  # routing, from anywhere.
+  defp pool_node_for(pool, nil) do
+    if Cluster.local_config(pool) == nil, do: hd(Cluster.broadcast_nodes(pool))
+  end
+
+  defp pool_node_for(_pool, _session), do: nil
+
+  # `on_progress:` still runs here: the pool node gets a stand-in that sends
+  # each event back.
+  defp run_on(node, [pool, session, program_id, optimizer, opts], timeout) do
+    listen = Streaming.progress_listener(opts[:on_progress])
+
+    Cluster.forwarding(listen, fn forward ->
+      opts =
+        if forward, do: Keyword.put(opts, :on_progress, &forward.("progress", &1)), else: opts
+
+      mfa = {__MODULE__, :run, [pool, session, program_id, optimizer, opts]}
+      Remote.remote_call(node, mfa, timeout, "compile_program")
+    end)
+  end
+
+  defp call(pool, session, args, opts, timeout) do
     deadline =
       if timeout == :infinity, do: :infinity, else: System.monotonic_time(:millisecond) + timeout
 
-    call = %{
+    %{
       pool: pool,
       session: session,
       index: worker_index(pool, session, opts[:worker]),
@@ -72,8 +103,6 @@ defmodule DSPyBridge.Compiler do
       listen: Streaming.progress_listener(opts[:on_progress]),
       deadline: deadline
     }
-
-    compile(call, resumes)
   end
 
   defp resumes(opts) do
