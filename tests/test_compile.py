@@ -164,6 +164,23 @@ def test_the_compiled_program_replaces_the_original_and_travels(
     assert outputs == [{"answer": "A7"}, {"answer": "A7"}]
 
 
+def test_include_document_answers_with_what_export_program_gives(
+    worker: RecordingWorker,
+) -> None:
+    """The compile's own reply can carry the compiled program's document (for a host to
+    record it from the worker that compiled it); without the flag there is none."""
+    session(worker, "doc")
+    host = Host(worker, {"model": knowing_lm})
+    plain = host.run("compile_program", compile_args("doc", "labeled_few_shot",
+                                                     options={"k": 2}))["result"]
+    assert "document" not in plain
+    result = host.run("compile_program", {**compile_args(
+        "doc", "labeled_few_shot", options={"k": 3}), "include_document": True})["result"]
+    exported = worker.call("export_program", {"session_id": "doc", "program_id": "qa"})
+    assert result["document"] == exported["document"]
+    assert len(result["document"]["state"]["demos"]) == 3 == result["demos"]
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"optimizer": "adam"}, "optimizer"),
     ({"options": {"k": 0}}, "options.k"),

@@ -23,6 +23,7 @@ from dspy_bridge.commands.evaluate import MAX_EXAMPLES, check_host_metric, split
 from dspy_bridge.commands.execute import ProgramCall
 from dspy_bridge.commands.programs import insert_program
 from dspy_bridge.commands.table import CommandTable, RequestContext
+from dspy_bridge.domain.documents import program_document
 from dspy_bridge.domain.engine_port import CompileRequest, Engine, ProgramHandle
 from dspy_bridge.domain.lm import OptionalLm
 from dspy_bridge.domain.models import Args, ProgramId, SessionId
@@ -50,6 +51,10 @@ class CompileProgramArgs(Args):
     target_program_id: ProgramId | None = None
     checkpoint: CheckpointRef | None = None
     lm: OptionalLm
+    # The compiled program's export document in the reply too: a host that records it
+    # gets exactly what this compile made, from this worker (an export_program sent
+    # after it may reach another worker, if the session moved meanwhile).
+    include_document: bool = False
 
 
 @table.command("compile_program", CompileProgramArgs)
@@ -83,7 +88,11 @@ async def compile_program(ctx: RequestContext, args: CompileProgramArgs) -> dict
             checkpoint_dir)
         outcome = await engine.compile(program, lm, request, call.record, ctx.host)
         stored = _store(ctx, engine, session, program, target, outcome.state)
+    document = ({"document": program_document(stored, engine.export_state(stored),
+                                              engine.dspy_version)}
+                if args.include_document else {})
     return {
+        **document,
         "program_id": stored.program_id,
         "session_id": session.session_id,
         "optimizer": args.optimizer,

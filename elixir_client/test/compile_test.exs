@@ -173,6 +173,56 @@ defmodule DSPyBridge.CompileTest do
     {:ok, %{"demos" => 0}} = DSPyBridge.get_program(pool, "base", session: s)
   end
 
+  @doc false
+  # a telemetry handler (it runs in the worker's process): this pool's requests
+  def request_started(_event, _measurements, %{pool: pool, command: command}, %{
+        pid: pid,
+        pool: pool
+      }),
+      do: send(pid, {:request_started, command})
+
+  def request_started(_event, _measurements, _metadata, _config), do: :ok
+
+  test "a session's compile is recorded from its own reply, with no second request" do
+    pool = start_pool()
+    s = "one-request"
+    handler = {__MODULE__, pool}
+    config = %{pid: self(), pool: pool}
+    start = [:dspy_bridge, :request, :start]
+    :ok = :telemetry.attach(handler, start, &__MODULE__.request_started/4, config)
+    on_exit(fn -> :telemetry.detach(handler) end)
+    assert DSPyBridge.Telemetry.refresh()
+    {:ok, _} = DSPyBridge.configure_lm(pool, knowing_lm("one"), session: s)
+
+    {:ok, _} =
+      DSPyBridge.create_program(pool, [signature: "question -> answer", program_id: "qa"],
+        session: s
+      )
+
+    flush_started()
+
+    assert {:ok, result} =
+             DSPyBridge.compile(pool, "qa", "labeled_few_shot",
+               session: s,
+               trainset: examples(),
+               metric: "exact_match",
+               options: %{k: 2}
+             )
+
+    # the document the record was made from is not the caller's
+    refute Map.has_key?(result, "document")
+    assert flush_started() == ["compile_program"]
+    # (that the record replays compiled: the kill -9 test above)
+  end
+
+  defp flush_started do
+    receive do
+      {:request_started, command} -> [command | flush_started()]
+    after
+      0 -> []
+    end
+  end
+
   test "in the default session the compiled program reaches every worker and its replay" do
     pool = start_pool(size: 2)
     {:ok, _} = DSPyBridge.configure_lm(pool, knowing_lm("default"))

@@ -3,13 +3,16 @@ defmodule DSPyBridge.Compiler do
   # `compile/4` of the public API: `compile_program` sent to one worker (the
   # session's, or for the default session the least-loaded one), its
   # `progress` events given to the caller's `on_progress` as they come, and
-  # the compiled program recorded for replay once the compile succeeds:
-  # exported from that worker and recorded as an import of that document
-  # (DSPyBridge.Pool.Store.checkpoint/5), in the place of the program's
-  # record when it was replaced, as a new record when it went to
-  # `target_program_id`. The default session's programs live on every
-  # worker (of every pool node, for a clustered pool), so there the document
-  # is then recorded on each pool node and imported on its other workers too.
+  # the compiled program recorded for replay once the compile succeeds, as
+  # an import of its export document (DSPyBridge.Pool.Store.checkpoint/5), in
+  # the place of the program's record when it was replaced, as a new record
+  # when it went to `target_program_id`. A session's compile asks for the
+  # document in its own reply (`include_document`), which the worker that
+  # compiled records like any change (a clustered pool's: on every pool
+  # node), so a session that moves meanwhile cannot have another worker's
+  # program recorded. The default session's document is exported from the
+  # worker that compiled it, then recorded on each pool node and imported on
+  # every other worker, since its programs live on every worker.
   #
   # `resume`: when the worker dies with the compile in flight, the pool
   # sends it again on the restarted worker (the worker's checkpoint replays
@@ -58,6 +61,7 @@ defmodule DSPyBridge.Compiler do
       |> put_opt("checkpoint", opts[:checkpoint] && checkpoint(opts[:checkpoint]))
       |> put_opt("lm", opts[:lm] && Args.lm_args(opts[:lm]))
       |> put_opt("session_id", session)
+      |> put_opt("include_document", if(session, do: true))
 
     timeout = Keyword.fetch!(opts, :timeout)
 
@@ -117,13 +121,14 @@ defmodule DSPyBridge.Compiler do
     opts =
       worker_opt(call) ++
         [timeout: remaining(call.deadline), resume: resumes] ++
-        if(call.listen, do: [listen: call.listen], else: [])
+        if(call.listen, do: [listen: call.listen], else: []) ++
+        recorded_by_compile(call)
 
     with {:ok, result} <-
            Pool.request(call.pool, call.session, "compile_program", call.args, opts) do
       case record(call, result) do
         :ok ->
-          {:ok, result}
+          {:ok, Map.delete(result, "document")}
 
         {:error, %Error{type: :worker_exited}} when resumes > 0 ->
           Logger.warning(
@@ -173,14 +178,16 @@ defmodule DSPyBridge.Compiler do
   # the other workers too). A session's document is recorded by the worker
   # that exported it, as its other records are (so a clustered pool's owner
   # records it and copies it to every pool node).
-  defp record(%{session: session} = call, result) when session != nil do
-    target = target(call, result)
-    export = %{"program_id" => target, "session_id" => session}
-    record = {:checkpoint, session, target, call.args["program_id"]}
-    opts = worker_opt(call) ++ [timeout: @record_timeout, record: record]
+  # A session's compile is recorded by the worker that answers it, from the
+  # document in its reply.
+  defp recorded_by_compile(%{session: nil}), do: []
 
-    with {:ok, _} <- Pool.request(call.pool, session, "export_program", export, opts), do: :ok
+  defp recorded_by_compile(%{session: session, args: args}) do
+    target = args["target_program_id"] || args["program_id"]
+    [record: {:checkpoint, session, target, args["program_id"]}]
   end
+
+  defp record(%{session: session}, _result) when session != nil, do: :ok
 
   defp record(call, result) do
     target = target(call, result)
