@@ -7,7 +7,7 @@ Adding a command is adding an entry: declare an `Args` model, decorate the handl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
@@ -124,19 +124,3 @@ class CommandTable:
 
     def names(self) -> list[str]:
         return list(self._specs)
-
-    def restricted_to(self, names: Iterable[str]) -> CommandTable:
-        """A table of just these commands, in this order."""
-        restricted = CommandTable()
-        restricted._specs = {name: self._specs[name] for name in names}
-        return restricted
-
-    @classmethod
-    def merged(cls, tables: Iterable[CommandTable]) -> CommandTable:
-        merged = cls()
-        for table in tables:
-            for spec in table._specs.values():
-                if spec.name in merged._specs:
-                    raise ValueError(f"command {spec.name!r} registered twice")
-                merged._specs[spec.name] = spec
-        return merged

@@ -246,26 +246,18 @@ defmodule DSPyBridge.ClusterTest do
     {owner, 0} = DSPyBridge.whereis(pool(), s)
     [{owner_peer, ^owner, _}] = for {_, node, _} = p <- started, node == owner, do: p
     [{_, other, _}] = for {_, node, _} = p <- started, node != owner, do: p
-    training = [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
-
     # compile/4 from the test node (no pool): on the owner, progress here
     me = self()
-    on_progress = fn event -> send(me, {:progress, self(), event}) end
 
     assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} =
-             DSPyBridge.compile(
-               pool(),
-               "qa",
-               :labeled_few_shot,
-               training ++ [session: s, on_progress: on_progress]
-             )
+             compile_with_progress("qa", session: s)
 
     assert_received {:progress, ^me, _}
 
     # checkpoint_program/3 from the pool node that does not own the session,
     # of a program compiled by a raw request (which records nothing)
     compile_base =
-      Map.new(training) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
+      Map.new(training()) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
 
     {:ok, _} =
       DSPyBridge.request(pool(), "compile_program", Map.put(compile_base, :session_id, s),
@@ -313,21 +305,10 @@ defmodule DSPyBridge.ClusterTest do
         DSPyBridge.create_program(pool(), %{program_id: id, signature: "question -> answer"})
     end
 
-    training = [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
-
     # from the test node (no pool): run on a pool node, compiled on one of its
     # workers, then on every one; its progress comes here
     me = self()
-    on_progress = fn event -> send(me, {:progress, self(), event}) end
-
-    assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} =
-             DSPyBridge.compile(
-               pool(),
-               "qa",
-               :labeled_few_shot,
-               training ++ [on_progress: on_progress]
-             )
-
+    assert {:ok, %{"program_id" => "qa", "score_after" => 1.0}} = compile_with_progress("qa")
     assert_received {:progress, ^me, %{"event" => "progress"}}
 
     on = fn node, index, program ->
@@ -342,7 +323,7 @@ defmodule DSPyBridge.ClusterTest do
     # a checkpoint of a program one worker compiled (a raw request records
     # nothing): recorded on the other pool node too
     compile_base =
-      Map.new(training) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
+      Map.new(training()) |> Map.merge(%{program_id: "base", optimizer: "labeled_few_shot"})
 
     {:ok, _} =
       :erpc.call(a, DSPyBridge, :request, [

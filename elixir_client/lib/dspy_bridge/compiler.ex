@@ -48,6 +48,7 @@ defmodule DSPyBridge.Compiler do
               "replays the answers the checkpoint kept)"
     end
 
+    # built here, on every path: a bad argument raises in the caller
     args =
       %{
         "program_id" => program_id,
@@ -182,10 +183,8 @@ defmodule DSPyBridge.Compiler do
   # document in its reply.
   defp recorded_by_compile(%{session: nil}), do: []
 
-  defp recorded_by_compile(%{session: session, args: args}) do
-    target = args["target_program_id"] || args["program_id"]
-    [record: {:checkpoint, session, target, args["program_id"]}]
-  end
+  defp recorded_by_compile(%{session: session} = call),
+    do: [record: {:checkpoint, session, target(call, %{}), call.args["program_id"]}]
 
   defp record(%{session: session}, _result) when session != nil, do: :ok
 

@@ -183,6 +183,23 @@ defmodule DSPyBridge.Test.Cluster do
   @spec capitals() :: [map()]
   def capitals, do: for({q, a} <- @capitals, do: %{question: q, answer: a})
 
+  @doc "The capitals as a compile's examples and validation set, two demos a program."
+  def training,
+    do: [trainset: capitals(), valset: capitals(), metric: "exact_match", options: %{k: 2}]
+
+  @doc "`DSPyBridge.compile/4` of `program` with `training/0` and `opts`, from this process, which gets each progress event as `{:progress, pid the function ran in, event}`."
+  def compile_with_progress(program, opts \\ []) do
+    me = self()
+    on_progress = fn event -> send(me, {:progress, self(), event}) end
+
+    DSPyBridge.compile(
+      pool(),
+      program,
+      :labeled_few_shot,
+      training() ++ opts ++ [on_progress: on_progress]
+    )
+  end
+
   @doc """
   A mock LM's generator (a host function, so it runs on the owner node:
   this module is on every peer's code path) that answers right only when
