@@ -200,6 +200,7 @@ def test_include_document_answers_with_what_export_program_gives(
     ({"trainset": []}, "trainset"),
     ({"checkpoint": {"id": "ok"}}, "checkpoint"),
     ({"checkpoint": {"id": "../up"}}, "checkpoint.id"),
+    ({"include_document": "yes"}, "include_document"),
 ])
 def test_bad_compiles_name_what_is_wrong(worker: RecordingWorker, change: dict[str, Any],
                                          field: str) -> None:
