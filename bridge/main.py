@@ -6,8 +6,9 @@ protocol descriptors, validates the flags and announces `ready`. Phase two, afte
 `ready`, imports pydantic, structlog and asyncio and builds, bottom up: log queue →
 logging → command table (its handlers' modules load when first needed) → observers →
 `Worker` (which composes the pipes, the `Connection`, outbound, admission and the
-request sessions) → event loop. DSPy loads
-after that, in the background. The phase-two imports are inside `_serve` for that reason.
+request sessions) → event loop, whose selector marks it busy. DSPy loads after that, in
+the background, giving way to the loop whenever it is busy (`serve/priority`). The
+phase-two imports are inside `_serve` for that reason.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _serve(
     from dspy_bridge.commands.registry import LoadingTable
     from dspy_bridge.io.logs import LogQueue, configure_logging, route_std_streams
     from dspy_bridge.serve.outbound import FrameObserver
+    from dspy_bridge.serve.priority import LoopPriority
     from dspy_bridge.serve.worker import Worker
 
     log_queue = LogQueue(options.max_log_queue)
@@ -76,10 +78,13 @@ def _serve(
         from dspy_bridge.tools.record import Recorder, worker_args_without_record
 
         observers.append(Recorder.on_stream(record_to, worker_args_without_record(argv)))
-    worker = Worker(options, table, channel, ready, observers, log_queue, held_signals)
+    priority = LoopPriority()
+    worker = Worker(
+        options, table, channel, ready, observers, log_queue, held_signals, priority
+    )
     # Not asyncio.run: at the end it would wait for the default executor's threads, and
     # threads still running abandoned work (sync DSPy calls) must not delay the exit.
-    loop = asyncio.new_event_loop()
+    loop = asyncio.SelectorEventLoop(priority.selector())
     code = loop.run_until_complete(worker.run())
     log_queue.drain(timeout=EXIT_LOG_DRAIN_S)
     os._exit(code)

@@ -1,7 +1,8 @@
 """Loads the DSPy engine once, in the background, as a state every request can ask about.
 
 The import runs in its own thread so `ready` and control commands never wait for it
-(after `before`: what is best loaded there too, off the loop).
+(after `before`: what is best loaded there too, off the loop), giving way to the loop
+at each module (`give_way`: see `serve/priority`).
 Its outcome is settled on the event loop: `loading`, then `ready` or `failed` for good.
 A request waiting for it waits through `asyncio.shield`, so a request that times out or
 is cancelled while DSPy loads stops waiting without cancelling the load itself.
@@ -10,9 +11,11 @@ is cancelled while DSPy loads stops waiting without cancelling the load itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Literal
 
@@ -28,9 +31,11 @@ class EngineLoader:
         on_loaded: Callable[[ModuleType], None],
         on_failed: Callable[[BridgeError], None],
         before: Callable[[], object] = lambda: None,
+        give_way: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._module_name = module_name
         self._before = before
+        self._give_way = give_way
         self._on_loaded = on_loaded
         self._on_failed = on_failed
         self._module: ModuleType | None = None
@@ -46,7 +51,8 @@ class EngineLoader:
     def _load(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             self._before()
-            module = importlib.import_module(self._module_name)
+            with self._give_way():
+                module = importlib.import_module(self._module_name)
         except BaseException as exc:  # noqa: BLE001 - a failed load is a state, reported
             loop.call_soon_threadsafe(self._settle, None, exc)
         else:

@@ -37,6 +37,7 @@ from dspy_bridge.serve.callbacks import CallbackTable, RequestCallbacks
 from dspy_bridge.serve.engine_loader import EngineLoader
 from dspy_bridge.serve.lifecycle import Lifecycle
 from dspy_bridge.serve.outbound import FrameObserver, Outbound
+from dspy_bridge.serve.priority import LoopPriority
 from dspy_bridge.serve.request import RequestRunner
 from dspy_bridge.serve.requests import InFlight, InFlightTable
 from dspy_bridge.serve.state import ServingState
@@ -56,6 +57,7 @@ class Worker:
         observers: list[FrameObserver],
         log_queue: LogQueue | None,
         held_signals: list[int],
+        priority: LoopPriority,
     ) -> None:
         self.options = options
         self.table = table
@@ -82,7 +84,8 @@ class Worker:
         # The command modules load with DSPy, in its thread, before it (a first request
         # for one of them need not import it on the loop).
         self.engine_loader = EngineLoader(
-            ENGINE_MODULE, self._engine_loaded, self._engine_failed, before=table.load_all
+            ENGINE_MODULE, self._engine_loaded, self._engine_failed, before=table.load_all,
+            give_way=priority.imports_give_way,
         )
         self._loop: asyncio.AbstractEventLoop
         self._lifecycle: Lifecycle

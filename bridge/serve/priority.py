@@ -1,0 +1,140 @@
+"""While DSPy loads, its import gives way to the event loop.
+
+DSPy is imported in a thread of its own (`serve/engine_loader`) so the loop can answer at
+once; but an import holds the GIL for long stretches, and every frame the loop handles
+meanwhile waits for it at each turn (pings answered during the load took 2.2 to 2.7 times
+as long as after it). So the loop marks itself busy whenever it is not waiting for I/O
+(`LoopPriority.selector`, the loop's selector), and before each module it imports the
+loader waits until the loop is idle (`LoopPriority.imports_give_way`): at most
+`MAX_GIVE_WAY_S` a module, so a loop that is never idle slows the load, never stops it.
+
+The wait must never stall the loop instead of freeing it. The import system calls a
+finder holding its global import lock, which every new import in any thread needs: the
+loader lets go of it while it waits. And the loader never waits while the loop's thread
+is blocked on the lock of a module the loader is importing: CPython lists the threads
+blocked on module locks in `importlib._bootstrap._blocking_on` (for its deadlock
+detection). `tests/test_priority.py` fails if either detail changes.
+"""
+
+from __future__ import annotations
+
+import _imp
+import contextlib
+import selectors
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from enum import Enum
+from importlib import _bootstrap
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
+
+MAX_GIVE_WAY_S = 0.002
+# How often a waiting loader looks whether the loop's thread is blocked on an import lock.
+POLL_S = 0.0001
+
+
+class GaveWay(Enum):
+    """How the loader's wait before a module ended."""
+
+    LOOP_IDLE = "loop_idle"
+    LOOP_BLOCKED_ON_IMPORT = "loop_blocked_on_import"
+    WAITED_LONGEST = "waited_longest"
+
+
+class LoopPriority:
+    """The loop's busy mark, and the loader's wait for it to clear."""
+
+    def __init__(self, max_give_way_s: float = MAX_GIVE_WAY_S) -> None:
+        self._busy = threading.Lock()
+        self._loop_thread: int | None = None
+        self._polls = max(1, round(max_give_way_s / POLL_S))
+
+    def selector(self) -> selectors.BaseSelector:
+        """The loop's selector; call it in the loop's thread, which is busy from now on
+        except while it waits in `select`."""
+        self._busy.acquire()
+        self._loop_thread = threading.get_ident()
+        return _BusyMarkingSelector(selectors.DefaultSelector(), self._busy)
+
+    @contextlib.contextmanager
+    def imports_give_way(self) -> Iterator[None]:
+        """Around the loader's import, in its thread: each module it imports first waits
+        for the loop (no-op when no loop uses this priority's selector)."""
+        if self._loop_thread is None:
+            yield
+            return
+        finder = _GiveWay(threading.get_ident(), self.wait_for_idle_loop)
+        # A new list, never one mutated in place: another thread may be iterating it.
+        sys.meta_path = [finder, *sys.meta_path]
+        try:
+            yield
+        finally:
+            sys.meta_path = [found for found in sys.meta_path if found is not finder]
+
+    def wait_for_idle_loop(self) -> GaveWay:
+        blocked_on = getattr(_bootstrap, "_blocking_on", None)
+        for _ in range(self._polls):
+            if blocked_on is not None and blocked_on.get(self._loop_thread):
+                return GaveWay.LOOP_BLOCKED_ON_IMPORT
+            if self._busy.acquire(timeout=POLL_S):
+                self._busy.release()
+                return GaveWay.LOOP_IDLE
+        return GaveWay.WAITED_LONGEST
+
+
+class _GiveWay(MetaPathFinder):
+    """First on `sys.meta_path`: finds nothing, only makes the loader's thread wait."""
+
+    def __init__(self, thread: int, wait: Callable[[], GaveWay]) -> None:
+        self._thread = thread
+        self._wait = wait
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if threading.get_ident() == self._thread:
+            _imp.release_lock()  # held once, by `_find_spec` around each finder
+            try:
+                self._wait()
+            finally:
+                _imp.acquire_lock()
+        return None
+
+
+class _BusyMarkingSelector(selectors.BaseSelector):
+    """A selector that releases `busy` while it waits for I/O (a zero timeout is a poll,
+    not a wait) and takes it back before the loop goes on."""
+
+    def __init__(self, inner: selectors.BaseSelector, busy: threading.Lock) -> None:
+        self._inner = inner
+        self._busy = busy
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0:
+            return self._inner.select(timeout)
+        self._busy.release()
+        try:
+            return self._inner.select(timeout)
+        finally:
+            self._busy.acquire()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._inner.get_map()
