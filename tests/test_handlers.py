@@ -8,6 +8,7 @@ plain object holding the figures a handler reads.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -59,7 +60,9 @@ def context(
 
 
 def run(handler: Any, ctx: RequestContext, args_model: Any, args: dict[str, Any]) -> Any:
-    return asyncio.run(handler(ctx, args_model.model_validate(args)))
+    """A command's handler to its end (a control command's is a plain function)."""
+    outcome = handler(ctx, args_model.model_validate(args))
+    return asyncio.run(outcome) if inspect.iscoroutine(outcome) else outcome
 
 
 def test_a_program_runs_through_the_handlers_alone() -> None:

@@ -1,5 +1,6 @@
 """The serving layer's pure parts, in process: the admission chain, the in-flight table,
-idle eviction. The same rules are exercised end to end by the real-process suites."""
+a request's run, idle eviction. The same rules are exercised end to end by the
+real-process suites."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 
 from dspy_bridge.commands.table import CommandSpec
 from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.sessions import SessionStore
+from dspy_bridge.domain.stats import Stats
 from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.envelope import Request
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.serve.admission import CHECKS, refusal
+from dspy_bridge.serve.request import RequestRunner
 from dspy_bridge.serve.requests import InFlight, InFlightTable
 
 
@@ -98,22 +102,22 @@ def test_the_bytes_in_flight_bound_spares_control_and_a_lone_request() -> None:
     assert refusal(small, WORK, State(work_in_flight=1, work_bytes_in_flight=900)) is None
 
 
-def test_the_in_flight_table_counts_work_as_requests_come_and_go() -> None:
+def test_the_in_flight_table_counts_work_and_bytes_as_requests_come_and_go() -> None:
     table = InFlightTable()
-    table.add(1, InFlight("execute_program", control=False, started=0.0))
-    table.add(2, InFlight("ping", control=True, started=0.0))
-    table.add("a", InFlight("execute_program", control=False, started=0.0))
-    assert (len(table), table.work) == (3, 2)
+    table.add(1, InFlight("execute_program", started=0.0, frame_bytes=100))
+    table.add(2, InFlight("evaluate", started=0.0, frame_bytes=20))
+    table.add("a", InFlight("execute_program", started=0.0, frame_bytes=3))
+    assert (table.work, table.work_bytes) == (3, 123)
     table.remove(1)
     table.remove(2)
-    assert (len(table), table.work) == (1, 1)
+    assert (table.work, table.work_bytes) == (1, 3)
     assert 1 not in table and "a" in table
 
 
 def test_stopping_a_request_cancels_its_task_once_with_the_error_it_answers() -> None:
     async def scenario() -> None:
         table = InFlightTable()
-        entry = InFlight("sleep", control=False, started=0.0)
+        entry = InFlight("sleep", started=0.0, began=True)
         entry.task = asyncio.ensure_future(asyncio.sleep(10))
         table.add(7, entry)
         first = BridgeError(ErrorType.CANCELLED, "cancelled")
@@ -126,6 +130,43 @@ def test_stopping_a_request_cancels_its_task_once_with_the_error_it_answers() ->
         assert table.work_tasks() == set()
 
     asyncio.run(scenario())
+
+
+def test_a_request_stopped_before_its_task_began_still_answers_the_stop() -> None:
+    """A task cancelled before it begins would end without running a line: no reply. So a
+    request stopped then (by a control command read in the same turn) is not cancelled;
+    its task answers the stop's error as it begins."""
+    answers: list[dict[str, Any]] = []
+
+    class Replies:
+        def reply(self, message: dict[str, Any]) -> None:
+            answers.append(message)
+
+        def log_request(self, *args: Any, **fields: Any) -> None:
+            pass
+
+    async def handler(ctx: Any, args: Any) -> str:
+        raise AssertionError("a stopped request's handler must not run")
+
+    async def scenario() -> None:
+        table = InFlightTable()
+        runner = RequestRunner(table, Replies(), Stats(), structlog.get_logger())  # type: ignore[arg-type]
+        spec = CommandSpec("sleep", NoArgs, handler)
+        request = Request(id=7, command="sleep")
+        entry = InFlight("sleep", started=0.0)
+        table.add(7, entry)
+        entry.task = asyncio.get_running_loop().create_task(
+            runner.run(request, spec, NoArgs(), None, entry)  # type: ignore[arg-type]
+        )
+        assert table.stop(7, BridgeError(ErrorType.CANCELLED, "cancelled by the host"))
+        await entry.task
+        assert not entry.task.cancelled()
+        assert 7 not in table
+
+    asyncio.run(scenario())
+    assert [(a["id"], a["success"], a["error"]["type"]) for a in answers] == [
+        (7, False, "cancelled")
+    ]
 
 
 def test_idle_eviction_spares_busy_sessions() -> None:

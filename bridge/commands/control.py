@@ -1,4 +1,5 @@
-"""Control commands: answered at once, even at the in-flight limit or during shutdown."""
+"""Control commands: answered at once, when read, even at the in-flight limit or during
+shutdown. Their handlers never wait (`CommandTable.control`)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class ShutdownArgs(Args):
     grace_ms: Annotated[int, Field(ge=0)] | None = None
 
 
-@table.command("ping", NoArgs, control=True)
-async def ping(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
+@table.control("ping", NoArgs)
+def ping(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
     worker = ctx.control
     return {
         "status": ping_status(worker.shutting_down, worker.engine_state),
@@ -48,8 +49,8 @@ def ping_status(shutting_down: bool, engine: str) -> str:
     return "engine_failed" if engine == "failed" else "ok"
 
 
-@table.command("get_stats", NoArgs, control=True)
-async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
+@table.control("get_stats", NoArgs)
+def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
     worker = ctx.control
     stats = worker.stats
     result: dict[str, Any] = {
@@ -84,8 +85,8 @@ async def get_stats(ctx: RequestContext, args: NoArgs) -> dict[str, Any]:
     return result
 
 
-@table.command("cancel", CancelArgs, control=True)
-async def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
+@table.control("cancel", CancelArgs)
+def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
     if args.request_id == ctx.request_id and type(args.request_id) is type(ctx.request_id):
         # It would answer `cancelled: true` and then complete anyway: refuse it instead.
         raise invalid_field("request_id", "is this cancel request's own id")
@@ -110,8 +111,8 @@ class CallbackReplyArgs(Args):
         return self
 
 
-@table.command("callback_reply", CallbackReplyArgs, control=True)
-async def callback_reply(ctx: RequestContext, args: CallbackReplyArgs) -> dict[str, Any]:
+@table.control("callback_reply", CallbackReplyArgs)
+def callback_reply(ctx: RequestContext, args: CallbackReplyArgs) -> dict[str, Any]:
     error = None if args.error is None else args.error.model_dump()
     outcome = ctx.control.settle_callback(args.callback_id, args.result, error)
     if outcome is None:
@@ -122,8 +123,8 @@ async def callback_reply(ctx: RequestContext, args: CallbackReplyArgs) -> dict[s
                                                              "reason": outcome}
 
 
-@table.command("shutdown", ShutdownArgs, control=True)
-async def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
+@table.control("shutdown", ShutdownArgs)
+def shutdown(ctx: RequestContext, args: ShutdownArgs) -> dict[str, Any]:
     grace_ms = ctx.options.default_grace_ms if args.grace_ms is None else args.grace_ms
     in_flight = ctx.control.work_in_flight
     ctx.control.begin_shutdown(grace_ms)

@@ -1,12 +1,15 @@
-"""The command table: one async function per command, its arguments a pydantic model.
+"""The command table: one function per command, its arguments a pydantic model.
 
 Adding a command is adding an entry: declare an `Args` model, decorate the handler with
 `@table.command("name", ArgsModel)` in the module's table, and name the command in
 `bridge.commands.registry`, which merges the tables and decides which commands are enabled.
+A command's handler is async and runs as its own task; a control command's
+(`@table.control`) is a plain function, answered in the loop's turn that read it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -82,15 +85,14 @@ class RequestContext:
         self.emit_event("progress", request_id=self.request_id, **fields)
 
 
-Handler = Callable[[RequestContext, Any], Awaitable[Any]]
-
-
 @dataclass(frozen=True, slots=True)
 class CommandSpec(Generic[ArgsT]):
     name: str
     args_model: type[ArgsT]
-    handler: Callable[[RequestContext, ArgsT], Awaitable[Any]]
-    # Control commands are answered even at the in-flight limit and during shutdown.
+    # Async for a command; for a control command, a plain function (see `control`).
+    handler: Callable[[RequestContext, ArgsT], Any]
+    # Control commands are answered even at the in-flight limit and during shutdown, at
+    # once: they never wait, so they take no task and no turn of the loop in between.
     control: bool = False
     # DSPy commands: a worker whose engine failed to load answers engine_unavailable.
     needs_engine: bool = False
@@ -102,7 +104,7 @@ class CommandTable:
         self._needs_engine = needs_engine
 
     def command(
-        self, name: str, args_model: type[ArgsT], *, control: bool = False
+        self, name: str, args_model: type[ArgsT]
     ) -> Callable[
         [Callable[[RequestContext, ArgsT], Awaitable[Any]]],
         Callable[[RequestContext, ArgsT], Awaitable[Any]],
@@ -110,14 +112,28 @@ class CommandTable:
         def register(
             handler: Callable[[RequestContext, ArgsT], Awaitable[Any]],
         ) -> Callable[[RequestContext, ArgsT], Awaitable[Any]]:
-            if name in self._specs:
-                raise ValueError(f"command {name!r} registered twice")
-            self._specs[name] = CommandSpec(
-                name, args_model, handler, control, self._needs_engine
-            )
+            self._add(CommandSpec(name, args_model, handler, False, self._needs_engine))
             return handler
 
         return register
+
+    def control(
+        self, name: str, args_model: type[ArgsT]
+    ) -> Callable[[Callable[[RequestContext, ArgsT], Any]], Callable[[RequestContext, ArgsT], Any]]:
+        def register(
+            handler: Callable[[RequestContext, ArgsT], Any],
+        ) -> Callable[[RequestContext, ArgsT], Any]:
+            if inspect.iscoroutinefunction(handler):
+                raise TypeError(f"control command {name!r} must not be async: it never waits")
+            self._add(CommandSpec(name, args_model, handler, True, self._needs_engine))
+            return handler
+
+        return register
+
+    def _add(self, spec: CommandSpec[Any]) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"command {spec.name!r} registered twice")
+        self._specs[spec.name] = spec
 
     def get(self, name: str) -> CommandSpec[Any] | None:
         return self._specs.get(name)

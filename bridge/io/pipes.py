@@ -83,7 +83,7 @@ class HostPipes:
 
     def send(self, frame: bytes) -> None:
         """Queue a frame (on the loop). The frames of one loop iteration go out together,
-        in one write, when it ends."""
+        in one write, when it ends (or when the read that made them has been handled)."""
         self.outbox_budget.take(len(frame))
         if not self._unflushed:
             self._loop.call_soon(self._flush)
@@ -99,6 +99,8 @@ class HostPipes:
             callback()
 
     def _flush(self) -> None:
+        if not self._unflushed:  # flushed already, at the end of the read that made them
+            return
         data = b"".join(self._unflushed)
         self._unflushed.clear()
         try:
@@ -183,6 +185,9 @@ class HostPipes:
         items = self._connection.receive_data(data)
         if items:
             self._on_items(items, received)
+            # Replies made while handling them (control commands, refusals) go out now,
+            # not a loop turn later.
+            self._flush()
 
     def finish_writing(self) -> None:
         """The writer writes what is queued, then ends."""

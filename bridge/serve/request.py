@@ -1,10 +1,12 @@
 """One request's session: its own task runs the handler under the request's deadline and
-ends with exactly one reply and then one log line, whatever happens to it."""
+ends with exactly one reply and then one log line, whatever happens to it. A control
+command's handler runs at once instead, ending the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import traceback
 from typing import Any
@@ -47,12 +49,15 @@ class RequestRunner:
         entry: InFlight,
         calls: RequestCallbacks | None = None,
     ) -> None:
+        entry.began = True
         session = SessionStore.resolve_id(args.session_id) if hasattr(args, "session_id") else None
         bind_request(request.id, request.command, session)
         deadline = asyncio.timeout(request.timeout_ms / 1000) if request.timeout_ms else None
         error: BridgeError | None = None
         result: Any = None
         try:
+            if entry.abandon_error is not None:  # stopped before it began (see InFlight)
+                raise asyncio.CancelledError
             if deadline is None:
                 result = await spec.handler(context, args)
             else:
@@ -84,7 +89,33 @@ class RequestRunner:
             calls.close(ABANDON_REASONS.get(error.type, "request_ended") if error else
                         "request_ended")
         self._in_flight.remove(request.id)
-        duration_ms = (time.perf_counter() - entry.started) * 1000
+        self._answer(request, entry.started, result, error)
+
+    def run_at_once(
+        self, request: Request, spec: CommandSpec[Any], args: Any, context: RequestContext,
+        started: float,
+    ) -> None:
+        """A control command: its handler never waits, so it runs and is answered now, in
+        a copy of the loop's context (what it binds for its log lines stays there)."""
+        error: BridgeError | None = None
+        result: Any = None
+        try:
+            result = contextvars.copy_context().run(self._call, request, spec, args, context)
+        except BridgeError as exc:
+            error = exc
+        except Exception:  # noqa: BLE001 - any bug becomes an `internal` reply, never a crash
+            error = self._internal(request)
+        self._answer(request, started, result, error)
+
+    @staticmethod
+    def _call(request: Request, spec: CommandSpec[Any], args: Any, context: RequestContext) -> Any:
+        bind_request(request.id, request.command, None)
+        return spec.handler(context, args)
+
+    def _answer(
+        self, request: Request, started: float, result: Any, error: BridgeError | None
+    ) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
         outcome = "ok" if error is None else error.type.value
         self._stats.record(request.command, duration_ms, None if error is None else outcome)
         if error is None:

@@ -1,4 +1,5 @@
-"""The requests a worker admitted and has not answered yet, by wire id."""
+"""The requests a worker admitted and has not answered yet, by wire id (a control command
+is answered as it is read: it is never in flight)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,23 @@ RequestId = int | str
 @dataclass(slots=True)
 class InFlight:
     command: str
-    control: bool
     started: float
     frame_bytes: int = 0
     task: asyncio.Task[None] | None = None
     # Set when the worker stops the task on purpose; it then answers with this error.
     abandon_error: BridgeError | None = None
+    # Whether its task has begun: one cancelled before that would end without running a
+    # line, so without its answer (a control command read in the same turn can stop it).
+    began: bool = False
 
 
 class InFlightTable:
-    """Admitted requests by id. `work` counts the non-control ones as they come and go
-    (the in-flight limit and `ping` read it on every request)."""
+    """Admitted requests by id, and the bytes of their frames (kept as requests come and
+    go: the in-flight limits read them on every request)."""
 
     def __init__(self) -> None:
         self._entries: dict[RequestId, InFlight] = {}
-        self.work = 0
-        self.work_bytes = 0  # the frame bytes of the non-control ones
+        self.work_bytes = 0
 
     def __contains__(self, request_id: RequestId) -> bool:
         return request_id in self._entries
@@ -37,27 +39,26 @@ class InFlightTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def work(self) -> int:
+        return len(self._entries)
+
     def add(self, request_id: RequestId, entry: InFlight) -> None:
         self._entries[request_id] = entry
-        if not entry.control:
-            self.work += 1
-            self.work_bytes += entry.frame_bytes
+        self.work_bytes += entry.frame_bytes
 
     def remove(self, request_id: RequestId) -> None:
-        entry = self._entries.pop(request_id)
-        if not entry.control:
-            self.work -= 1
-            self.work_bytes -= entry.frame_bytes
+        self.work_bytes -= self._entries.pop(request_id).frame_bytes
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [entry.task for entry in self._entries.values() if entry.task is not None]
 
     def work_tasks(self) -> set[asyncio.Task[None]]:
-        """The running tasks of non-control requests: what a graceful shutdown waits for."""
+        """The running tasks: what a graceful shutdown waits for."""
         return {
             entry.task
             for entry in self._entries.values()
-            if entry.task is not None and not entry.control and not entry.task.done()
+            if entry.task is not None and not entry.task.done()
         }
 
     def stop(self, request_id: RequestId, error: BridgeError) -> bool:
@@ -67,8 +68,9 @@ class InFlightTable:
         if entry is None or entry.task is None or entry.task.done() or entry.abandon_error:
             return False
         entry.abandon_error = error
-        entry.task.cancel()
-        return True
+        if entry.began:
+            entry.task.cancel()
+        return True  # else it answers `error` as it begins
 
     def ids_of(self, tasks: set[asyncio.Task[None]]) -> Iterator[RequestId]:
         return (rid for rid, entry in self._entries.items() if entry.task in tasks)

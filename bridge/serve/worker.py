@@ -1,4 +1,5 @@
-"""The worker: reads frames, runs each request as its own asyncio task, writes replies.
+"""The worker: reads frames, runs each request as its own asyncio task (a control command
+at once), writes replies.
 
 The loop reads the protocol descriptor itself and a writer thread takes over a backlog of
 replies (`bridge/io`); everything happens on the event loop, so handlers run
@@ -201,15 +202,17 @@ class Worker:
         if error is not None:
             self.outbound.refuse(item.id, item.command, error, received)
             return
-        entry = InFlight(item.command, spec.control, started=received,
-                         frame_bytes=item.frame_bytes)
-        self.in_flight.add(item.id, entry)
-        self.stats.observe_in_flight(self.in_flight.work)
         calls = self._callbacks_for(item, args) if spec.needs_engine else None
         context = RequestContext(
             item.id, self.options, self.sessions, self.engine, self.outbound.emit_event,
             self._state, calls,
         )
+        if spec.control:
+            self._runner.run_at_once(item, spec, args, context, received)
+            return
+        entry = InFlight(item.command, started=received, frame_bytes=item.frame_bytes)
+        self.in_flight.add(item.id, entry)
+        self.stats.observe_in_flight(self.in_flight.work)
         entry.task = self._loop.create_task(
             self._runner.run(item, spec, args, context, entry, calls)
         )
