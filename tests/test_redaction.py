@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import json
 import os
+from typing import Any
+from unittest.mock import patch
 
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dspy_bridge.domain.redaction import REDACTED, SecretBook, book, redact, scrub, secret_values
+from dspy_bridge.domain.redaction import (
+    NOT_SECRET_KEYS,
+    REDACTED,
+    SECRET_KEY,
+    SecretBook,
+    book,
+    redact,
+    scrub,
+    secret_values,
+)
+from dspy_bridge.io import logs
 from dspy_bridge.io.logs import LogQueue, configure_logging
 
 
@@ -95,3 +110,72 @@ def test_log_lines_are_json_and_redacted() -> None:
     assert record["api_key"] == REDACTED
     assert record["note"] == f"uses {REDACTED}"
     assert "sk-test-secret-123" not in line
+
+
+# ----- the log line's cheaper steps say exactly what the plain ones said -----
+
+KEYS = st.sampled_from(["api_key", "note", "Authorization", "max_tokens", "user_token", "a",
+                        "x" * 70 + "secret", "x" * 70, "nested", 3])
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.binary(max_size=4)
+    | st.sampled_from(["plain", "has sk-held-1234 in it", "sk-held-1234", "ab"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def plain_redact(value: Any, by_key: bool, secrets: list[str], omitted: list[str] | None,
+                 path: str = "") -> Any:
+    """The walker as first written: every key checked by the pattern, every value walked."""
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            secret_key = (isinstance(key, str) and key not in NOT_SECRET_KEYS
+                          and bool(SECRET_KEY.search(key)))
+            if by_key and secret_key and item is not None:
+                if omitted is None:
+                    out[key] = REDACTED
+                else:
+                    omitted.append(where)
+            else:
+                out[key] = plain_redact(item, by_key, secrets, omitted, where)
+        return out
+    if isinstance(value, list | tuple):
+        return [plain_redact(item, by_key, secrets, omitted, f"{path}.{index}")
+                for index, item in enumerate(value)]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=VALUES, by_key=st.booleans(), omit=st.booleans(),
+       secrets=st.lists(st.sampled_from(["sk-held-1234", "held", "sk-held"]), max_size=3))
+def test_the_walker_redacts_as_the_plain_walk_did(
+    value: Any, by_key: bool, omit: bool, secrets: list[str]
+) -> None:
+    omitted: list[str] | None = [] if omit else None
+    expected_omitted: list[str] | None = [] if omit else None
+    assert redact(value, by_key=by_key, secrets=secrets, omitted=omitted) == plain_redact(
+        value, by_key, secrets, expected_omitted)
+    assert omitted == expected_omitted
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**62))
+def test_log_timestamps_read_as_structlogs_iso_utc_stamps(nanoseconds: int) -> None:
+    stamped = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=nanoseconds // 1000)
+    with patch.object(logs.time, "time_ns", return_value=nanoseconds):
+        ours = logs._stamp_utc(None, "info", {})["timestamp"]
+    # structlog's TimeStamper(fmt="iso", utc=True) writes datetime.now(utc) so:
+    assert ours == stamped.isoformat().replace("+00:00", "Z")
+
+
+@given(VALUES)
+def test_log_lines_render_as_json_dumps_with_repr_did(value: Any) -> None:
+    line = {"event": "e", "value": value, "odd": Owner()}
+    assert logs._json_line(line) == json.dumps(line, default=repr)

@@ -15,6 +15,7 @@ or a rejected `configure_lm` leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -44,14 +45,38 @@ MIN_SECRET_CHARS = 4
 AUTH_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\s+(\S+)\s*$")
 
 
+# Keys up to this long have their verdict remembered (every log line asks of the same
+# few keys); the bound keeps the memory a tenant's keys can take small.
+REMEMBERED_KEY_CHARS = 64
+
+
 def is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and key not in NOT_SECRET_KEYS and bool(SECRET_KEY.search(key))
+    if not isinstance(key, str):
+        return False
+    if len(key) <= REMEMBERED_KEY_CHARS:
+        return _names_a_secret_remembered(key)
+    return _names_a_secret(key)
+
+
+def _names_a_secret(key: str) -> bool:
+    return key not in NOT_SECRET_KEYS and bool(SECRET_KEY.search(key))
+
+
+_names_a_secret_remembered = functools.lru_cache(maxsize=4096)(_names_a_secret)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """`text` with every secret replaced by `<redacted>` (longest first, so a secret that
     contains another is replaced whole)."""
-    for secret in sorted(secrets, key=len, reverse=True):
+    return _scrub_in_order(text, _longest_first(secrets))
+
+
+def _longest_first(secrets: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(secrets, key=len, reverse=True))
+
+
+def _scrub_in_order(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
@@ -68,26 +93,31 @@ def redact(
     """The one secret walker. Strings are scrubbed of `secrets`; with `by_key`, values
     under secret-looking keys become `<redacted>` — or, when `omitted` is given, are left
     out and their dotted paths appended to it."""
-    known = tuple(secrets)
-    return _walk(value, by_key, known, omitted, path)
+    return _walk(value, by_key, _longest_first(secrets), omitted, path)
+
+
+# Values the walk returns as they are (exact classes: a subclass takes the walk).
+_LEAVES = frozenset({int, float, bool, type(None), bytes})
 
 
 def _walk(
     value: Any, by_key: bool, secrets: tuple[str, ...], omitted: list[str] | None, path: str
 ) -> Any:
     if isinstance(value, str):
-        return scrub(value, secrets) if secrets else value
+        return _scrub_in_order(value, secrets) if secrets else value
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if by_key and is_secret_key(key) and item is not None:
+            if by_key and item is not None and is_secret_key(key):
                 if omitted is None:
                     out[key] = REDACTED
                 else:
-                    omitted.append(where)
+                    omitted.append(f"{path}.{key}" if path else str(key))
+            elif item.__class__ in _LEAVES:
+                out[key] = item
             else:
-                out[key] = _walk(item, by_key, secrets, omitted, where)
+                out[key] = _walk(item, by_key, secrets, omitted,
+                                 f"{path}.{key}" if path else str(key))
         return out
     if isinstance(value, list | tuple):
         return [
