@@ -4,6 +4,7 @@ async path runs in a thread, and cancelling a call stops the mock's awaited late
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -128,3 +129,15 @@ def test_the_mock_counts_a_prompt_by_parts_as_if_joined(system: str, texts: list
     from dspy_bridge.engine.mock import count_prompt_tokens, count_tokens
 
     assert count_prompt_tokens(system, texts) == count_tokens(system + "".join(texts))
+
+
+@given(st.tuples(*[st.integers(min_value=0, max_value=2**40)] * 6),
+       st.none() | st.floats(min_value=0, max_value=1e6))
+def test_usage_on_the_wire_is_every_counter_and_the_rounded_cost(
+    counters: tuple[int, ...], cost: float | None
+) -> None:
+    usage = ModelUsage(*counters, cost_usd=cost)
+    expected = dataclasses.asdict(usage)
+    if cost is not None:
+        expected["cost_usd"] = round(cost, 10)
+    assert usage.to_wire() == expected

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -30,10 +30,14 @@ class ModelUsage:
             self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
 
     def to_wire(self) -> dict[str, Any]:
-        wire = asdict(self)
+        # Not dataclasses.asdict: its deep copy of every field cost a reply ≈ 10 µs.
+        wire = {name: getattr(self, name) for name in _USAGE_FIELDS}
         if self.cost_usd is not None:
             wire["cost_usd"] = round(self.cost_usd, 10)
         return wire
+
+
+_USAGE_FIELDS = tuple(field.name for field in fields(ModelUsage))
 
 
 def merge_usage(per_model: dict[str, ModelUsage]) -> ModelUsage:
