@@ -10,16 +10,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspy_bridge.domain.breakers import BreakerRegistry, BreakerSettings, CircuitBreaker
-from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
 from dspy_bridge.domain.history import CallHistory
 from dspy_bridge.domain.host import MAX_TOOLS, HostFunction
 from dspy_bridge.domain.limits import SessionLimits
-from dspy_bridge.domain.signatures import SignatureSpec
 from dspy_bridge.domain.usage import UsageBook
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
+
+if TYPE_CHECKING:  # their pydantic models need not be built before the first reply
+    from dspy_bridge.domain.engine_port import LmHandle, ProgramHandle
+    from dspy_bridge.domain.signatures import SignatureSpec
 
 DEFAULT_SESSION = "default"
 MAX_SIGNATURES = 1_000  # per session, and for the worker
