@@ -174,3 +174,18 @@ def test_while_the_loader_waits_the_loop_imports_other_modules(import_dir: Path)
     thread.join(LONG_S)
     assert outcomes == [GaveWay.LOOP_IDLE]
     assert loaded[0].VALUE == 1
+
+
+def test_a_finder_called_outside_an_import_waits_without_touching_the_import_lock() -> None:
+    """Some libraries call the finders on sys.meta_path themselves: the loader's finder
+    then holds no import lock to let go of, and must not fail for it."""
+    priority = LoopPriority(max_give_way_s=0.001)
+    priority.selector().close()  # the loop is busy: the finder waits its longest, briefly
+
+    def loader() -> Any:
+        with priority.imports_give_way():
+            return sys.meta_path[0].find_spec("priority_no_such_module", None)
+
+    thread, found = in_thread(loader)
+    thread.join(LONG_S)
+    assert found == [None]

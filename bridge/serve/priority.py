@@ -99,12 +99,23 @@ class _GiveWay(MetaPathFinder):
         target: ModuleType | None = None,
     ) -> ModuleSpec | None:
         if threading.get_ident() == self._thread:
-            _imp.release_lock()  # held once, by `_find_spec` around each finder
-            try:
+            with _import_lock_released():
                 self._wait()
-            finally:
-                _imp.acquire_lock()
         return None
+
+
+@contextlib.contextmanager
+def _import_lock_released() -> Iterator[None]:
+    """Let go of the global import lock, which `_find_spec` holds around each finder."""
+    try:
+        _imp.release_lock()
+    except RuntimeError:  # not held by this thread: a finder called outside an import
+        yield
+        return
+    try:
+        yield
+    finally:
+        _imp.acquire_lock()
 
 
 class _BusyMarkingSelector(selectors.BaseSelector):
