@@ -32,6 +32,29 @@ def module_file(directory: Path, name: str, body: str = "VALUE = 1\n") -> str:
     return name
 
 
+class RecordedLoader:
+    """A loader thread importing `name` under the priority's finder, each wait recorded;
+    `waiting` is set as its first wait begins."""
+
+    def __init__(self, priority: LoopPriority, name: str) -> None:
+        self.outcomes: list[GaveWay] = []
+        self.waiting = threading.Event()
+        wait = priority.wait_for_idle_loop
+
+        def recorded_wait() -> GaveWay:
+            self.waiting.set()
+            self.outcomes.append(wait())
+            return self.outcomes[-1]
+
+        priority.wait_for_idle_loop = recorded_wait  # type: ignore[method-assign]
+
+        def load() -> Any:
+            with priority.imports_give_way():
+                return importlib.import_module(name)
+
+        self.thread, self.loaded = in_thread(load)
+
+
 @pytest.fixture
 def import_dir(tmp_path: Path) -> Any:
     sys.path.insert(0, str(tmp_path))
@@ -104,27 +127,12 @@ def test_the_loader_does_not_wait_for_a_loop_blocked_on_a_module_it_imports(
     priority = LoopPriority(max_give_way_s=LONG_S)
     priority.selector().close()  # this thread is the loop, and stays busy
     name = module_file(import_dir, "priority_shared_module")
-    outcomes: list[GaveWay] = []
-    waiting = threading.Event()
-    wait = priority.wait_for_idle_loop
-
-    def recorded_wait() -> GaveWay:
-        waiting.set()  # the loader holds the module's import lock now
-        outcomes.append(wait())
-        return outcomes[-1]
-
-    priority.wait_for_idle_loop = recorded_wait  # type: ignore[method-assign]
-
-    def loader() -> Any:
-        with priority.imports_give_way():
-            return importlib.import_module(name)
-
-    thread, loaded = in_thread(loader)
-    assert waiting.wait(LONG_S)
+    loader = RecordedLoader(priority, name)
+    assert loader.waiting.wait(LONG_S)  # the loader holds the module's import lock now
     module = importlib.import_module(name)  # blocks on the loader's lock, busy held
-    thread.join(LONG_S)
-    assert outcomes == [GaveWay.LOOP_BLOCKED_ON_IMPORT]
-    assert loaded == [module]
+    loader.thread.join(LONG_S)
+    assert loader.outcomes == [GaveWay.LOOP_BLOCKED_ON_IMPORT]
+    assert loader.loaded == [module]
 
 
 def test_imports_give_way_leaves_meta_path_as_it_found_it(import_dir: Path) -> None:
@@ -149,31 +157,15 @@ def test_while_the_loader_waits_the_loop_imports_other_modules(import_dir: Path)
     go of it, or every new import in the loop's thread would wait for the loader."""
     priority = LoopPriority(max_give_way_s=LONG_S)
     priority.selector().close()  # this thread is the loop, busy
-    theirs = module_file(import_dir, "priority_loader_module")
     ours = module_file(import_dir, "priority_loop_module")
-    outcomes: list[GaveWay] = []
-    waiting = threading.Event()
-    wait = priority.wait_for_idle_loop
-
-    def recorded_wait() -> GaveWay:
-        waiting.set()
-        outcomes.append(wait())
-        return outcomes[-1]
-
-    priority.wait_for_idle_loop = recorded_wait  # type: ignore[method-assign]
-
-    def loader() -> Any:
-        with priority.imports_give_way():
-            return importlib.import_module(theirs)
-
-    thread, loaded = in_thread(loader)
-    assert waiting.wait(LONG_S)
+    loader = RecordedLoader(priority, module_file(import_dir, "priority_loader_module"))
+    assert loader.waiting.wait(LONG_S)
     assert importlib.import_module(ours).VALUE == 1
-    assert outcomes == []  # the loader still waits for the loop...
+    assert loader.outcomes == []  # the loader still waits for the loop...
     priority._busy.release()  # ...until it is idle
-    thread.join(LONG_S)
-    assert outcomes == [GaveWay.LOOP_IDLE]
-    assert loaded[0].VALUE == 1
+    loader.thread.join(LONG_S)
+    assert loader.outcomes == [GaveWay.LOOP_IDLE]
+    assert loader.loaded[0].VALUE == 1
 
 
 def test_a_finder_called_outside_an_import_waits_without_touching_the_import_lock() -> None:
