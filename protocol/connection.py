@@ -96,11 +96,9 @@ class Connection(Peer):
         if read.error is not None:
             return Rejected(read.answer_id, read.error, read.value)
         try:
-            request = envelope.parse_request(read.value)
+            return envelope.parse_request(read.value, len(read.payload or b""))
         except BridgeError as error:
             return Rejected(read.answer_id, error, read.value)
-        request._frame_bytes = len(read.payload or b"")
-        return request
 
     def send_response(self, message: dict[str, Any]) -> Sent:
         """The one response owed under `message["id"]`, or the error that replaces it

@@ -12,10 +12,11 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from dspy_bridge.protocol import codec, jsonvalue
 from dspy_bridge.protocol.connection import Connection, Rejected
-from dspy_bridge.protocol.envelope import Request, parse_request
+from dspy_bridge.protocol.envelope import Request, RequestShape, _plainly_valid, parse_request
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
 
@@ -148,6 +149,50 @@ def test_envelope_accepts_both_id_kinds() -> None:
     assert parse_request({"id": "a", "command": "x", "args": {"k": 1}}).args == {"k": 1}
     assert parse_request({"id": 2**64 - 1, "command": "ping"}).id == 2**64 - 1
     assert parse_request({"id": 1, "command": "ping"}).timeout_ms is None
+
+
+ENVELOPE_VALUES = st.none() | st.booleans() | st.integers(min_value=-5, max_value=2**64) \
+    | st.floats(allow_nan=False) | st.text(max_size=3) | st.binary(max_size=2) \
+    | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=2) | st.integers(),
+                                                           st.integers(), max_size=2)
+
+
+def mostly(typed: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A field's value: three times in four of its type, else any other value."""
+    return st.integers(0, 3).flatmap(lambda pick: typed if pick else ENVELOPE_VALUES)
+
+
+# Near-requests: each field mostly of its type, sometimes not, sometimes missing or extra.
+NEAR_REQUESTS = st.fixed_dictionaries(
+    {"id": mostly(st.integers(min_value=-2, max_value=2**64) | st.text(max_size=2)),
+     "command": mostly(st.text(max_size=3))},
+    optional={"args": mostly(st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)),
+              "timeout_ms": mostly(st.integers(min_value=-2, max_value=10**6)),
+              "extra": ENVELOPE_VALUES},
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(NEAR_REQUESTS | st.dictionaries(
+    st.sampled_from(["id", "command", "args", "timeout_ms", "extra"]), ENVELOPE_VALUES,
+    max_size=5))
+def test_the_short_way_reads_requests_exactly_as_the_model_does(value: dict[str, Any]) -> None:
+    """parse_request reads plainly typed requests itself: whatever it reads so must be what
+    RequestShape accepts, field for field; the rest is RequestShape's to accept or word."""
+    try:
+        shape: RequestShape | None = RequestShape.model_validate(value)
+    except ValidationError:
+        shape = None
+    try:
+        request: Request | None = parse_request(value, 7)
+    except BridgeError:
+        request = None
+    if shape is None:
+        assert request is None
+    else:
+        assert request == Request(shape.id, shape.command, shape.args, shape.timeout_ms, 7)
+    if _plainly_valid(value):
+        assert shape is not None
 
 
 def test_connection_answers_bad_frames_with_known_id() -> None:

@@ -90,15 +90,13 @@ def test_the_first_check_in_the_chain_wins() -> None:
 
 
 def test_the_bytes_in_flight_bound_spares_control_and_a_lone_request() -> None:
-    big = Request(id=2, command="x")
-    big._frame_bytes = 5000
+    big = Request(id=2, command="x", frame_bytes=5000)
     assert refusal(big, WORK, State()) is None  # alone, any size is admitted
     error = refusal(big, WORK, State(work_in_flight=1, work_bytes_in_flight=10))
     assert error is not None and error.details is not None
     assert error.details["limit"] == "max_in_flight_bytes" and error.retryable
     assert refusal(big, CONTROL, State(work_in_flight=1, work_bytes_in_flight=999)) is None
-    small = Request(id=3, command="x")
-    small._frame_bytes = 100
+    small = Request(id=3, command="x", frame_bytes=100)
     assert refusal(small, WORK, State(work_in_flight=1, work_bytes_in_flight=900)) is None
 
 

@@ -187,7 +187,7 @@ class Worker:
             )
             return
         if self.outbound.observing:
-            self.outbound.observe("incoming", item.model_dump(exclude_none=True))
+            self.outbound.observe("incoming", item.to_wire())
         spec = self.table.get(item.command)
         if spec is None:
             self.outbound.refuse(
