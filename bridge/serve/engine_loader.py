@@ -11,7 +11,6 @@ is cancelled while DSPy loads stops waiting without cancelling the load itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import threading
 from collections.abc import Callable
@@ -30,8 +29,8 @@ class EngineLoader:
         module_name: str,
         on_loaded: Callable[[ModuleType], None],
         on_failed: Callable[[BridgeError], None],
+        give_way: Callable[[], AbstractContextManager[None]],
         before: Callable[[], object] = lambda: None,
-        give_way: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._module_name = module_name
         self._before = before

@@ -23,13 +23,12 @@ import contextlib
 import selectors
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from importlib import _bootstrap
 from importlib.abc import MetaPathFinder
 from importlib.machinery import ModuleSpec
 from types import ModuleType
-from typing import Any
 
 MAX_GIVE_WAY_S = 0.002
 # How often a waiting loader looks whether the loop's thread is blocked on an import lock.
@@ -57,7 +56,7 @@ class LoopPriority:
         except while it waits in `select`."""
         self._busy.acquire()
         self._loop_thread = threading.get_ident()
-        return _BusyMarkingSelector(selectors.DefaultSelector(), self._busy)
+        return _BusyMarkingSelector(self._busy)
 
     @contextlib.contextmanager
     def imports_give_way(self) -> Iterator[None]:
@@ -118,34 +117,19 @@ def _import_lock_released() -> Iterator[None]:
         _imp.acquire_lock()
 
 
-class _BusyMarkingSelector(selectors.BaseSelector):
-    """A selector that releases `busy` while it waits for I/O (a zero timeout is a poll,
-    not a wait) and takes it back before the loop goes on."""
+class _BusyMarkingSelector(selectors.DefaultSelector):
+    """The default selector, releasing `busy` while it waits for I/O (a zero timeout is a
+    poll, not a wait) and taking it back before the loop goes on."""
 
-    def __init__(self, inner: selectors.BaseSelector, busy: threading.Lock) -> None:
-        self._inner = inner
+    def __init__(self, busy: threading.Lock) -> None:
+        super().__init__()
         self._busy = busy
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.modify(fileobj, events, data)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout <= 0:
-            return self._inner.select(timeout)
+            return super().select(timeout)
         self._busy.release()
         try:
-            return self._inner.select(timeout)
+            return super().select(timeout)
         finally:
             self._busy.acquire()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._inner.get_map()

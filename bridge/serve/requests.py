@@ -39,10 +39,6 @@ class InFlightTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def work(self) -> int:
-        return len(self._entries)
-
     def add(self, request_id: RequestId, entry: InFlight) -> None:
         self._entries[request_id] = entry
         self.work_bytes += entry.frame_bytes

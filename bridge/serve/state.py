@@ -53,7 +53,7 @@ class ServingState:
 
     @property
     def work_in_flight(self) -> int:
-        return self._in_flight.work
+        return len(self._in_flight)
 
     @property
     def work_bytes_in_flight(self) -> int:

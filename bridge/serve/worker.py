@@ -85,8 +85,8 @@ class Worker:
         # The command modules load with DSPy, in its thread, before it (a first request
         # for one of them need not import it on the loop).
         self.engine_loader = EngineLoader(
-            ENGINE_MODULE, self._engine_loaded, self._engine_failed, before=table.load_all,
-            give_way=priority.imports_give_way,
+            ENGINE_MODULE, self._engine_loaded, self._engine_failed,
+            give_way=priority.imports_give_way, before=table.load_all,
         )
         self._loop: asyncio.AbstractEventLoop
         self._lifecycle: Lifecycle
@@ -212,7 +212,7 @@ class Worker:
             return
         entry = InFlight(item.command, started=received, frame_bytes=item.frame_bytes)
         self.in_flight.add(item.id, entry)
-        self.stats.observe_in_flight(self.in_flight.work)
+        self.stats.observe_in_flight(len(self.in_flight))
         entry.task = self._loop.create_task(
             self._runner.run(item, spec, args, context, entry, calls)
         )
