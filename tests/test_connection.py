@@ -40,8 +40,8 @@ def test_a_request_and_its_response_cross_as_a_pair() -> None:
     host, worker = HostConnection(), Connection()
     frame = host.send_request({"id": 1, "command": "ping"})
     [request] = worker.receive_data(frame)
-    assert request == Request(id=1, command="ping", frame_bytes=len(frame) - 4)  # its
-    # msgpack's size, without the length
+    # frame_bytes is its msgpack's size, without the length
+    assert request == Request(id=1, command="ping", frame_bytes=len(frame) - 4)
     assert host.owed(1) == worker.owed(1) == 1
     [response] = host.receive_data(answer(worker, request, {"status": "ok"}))
     assert response == Response(
