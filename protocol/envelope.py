@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from dspy_bridge.protocol.errors import MAX_FIELD_ERRORS, BridgeError, ErrorType, invalid_fields
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-RequestId = Annotated[int, Field(ge=0)] | str
-
-
-class RequestShape(BaseModel):
-    """What a request must be. Well-formed requests take a shorter way (`parse_request`);
-    this model decides the rest and words their errors."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    id: RequestId
-    command: Annotated[str, Field(min_length=1)]
-    args: dict[Any, Any] = Field(default_factory=dict)
-    timeout_ms: Annotated[int, Field(gt=0)] | None = None
-
-    @field_validator("args", "timeout_ms", mode="before")
-    @classmethod
-    def _present_means_typed(cls, value: Any) -> Any:
-        # Optional means absent, never nil: a field that is present must have its type.
-        if value is None:
-            raise ValueError("must not be nil (leave the field out instead)")
-        return value
+from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A valid request (see `RequestShape`)."""
+    """A valid request (see `protocol.validation.RequestShape`)."""
 
     id: int | str
     command: str
@@ -53,7 +27,9 @@ class Request:
         return wire
 
 
-REQUEST_KEYS = frozenset(RequestShape.model_fields)
+# `RequestShape`'s fields (tests/test_protocol.py holds them equal): written out, so the
+# common request is read without importing pydantic.
+REQUEST_KEYS = frozenset({"id", "command", "args", "timeout_ms"})
 
 
 def parse_request(value: Any, frame_bytes: int = 0) -> Request:
@@ -61,7 +37,8 @@ def parse_request(value: Any, frame_bytes: int = 0) -> Request:
 
     A request whose fields plainly have their types (the common case) is read directly,
     without pydantic's ≈ 5 µs; any other goes through `RequestShape`, which accepts what
-    it accepts and words what it refuses (tests/test_protocol.py holds the two equal)."""
+    it accepts and words what it refuses (tests/test_protocol.py holds the two equal).
+    Pydantic is imported then, not before: the first reply after start-up needs none."""
     if not isinstance(value, dict):
         raise BridgeError(
             ErrorType.INVALID_FRAME,
@@ -70,6 +47,8 @@ def parse_request(value: Any, frame_bytes: int = 0) -> Request:
     if _plainly_valid(value):
         return Request(value["id"], value["command"], value.get("args", {}),
                        value.get("timeout_ms"), frame_bytes)
+    from dspy_bridge.protocol.validation import RequestShape, validate
+
     shape = validate(
         RequestShape, value, error_type=ErrorType.INVALID_REQUEST, context="malformed request: "
     )
@@ -91,32 +70,6 @@ def _plainly_valid(value: dict[Any, Any]) -> bool:
     return timeout.__class__ is int and timeout > 0
 
 
-def validate(
-    model: type[ModelT],
-    value: Any,
-    *,
-    error_type: ErrorType = ErrorType.INVALID_ARGS,
-    context: str = "",
-) -> ModelT:
-    """`model.model_validate(value)`, its failures as one error naming the fields.
-
-    A map with many unknown keys is refused by counting them, before pydantic would
-    build one error object per key (500,000 keys would take seconds and megabytes)."""
-    if isinstance(value, dict) and len(value) > len(model.model_fields) + MAX_FIELD_ERRORS:
-        unknown = [key for key in value if key not in model.model_fields]
-        if len(unknown) > MAX_FIELD_ERRORS:
-            raise invalid_fields(
-                [(str(key)[:100], "Extra inputs are not permitted") for key in unknown],
-                error_type=error_type,
-                context=context,
-            )
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        errors = validation_errors(exc)
-        raise invalid_fields(errors, error_type=error_type, context=context) from None
-
-
 def request_id_of(value: Any) -> int | str | None:
     """The id to answer a rejected frame with: its own when valid, else nil."""
     if isinstance(value, dict):
@@ -126,24 +79,6 @@ def request_id_of(value: Any) -> int | str | None:
         ):
             return candidate
     return None
-
-
-def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """Pydantic's errors as (dotted field path, message) pairs, one per failing field.
-
-    Union members each report their own failure for the same input; one line per field
-    is what a person wants to read, so only the first is kept.
-    """
-    seen: dict[str, str] = {}
-    for error in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
-        seen.setdefault(path or "(root)", error["msg"])
-    return list(seen.items())
-
-
-def _is_union_tag(part: str | int) -> bool:
-    # Pydantic names the union member tried (e.g. "int", "constrained-int", "str") in loc.
-    return isinstance(part, str) and part in {"int", "str", "constrained-int", "constrained-str"}
 
 
 def ok_response(request_id: int | str | None, result: Any) -> dict[str, Any]:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dspy_bridge.engine as engine_module
-from dspy_bridge.commands import common, control, execute, lm, programs
+from dspy_bridge.commands import common, control, control_models, execute, lm, programs
 from dspy_bridge.commands.table import RequestContext
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
@@ -61,7 +63,7 @@ def context(
 
 def run(handler: Any, ctx: RequestContext, args_model: Any, args: dict[str, Any]) -> Any:
     """A command's handler to its end (a control command's is a plain function)."""
-    outcome = handler(ctx, args_model.model_validate(args))
+    outcome = handler(ctx, args_model.read(args, ""))
     return asyncio.run(outcome) if inspect.iscoroutine(outcome) else outcome
 
 
@@ -106,3 +108,34 @@ def test_control_handlers_read_and_ask_the_port() -> None:
     result = run(control.shutdown, ctx, control.ShutdownArgs, {})
     assert result == {"shutting_down": True, "grace_ms": 750, "in_flight": 3}
     assert port.shutdowns == [750]
+
+
+CONTROL_ARGS = st.dictionaries(
+    st.sampled_from(["request_id", "grace_ms", "other"]),
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=True)
+    | st.text(max_size=3) | st.lists(st.integers(), max_size=2),
+    max_size=3,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(CONTROL_ARGS, st.sampled_from([control.NoArgs, control.CancelArgs, control.ShutdownArgs]))
+def test_control_arguments_read_directly_as_their_models_read_them(
+    value: dict[str, Any], kind: Any
+) -> None:
+    """A control command's arguments are read without pydantic when plainly valid: what
+    that reads must be what the pydantic model of the same name reads, and anything
+    else is the model's to accept or word."""
+    model = getattr(control_models, kind.__name__)
+    assert [f.name for f in fields(kind)] == list(model.model_fields)
+    try:
+        expected: Any = kind(**model.read(value, "ctx: ").model_dump())
+    except BridgeError as refused:
+        expected = refused.to_wire()
+    try:
+        read: Any = kind.read(value, "ctx: ")
+    except BridgeError as refused:
+        read = refused.to_wire()
+    assert read == expected and type(read) is type(expected)
+    if isinstance(read, kind) and "request_id" in value:
+        assert type(read.request_id) is type(value["request_id"])  # type: ignore[attr-defined]

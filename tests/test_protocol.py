@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from dspy_bridge.protocol import codec, jsonvalue
 from dspy_bridge.protocol.connection import Connection, Rejected
-from dspy_bridge.protocol.envelope import Request, RequestShape, _plainly_valid, parse_request
+from dspy_bridge.protocol.envelope import REQUEST_KEYS, Request, _plainly_valid, parse_request
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
+from dspy_bridge.protocol.validation import RequestShape
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parent.parent / "protocol/vectors/vectors.json").read_text()
@@ -193,6 +194,10 @@ def test_the_short_way_reads_requests_exactly_as_the_model_does(value: dict[str,
         assert request == Request(shape.id, shape.command, shape.args, shape.timeout_ms, 7)
     if _plainly_valid(value):
         assert shape is not None
+
+
+def test_the_short_way_knows_the_models_fields() -> None:
+    assert frozenset(RequestShape.model_fields) == REQUEST_KEYS
 
 
 def test_connection_answers_bad_frames_with_known_id() -> None:

@@ -4,13 +4,19 @@ real-process suites."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import structlog
 
+from dspy_bridge import main
+from dspy_bridge.commands.registry import COMMANDS
 from dspy_bridge.commands.table import CommandSpec
 from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.sessions import SessionStore
@@ -176,3 +182,24 @@ def test_idle_eviction_spares_busy_sessions() -> None:
     evicted = store.evict_idle(ttl_s=5.0, now=110.0)
     assert [(session.session_id, idle_s) for session, idle_s in evicted] == [("idle", 10.0)]
     assert set(store.sessions) == {"busy", "fresh"} and store.evicted == 1
+
+
+def test_the_first_reply_needs_no_pydantic() -> None:
+    """Pydantic is most of start-up's imports: the modules `main._serve` imports before
+    serving, and the control commands' module, must not import it (a readiness ping is
+    answered before it loads; any other request imports it when first needed)."""
+    serve = next(node for node in ast.walk(ast.parse(inspect.getsource(main)))
+                 if isinstance(node, ast.FunctionDef) and node.name == "_serve")
+    modules = [alias.name for node in serve.body if isinstance(node, ast.Import)
+               for alias in node.names]
+    modules += [node.module for node in serve.body
+                if isinstance(node, ast.ImportFrom) and node.module]
+    modules.append(COMMANDS["ping"])
+    assert "dspy_bridge.serve.worker" in modules
+    imported = subprocess.run(
+        [sys.executable, "-c",
+         f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert imported.stdout.strip() == "[]"

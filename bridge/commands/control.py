@@ -1,32 +1,68 @@
 """Control commands: answered at once, when read, even at the in-flight limit or during
-shutdown. Their handlers never wait (`CommandTable.control`)."""
+shutdown. Their handlers never wait (`CommandTable.control`).
+
+Their arguments are plain dataclasses, read directly when plainly valid: the first
+requests after start-up (a host's readiness pings) are answered before pydantic is
+imported. Any other map goes to the pydantic model of the same name in
+`commands.control_models`, which decides it and words its errors (tests/test_handlers.py
+holds the two ways equal). `callback_reply` has a module of its own for the same reason.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
-
-from pydantic import Field, model_validator
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
 
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.models import Args
 from dspy_bridge.domain.redaction import book
 from dspy_bridge.domain.stats import rss_bytes
-from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
+from dspy_bridge.protocol.errors import invalid_field
 
 table = CommandTable()
 
-
-class NoArgs(Args):
-    pass
+DataclassT = TypeVar("DataclassT")
 
 
-class CancelArgs(Args):
-    request_id: Annotated[int, Field(ge=0)] | str
+def by_model(kind: type[DataclassT], value: dict[Any, Any], context: str) -> DataclassT:
+    """`value` read by `kind`'s pydantic model: for any map not plainly valid."""
+    from dspy_bridge.commands import control_models
+
+    model = getattr(control_models, kind.__name__)
+    return kind(**model.read(value, context).model_dump())
 
 
-class ShutdownArgs(Args):
-    grace_ms: Annotated[int, Field(ge=0)] | None = None
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    @classmethod
+    def read(cls, value: dict[Any, Any], context: str) -> Self:
+        return by_model(cls, value, context) if value else cls()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelArgs:
+    request_id: int | str
+
+    @classmethod
+    def read(cls, value: dict[Any, Any], context: str) -> Self:
+        request_id = value.get("request_id")
+        if len(value) == 1 and (request_id.__class__ is str or (
+                request_id.__class__ is int and request_id >= 0)):
+            return cls(request_id)
+        return by_model(cls, value, context)
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownArgs:
+    grace_ms: int | None = None
+
+    @classmethod
+    def read(cls, value: dict[Any, Any], context: str) -> Self:
+        grace_ms = value.get("grace_ms")
+        if value.keys() <= {"grace_ms"} and (
+                grace_ms is None or (grace_ms.__class__ is int and grace_ms >= 0)):
+            return cls(grace_ms)
+        return by_model(cls, value, context)
 
 
 @table.control("ping", NoArgs)
@@ -91,36 +127,6 @@ def cancel(ctx: RequestContext, args: CancelArgs) -> dict[str, Any]:
         # It would answer `cancelled: true` and then complete anyway: refuse it instead.
         raise invalid_field("request_id", "is this cancel request's own id")
     return {"cancelled": ctx.control.cancel(args.request_id)}
-
-
-class HostErrorAnswer(Args):
-    message: Annotated[str, Field(max_length=8192)]
-    type: Annotated[str, Field(min_length=1, max_length=100)] = "host_error"
-    retryable: bool = False
-
-
-class CallbackReplyArgs(Args):
-    callback_id: Annotated[str, Field(min_length=1, max_length=100)]
-    result: Any = None
-    error: HostErrorAnswer | None = None
-
-    @model_validator(mode="after")
-    def _one_answer(self) -> CallbackReplyArgs:
-        if ("result" in self.model_fields_set) == (self.error is not None):
-            raise ValueError("give exactly one of result and error")
-        return self
-
-
-@table.control("callback_reply", CallbackReplyArgs)
-def callback_reply(ctx: RequestContext, args: CallbackReplyArgs) -> dict[str, Any]:
-    error = None if args.error is None else args.error.model_dump()
-    outcome = ctx.control.settle_callback(args.callback_id, args.result, error)
-    if outcome is None:
-        raise BridgeError(ErrorType.NOT_FOUND,
-                          f"this worker never issued callback {args.callback_id[:100]!r}",
-                          details={"callback_id": args.callback_id})
-    return {"accepted": True} if outcome == "accepted" else {"accepted": False,
-                                                             "reason": outcome}
 
 
 @table.control("shutdown", ShutdownArgs)

@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "get_stats": "dspy_bridge.commands.control",
     "cancel": "dspy_bridge.commands.control",
     "shutdown": "dspy_bridge.commands.control",
-    "callback_reply": "dspy_bridge.commands.control",
+    "callback_reply": "dspy_bridge.commands.callback_reply",
     "configure_lm": "dspy_bridge.commands.lm",
     "create_program": "dspy_bridge.commands.programs",
     "execute_program": "dspy_bridge.commands.execute",

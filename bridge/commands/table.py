@@ -1,4 +1,6 @@
-"""The command table: one function per command, its arguments a pydantic model.
+"""The command table: one function per command, its arguments a type read from the
+request's `args` map (`ArgsType`): a pydantic `Args` model, or for the control commands a
+plain dataclass, so the first request after start-up is answered before pydantic loads.
 
 Adding a command is adding an entry: declare an `Args` model, decorate the handler with
 `@table.command("name", ArgsModel)` in the module's table, and name the command in
@@ -13,17 +15,28 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
-from dspy_bridge.domain.host import HostCaller
-from dspy_bridge.domain.models import Args
-from dspy_bridge.domain.sessions import SessionStore
-from dspy_bridge.domain.stats import Stats
-from dspy_bridge.io.logs import LogQueue
-from dspy_bridge.io.outbox import OutboxBudget
-from dspy_bridge.options import WorkerOptions
+if TYPE_CHECKING:
+    from dspy_bridge.domain.host import HostCaller
+    from dspy_bridge.domain.sessions import SessionStore
+    from dspy_bridge.domain.stats import Stats
+    from dspy_bridge.io.logs import LogQueue
+    from dspy_bridge.io.outbox import OutboxBudget
+    from dspy_bridge.options import WorkerOptions
 
-ArgsT = TypeVar("ArgsT", bound=Args)
+
+class ArgsType(Protocol):
+    """A command's arguments, as its handler receives them."""
+
+    @classmethod
+    def read(cls, value: dict[Any, Any], context: str) -> Self:
+        """The arguments `value` holds, or invalid_args (its message prefixed by
+        `context`) naming each failing field."""
+        ...
+
+
+ArgsT = TypeVar("ArgsT", bound=ArgsType)
 
 
 class ControlPort(Protocol):

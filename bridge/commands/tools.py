@@ -10,8 +10,8 @@ from pydantic import Field, field_validator
 
 from dspy_bridge.commands.common import SessionRef, engine_of
 from dspy_bridge.commands.table import CommandTable, RequestContext
-from dspy_bridge.domain.host import RESERVED_NAMES, FunctionName, HostFunction
-from dspy_bridge.domain.models import Args, SessionId
+from dspy_bridge.domain.host import RESERVED_NAMES, HostFunction
+from dspy_bridge.domain.models import Args, FunctionName, SessionId
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import BridgeError, ErrorType, invalid_field
 

@@ -12,18 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Protocol
-
-from pydantic import Field
+from typing import Any, Protocol
 
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 
 MAX_TOOLS = 128  # per session
 RESERVED_NAMES = frozenset({"finish"})  # ReAct's own tool
-
-# A host function's name: the LM writes it back, so an identifier.
-FunctionName = Annotated[str, Field(min_length=1, max_length=64,
-                                    pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class Purpose(StrEnum):

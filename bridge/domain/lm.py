@@ -14,9 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from dspy_bridge.domain.breakers import BreakerSettings
-from dspy_bridge.domain.host import FunctionName
 from dspy_bridge.domain.limits import DEFAULT_API_KEY_ENV_ALLOW
-from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.domain.models import Args, FunctionName, invalid_from
 from dspy_bridge.domain.redaction import REDACTED, redact, secret_values
 from dspy_bridge.protocol import codec
 from dspy_bridge.protocol.errors import invalid_field

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from dspy_bridge.domain.host import FunctionName, HostFunction
-from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.domain.host import HostFunction
+from dspy_bridge.domain.models import Args, FunctionName, invalid_from
 from dspy_bridge.protocol.errors import invalid_field
 
 

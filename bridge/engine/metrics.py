@@ -14,8 +14,7 @@ from typing import Annotated, Any
 from dspy.evaluate.metrics import em_score, f1_score, normalize_text
 from pydantic import Field, ValidationError
 
-from dspy_bridge.domain.host import FunctionName
-from dspy_bridge.domain.models import Args, invalid_from
+from dspy_bridge.domain.models import Args, FunctionName, invalid_from
 from dspy_bridge.protocol.errors import invalid_field
 
 FieldName = Annotated[str, Field(min_length=1, max_length=200)]

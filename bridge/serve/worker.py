@@ -31,7 +31,7 @@ from dspy_bridge.io.outbox import OutboxBudget
 from dspy_bridge.io.pipes import HostPipes
 from dspy_bridge.options import WorkerOptions
 from dspy_bridge.protocol.connection import Connection, Rejected
-from dspy_bridge.protocol.envelope import Request, error_response, validate
+from dspy_bridge.protocol.envelope import Request, error_response
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.serve.admission import refusal, unknown_command
 from dspy_bridge.serve.callbacks import CallbackTable, RequestCallbacks
@@ -234,9 +234,7 @@ class Worker:
         instance for "no arguments" is validated once per command and shared."""
         if not request.args and spec.name in self._no_args:
             return self._no_args[spec.name]
-        args = validate(
-            spec.args_model, request.args, context=f"invalid arguments for {request.command}: "
-        )
+        args = spec.args_model.read(request.args, f"invalid arguments for {request.command}: ")
         if not request.args:
             self._no_args[spec.name] = args
         return args
