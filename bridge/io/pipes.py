@@ -49,6 +49,8 @@ class HostPipes:
         self._backlog_lock = threading.Lock()
         self._direct = False  # whether the loop may write (see start)
         self._unflushed: list[bytes] = []
+        # Set while a read's frames are handled: the read's end flushes what they send.
+        self._handing_over = False
         self._after_flush: list[Callable[[], None]] = []
         self._dispatched = threading.Event()  # the reading thread's batch was handled
         self._reading: asyncio.Future[None]
@@ -85,7 +87,7 @@ class HostPipes:
         """Queue a frame (on the loop). The frames of one loop iteration go out together,
         in one write, when it ends (or when the read that made them has been handled)."""
         self.outbox_budget.take(len(frame))
-        if not self._unflushed:
+        if not self._unflushed and not self._handing_over:
             self._loop.call_soon(self._flush)
         self._unflushed.append(frame)
 
@@ -184,10 +186,14 @@ class HostPipes:
         # every request's duration counts from `received`
         items = self._connection.receive_data(data)
         if items:
-            self._on_items(items, received)
-            # Replies made while handling them (control commands, refusals) go out now,
-            # not a loop turn later.
-            self._flush()
+            # Replies made while handling them (control commands, refusals) go out at the
+            # end, not a loop turn later (and no turn is scheduled for them).
+            self._handing_over = True
+            try:
+                self._on_items(items, received)
+            finally:
+                self._handing_over = False
+                self._flush()
 
     def finish_writing(self) -> None:
         """The writer writes what is queued, then ends."""
