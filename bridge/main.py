@@ -84,7 +84,7 @@ def _serve(
     )
     # Not asyncio.run: at the end it would wait for the default executor's threads, and
     # threads still running abandoned work (sync DSPy calls) must not delay the exit.
-    loop = asyncio.SelectorEventLoop(priority.selector())
+    loop = asyncio.SelectorEventLoop(priority.selector(options.busy_wait_us / 1e6))
     code = loop.run_until_complete(worker.run())
     log_queue.drain(timeout=EXIT_LOG_DRAIN_S)
     os._exit(code)

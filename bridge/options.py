@@ -43,6 +43,8 @@ class WorkerOptions:
     api_key_env_allow: tuple[str, ...] = DEFAULT_API_KEY_ENV_ALLOW
     # Python modules whose dspy.Module classes programs may be made from (operator code)
     modules: tuple[str, ...] = ()
+    # How long the idle loop polls for the next frame before it sleeps (0: it sleeps at once).
+    busy_wait_us: int = 0
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(
@@ -77,6 +79,18 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _microseconds(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_BUSY_WAIT_US:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {MAX_BUSY_WAIT_US}, got {text}")
+    return value
+
+
+# A busy wait is for the gap between one request and the next, never for idleness.
+MAX_BUSY_WAIT_US = 10_000
 
 
 def _module_name(text: str) -> str:
@@ -166,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a Python module whose dspy.Module classes may be created as programs "
         "(program_type 'MODULE:Class'; repeatable)",
+    )
+    add(
+        "--busy-wait-us",
+        type=_microseconds,
+        default=defaults.busy_wait_us,
+        metavar="US",
+        help="poll this long for the next frame before sleeping: lower latency one "
+        "request at a time, for CPU spent polling (default: %(default)s)",
     )
     add("--record", type=Path, default=None, help="append every frame to this transcript")
     add(

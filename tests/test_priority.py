@@ -91,9 +91,13 @@ def test_cpython_lists_a_thread_blocked_on_an_import_lock(import_dir: Path) -> N
     assert [module.__name__ for module in imported] == [name]
 
 
-def test_the_loader_waits_while_the_loop_is_busy_and_goes_on_once_it_waits_for_io() -> None:
+# With a busy wait the selector polls before it waits; after the poll it waits as without.
+@pytest.mark.parametrize("busy_wait_s", [0.0, 0.001])
+def test_the_loader_waits_while_the_loop_is_busy_and_goes_on_once_it_waits_for_io(
+    busy_wait_s: float,
+) -> None:
     priority = LoopPriority(max_give_way_s=LONG_S)
-    selector = priority.selector()  # this thread is the loop, busy from now on
+    selector = priority.selector(busy_wait_s)  # this thread is the loop, busy from now on
     wake_read, wake_write = os.pipe()
     try:
         selector.register(wake_read, 1)  # EVENT_READ
@@ -119,6 +123,38 @@ def test_the_loader_waits_while_the_loop_is_busy_and_goes_on_once_it_waits_for_i
         selector.close()
         os.close(wake_read)
         os.close(wake_write)
+
+
+class CountedLock:
+    """A lock that counts its releases."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.releases = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.releases += 1
+        self._lock.release()
+
+
+def test_a_frame_that_comes_within_the_busy_wait_is_read_with_the_loop_still_busy() -> None:
+    priority = LoopPriority()
+    priority._busy = busy = CountedLock()  # type: ignore[assignment]
+    selector = priority.selector(LONG_S)
+    ready_read, ready_write = os.pipe()
+    try:
+        selector.register(ready_read, 1)  # EVENT_READ
+        os.write(ready_write, b"x")
+        assert [key.fd for key, _ in selector.select(timeout=None)] == [ready_read]
+        assert [key.fd for key, _ in selector.select(timeout=LONG_S)] == [ready_read]
+        assert busy.releases == 0  # it never slept, so the loader never had its turn
+    finally:
+        selector.close()
+        os.close(ready_read)
+        os.close(ready_write)
 
 
 def test_the_loader_does_not_wait_for_a_loop_blocked_on_a_module_it_imports(

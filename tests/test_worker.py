@@ -462,17 +462,28 @@ def test_log_level_flag_filters(spawn: Any) -> None:
     assert '"event": "request"' not in worker.stderr_text()
 
 
-def test_bad_flag_values_are_refused_at_start() -> None:
+@pytest.mark.parametrize("flag, value", [
+    ("--max-in-flight", "0"), ("--max-in-flight", "many"),
+    ("--busy-wait-us", "-1"), ("--busy-wait-us", "10001"), ("--busy-wait-us", "1.5"),
+])
+def test_bad_flag_values_are_refused_at_start(flag: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dspy_bridge", "--max-in-flight", "0"],
+        [sys.executable, "-m", "dspy_bridge", flag, value],
         cwd=REPO,
         capture_output=True,
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2
-    assert b"max-in-flight" in result.stderr
+    assert flag.encode() in result.stderr
     assert result.stdout == b""
+
+
+def test_a_busy_waiting_worker_serves_work_and_control(spawn: Any) -> None:
+    worker = spawn("--busy-wait-us", "200", "--enable-test-commands")
+    for n in range(20):  # one at a time: each request comes while the loop polls or sleeps
+        assert worker.call("ping")["status"] == "ok"
+        assert worker.call("echo", {"value": n}) == n  # a task, not a control command
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h", "--version"])

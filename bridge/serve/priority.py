@@ -23,6 +23,7 @@ import contextlib
 import selectors
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from importlib import _bootstrap
@@ -51,12 +52,12 @@ class LoopPriority:
         self._loop_thread: int | None = None
         self._polls = max(1, round(max_give_way_s / POLL_S))
 
-    def selector(self) -> selectors.BaseSelector:
+    def selector(self, busy_wait_s: float = 0.0) -> selectors.BaseSelector:
         """The loop's selector; call it in the loop's thread, which is busy from now on
-        except while it waits in `select`."""
+        except while it waits in `select` (after polling for `busy_wait_s`, if any)."""
         self._busy.acquire()
         self._loop_thread = threading.get_ident()
-        return _BusyMarkingSelector(self._busy)
+        return _BusyMarkingSelector(self._busy, busy_wait_s)
 
     @contextlib.contextmanager
     def imports_give_way(self) -> Iterator[None]:
@@ -119,17 +120,38 @@ def _import_lock_released() -> Iterator[None]:
 
 class _BusyMarkingSelector(selectors.DefaultSelector):
     """The default selector, releasing `busy` while it waits for I/O (a zero timeout is a
-    poll, not a wait) and taking it back before the loop goes on."""
+    poll, not a wait) and taking it back before the loop goes on.
 
-    def __init__(self, busy: threading.Lock) -> None:
+    With a busy wait (`--busy-wait-us`), it first polls for that long, still busy, before
+    it sleeps, as the BEAM's schedulers do: a request that comes within it is read without
+    the kernel waking a sleeping thread (on a VM, tens of µs a request), and an idle
+    worker sleeps again after it."""
+
+    def __init__(self, busy: threading.Lock, busy_wait_s: float = 0.0) -> None:
         super().__init__()
         self._busy = busy
+        self._busy_wait_s = busy_wait_s
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout <= 0:
             return super().select(timeout)
+        if self._busy_wait_s:
+            started = time.monotonic()
+            polled = self._busy_wait_s if timeout is None else min(self._busy_wait_s, timeout)
+            if ready := self._poll_for(polled):
+                return ready
+            # The rest of this call's wait: returning early would only bring the loop
+            # back here to poll again.
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
         self._busy.release()
         try:
             return super().select(timeout)
         finally:
             self._busy.acquire()
+
+    def _poll_for(self, seconds: float) -> list[tuple[selectors.SelectorKey, int]]:
+        until = time.monotonic() + seconds
+        while not (ready := super().select(0)) and time.monotonic() < until:
+            pass
+        return ready
