@@ -93,10 +93,21 @@ def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
         raise _invalid(f"msgpack value nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError, msgpack.FormatError) as exc:
         raise _invalid(f"undecodable msgpack: {exc}") from None
-    problem = limit_problem(value, check_text=False)
-    if problem is not None:
-        raise TooDeep(f"msgpack value {problem[1]}", value)
+    if not within_limits_by_size(len(data)):
+        problem = limit_problem(value, check_text=False)
+        if problem is not None:
+            raise TooDeep(f"msgpack value {problem[1]}", value)
     return value
+
+
+def within_limits_by_size(
+    encoded_bytes: int, max_depth: int = MAX_DEPTH, max_items: int | None = None
+) -> bool:
+    """Whether every msgpack value this many bytes long is within the limits, so needs no
+    walk: each value takes at least a byte, so one nests at most a level a byte, and it
+    holds at most two items a byte (each value is an item of its container, and each
+    container one more)."""
+    return encoded_bytes <= max_depth and (max_items is None or 2 * encoded_bytes <= max_items)
 
 
 def _invalid(message: str) -> BridgeError:

@@ -138,9 +138,14 @@ class Connection(Peer):
             raise Unsendable(
                 "max_reply_bytes", f"would take {len(frame) - HEADER_SIZE} bytes"
             )
-        problem = codec.limit_problem(message, codec.MAX_DEPTH, self._max_items, check_text=False)
-        if problem is not None:
-            raise Unsendable(*problem)
+        if not codec.within_limits_by_size(
+            len(frame) - HEADER_SIZE, codec.MAX_DEPTH, self._max_items
+        ):
+            problem = codec.limit_problem(
+                message, codec.MAX_DEPTH, self._max_items, check_text=False
+            )
+            if problem is not None:
+                raise Unsendable(*problem)
         return frame
 
 

@@ -287,3 +287,45 @@ def test_limit_problem_agrees_with_a_recursive_reference(
         assert items > max_items
     else:
         assert problem[0] == "utf8" and check_text and bad_text
+
+
+def _nested_lists(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+msgpack_ints = st.integers(-(2**63), 2**64 - 1)
+packable_values = st.recursive(
+    st.none() | st.booleans() | msgpack_ints | st.text(max_size=4)
+    | st.binary(max_size=4) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=2) | msgpack_ints, children, max_size=3),
+    max_leaves=40,
+) | st.integers(1, 300).map(_nested_lists)  # the tightest case: a level and two items a byte
+
+
+@given(packable_values, st.integers(1, 400), st.integers(1, 800))
+def test_a_value_short_enough_to_skip_the_limit_walk_is_within_the_limits(
+    value: Any, max_depth: int, max_items: int
+) -> None:
+    """What lets the codec and the Connection skip the walk: a value nests at most a level
+    a byte and holds at most two items a byte."""
+    size = len(codec.pack(value))
+    depth, items, _ = _reference_limits(value)
+    assert depth <= size and items <= 2 * size
+    if codec.within_limits_by_size(size, max_depth, max_items):
+        assert codec.limit_problem(value, max_depth, max_items, check_text=False) is None
+
+
+@pytest.mark.parametrize("depth", [codec.MAX_DEPTH, codec.MAX_DEPTH + 1])
+def test_a_frame_nested_beyond_the_limit_is_refused_and_one_at_it_is_not(depth: int) -> None:
+    """At the limit the frame is exactly MAX_DEPTH bytes (no walk); one more is walked."""
+    payload = codec.pack(_nested_lists(depth))
+    assert len(payload) == depth
+    if depth > codec.MAX_DEPTH:
+        with pytest.raises(codec.TooDeep):
+            codec.unpack(payload)
+    else:
+        assert codec.unpack(payload) == _nested_lists(depth)

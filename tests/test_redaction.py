@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import gc
+import itertools
 import json
 import os
+import select
 from typing import Any
 from unittest.mock import patch
 
+import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -179,3 +183,92 @@ def test_log_timestamps_read_as_structlogs_iso_utc_stamps(nanoseconds: int) -> N
 def test_log_lines_render_as_json_dumps_with_repr_did(value: Any) -> None:
     line = {"event": "e", "value": value, "odd": Owner()}
     assert logs._json_line(line) == json.dumps(line, default=repr)
+
+
+class CollectedText:
+    """A sink that keeps what it is given (the chain writes lines; RequestLines lists)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.texts.append(text)
+        return len(text)
+
+    def write_lines(self, lines: list[str]) -> None:
+        self.texts.extend(lines)
+
+    def flush(self) -> None:
+        pass
+
+
+HELD = ["sk-held-1234", "tenant-secret-99"]
+TEXT = st.text(max_size=12) | st.sampled_from([*HELD, f"x{HELD[0]}y", "<b>\"\\\n", "é€😀"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    request_id=st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | TEXT,
+    command=TEXT, outcome=st.sampled_from(["ok", "timeout", "invalid_request"]) | TEXT,
+    duration_ms=st.floats(min_value=0, max_value=1e9), session_id=st.none() | TEXT,
+    message=st.none() | TEXT, worker_id=st.none() | TEXT,
+    now_ns=st.integers(min_value=0, max_value=2**62),
+)
+def test_the_request_line_renders_as_the_chain_wrote_it(
+    request_id: int | str | None, command: str, outcome: str, duration_ms: float,
+    session_id: str | None, message: str | None, worker_id: str | None, now_ns: int,
+) -> None:
+    """RequestLines skips structlog's chain for the line written once a request: it must
+    write the very text the chain writes for it, as a request's task logged it (its id,
+    command and session bound in its context), held secrets scrubbed."""
+    chain, direct = CollectedText(), CollectedText()
+    owner = Owner()
+    book.hold(owner, HELD)
+    configure_logging("info", chain, worker_id)  # type: ignore[arg-type]
+    fields: dict[str, Any] = {} if message is None else {"message": message}
+
+    def as_a_task_logged_it() -> None:
+        logs.bind_request(request_id, command, session_id)  # type: ignore[arg-type]
+        structlog.get_logger("bridge").info(
+            "request", id=request_id, command=command, duration_ms=round(duration_ms, 3),
+            outcome=outcome, **fields,
+        )
+
+    try:
+        with patch.object(logs.time, "time_ns", return_value=now_ns):
+            contextvars.copy_context().run(as_a_task_logged_it)
+            lines = logs.RequestLines(direct, "info", worker_id)  # type: ignore[arg-type]
+            lines.write([lines.render(request_id, command, duration_ms, outcome,
+                                      session_id=session_id, message=message)])
+    finally:
+        structlog.reset_defaults()
+    assert direct.texts == chain.texts
+
+
+@pytest.mark.parametrize(("level", "enabled"), [("debug", True), ("info", True),
+                                                ("warning", False), ("error", False)])
+def test_request_lines_are_written_at_info(level: str, enabled: bool) -> None:
+    assert logs.RequestLines(CollectedText(), level).enabled is enabled  # type: ignore[arg-type]
+
+
+NULL_SINK = LogQueue(fd=os.open(os.devnull, os.O_WRONLY))  # one writer thread for the module
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=2 * select.PIPE_BUF), max_size=40))
+def test_lines_written_together_go_out_whole_in_writes_of_at_most_pipe_buf(
+    sizes: list[int],
+) -> None:
+    """write_lines joins lines into writes a pipe takes whole (PIPE_BUF bytes), each as
+    full as the next line allows; a longer line goes alone."""
+    lines = [f"{index:03d}".ljust(size - 1, "x")[: size - 1] + "\n" for index, size in
+             enumerate(sizes)]
+    writes: list[bytes] = []
+    with patch.object(NULL_SINK, "_put", writes.append):
+        NULL_SINK.write_lines(lines)
+    assert b"".join(writes) == "".join(lines).encode()
+    for data in writes:
+        assert data.endswith(b"\n")
+        assert len(data) <= select.PIPE_BUF or data.count(b"\n") == 1
+    for data, after in itertools.pairwise(writes):
+        assert len(data) + len(after.split(b"\n")[0]) + 1 > select.PIPE_BUF

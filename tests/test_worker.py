@@ -431,6 +431,7 @@ def test_log_lines_name_the_worker_and_the_request_and_session(spawn: Any) -> No
     worker.call("configure_lm", {"session_id": "acme", "model": "mock"}, id="c", timeout_ms=60_000)
     worker.call("list_programs", {}, id="l")
     assert worker.request("fail", id="f")["error"]["type"] == "internal"
+    worker.call("ping", id="last")
     worker.close()
     lines = [json.loads(line) for line in worker.stderr_text().splitlines() if line.startswith("{")]
     assert {line["worker_id"] for line in lines} == {worker.ready["worker_id"]}
@@ -441,6 +442,9 @@ def test_log_lines_name_the_worker_and_the_request_and_session(spawn: Any) -> No
     # a line logged by the handler's own task names its request too
     [failed] = [line for line in lines if line["event"] == "handler_failed"]
     assert (failed["id"], failed["command"]) == ("f", "fail")
+    # and a line the loop logs after them names none (a control command's naming ended)
+    [gone] = [line for line in lines if line["event"] == "host_gone"]
+    assert "id" not in gone and "command" not in gone
 
 
 def test_log_lines_of_requests_answered_together_keep_their_own_session(
@@ -453,6 +457,23 @@ def test_log_lines_of_requests_answered_together_keep_their_own_session(
     lines = [json.loads(line) for line in worker.stderr_text().splitlines() if line.startswith("{")]
     sessions = {line["id"]: line["session_id"] for line in lines if line["event"] == "request"}
     assert [sessions[request_id] for request_id in ids] == [f"s{n}" for n in range(60)]
+
+
+def test_requests_read_together_each_get_one_whole_log_line(worker: WorkerProcess) -> None:
+    """Pings (answered at once) and refusals read in one go, their lines written together:
+    every request has exactly one line, each a whole JSON object."""
+    frames = []
+    for n in range(400):
+        message = {"id": n, "command": "ping" if n % 3 else "no_such_command"}
+        payload = msgpack.packb(message)
+        frames.append(struct.pack(">I", len(payload)) + payload)
+    worker.send_raw(b"".join(frames))
+    for n in range(400):
+        assert worker.response(n)["success"] is bool(n % 3)
+    worker.close()
+    lines = [json.loads(line) for line in worker.stderr_text().splitlines()]
+    ids = sorted(line["id"] for line in lines if line["event"] == "request")
+    assert ids == list(range(400))
 
 
 def test_log_level_flag_filters(spawn: Any) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import os
 import queue
 import select
@@ -95,8 +93,7 @@ class HostPipes:
         """Run `callback` once the frames queued so far have been written (or handed to
         the writer thread): a request's log line never goes out before its reply."""
         if self._unflushed:
-            # in the caller's context (a request's task): not whoever scheduled the flush
-            self._after_flush.append(functools.partial(contextvars.copy_context().run, callback))
+            self._after_flush.append(callback)
         else:
             callback()
 

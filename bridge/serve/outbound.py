@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from dspy_bridge.domain.stats import Stats
+from dspy_bridge.io.logs import RequestLines
 from dspy_bridge.io.pipes import HostPipes
 from dspy_bridge.protocol.connection import Connection, Unsendable
 from dspy_bridge.protocol.envelope import error_response, event
@@ -32,12 +33,15 @@ class Outbound:
         observers: list[FrameObserver],
         stats: Stats,
         log: Any,
+        lines: RequestLines,
     ) -> None:
         self._connection = connection
         self._pipes = pipes
         self._observers = observers
         self._stats = stats
         self._log = log
+        self._lines = lines
+        self._unwritten_lines: list[str] = []  # request lines waiting for their replies' flush
 
     def emit_event(self, name: str, **fields: Any) -> bool:
         """Send an event; False (and a log line) when it cannot go out as it is."""
@@ -86,19 +90,29 @@ class Outbound:
         )
 
     def log_request(
-        self, request_id: RequestId, command: str, duration_ms: float, outcome: str,
-        **fields: Any,
+        self, request_id: RequestId, command: str, duration_ms: float, outcome: str, *,
+        session_id: str | None = None, message: str | None = None,
     ) -> None:
-        """The one log line of each request, written after its reply went out; a logging
-        failure is counted, never allowed to cost the reply."""
+        """The one log line of each request, written after its reply went out (the lines
+        of one flush in one write); a logging failure is counted, never allowed to cost
+        the reply."""
+        if not self._lines.enabled:
+            return
+        try:
+            line = self._lines.render(
+                request_id, command, duration_ms, outcome, session_id=session_id,
+                message=message,
+            )
+        except Exception:  # noqa: BLE001 - see the docstring
+            self._stats.log_failures += 1
+            return
+        self._unwritten_lines.append(line)
+        if len(self._unwritten_lines) == 1:
+            self._pipes.after_flush(self._write_lines)
 
-        def write() -> None:
-            try:
-                self._log.info(
-                    "request", id=request_id, command=command,
-                    duration_ms=round(duration_ms, 3), outcome=outcome, **fields,
-                )
-            except Exception:  # noqa: BLE001 - see the docstring
-                self._stats.log_failures += 1
-
-        self._pipes.after_flush(write)
+    def _write_lines(self) -> None:
+        lines, self._unwritten_lines = self._unwritten_lines, []
+        try:
+            self._lines.write(lines)
+        except Exception:  # noqa: BLE001 - see log_request
+            self._stats.log_failures += len(lines)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import time
 import traceback
 from typing import Any
@@ -16,7 +15,7 @@ from dspy_bridge.domain.host import HostCallFailed
 from dspy_bridge.domain.redaction import book, scrub
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
-from dspy_bridge.io.logs import bind_request
+from dspy_bridge.io.logs import bind_request, unbind_request
 from dspy_bridge.protocol.envelope import Request, error_response, ok_response
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.serve.callbacks import RequestCallbacks
@@ -89,31 +88,30 @@ class RequestRunner:
             calls.close(ABANDON_REASONS.get(error.type, "request_ended") if error else
                         "request_ended")
         self._in_flight.remove(request.id)
-        self._answer(request, entry.started, result, error)
+        self._answer(request, entry.started, result, error, session)
 
     def run_at_once(
         self, request: Request, spec: CommandSpec[Any], args: Any, context: RequestContext,
         started: float,
     ) -> None:
-        """A control command: its handler never waits, so it runs and is answered now, in
-        a copy of the loop's context (what it binds for its log lines stays there)."""
+        """A control command: its handler never waits, so it runs and is answered now,
+        named in the lines it logs until it returns."""
         error: BridgeError | None = None
         result: Any = None
+        bound = bind_request(request.id, request.command, None)
         try:
-            result = contextvars.copy_context().run(self._call, request, spec, args, context)
+            result = spec.handler(context, args)
         except BridgeError as exc:
             error = exc
         except Exception:  # noqa: BLE001 - any bug becomes an `internal` reply, never a crash
             error = self._internal(request)
+        finally:
+            unbind_request(bound)
         self._answer(request, started, result, error)
 
-    @staticmethod
-    def _call(request: Request, spec: CommandSpec[Any], args: Any, context: RequestContext) -> Any:
-        bind_request(request.id, request.command, None)
-        return spec.handler(context, args)
-
     def _answer(
-        self, request: Request, started: float, result: Any, error: BridgeError | None
+        self, request: Request, started: float, result: Any, error: BridgeError | None,
+        session_id: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
         outcome = "ok" if error is None else error.type.value
@@ -122,7 +120,9 @@ class RequestRunner:
             self._outbound.reply(ok_response(request.id, result))
         else:
             self._outbound.reply(error_response(request.id, error))
-        self._outbound.log_request(request.id, request.command, duration_ms, outcome)
+        self._outbound.log_request(
+            request.id, request.command, duration_ms, outcome, session_id=session_id
+        )
 
     def _internal(self, request: Request) -> BridgeError:
         with contextlib.suppress(Exception):  # the reply matters more than its log line

@@ -26,7 +26,7 @@ from dspy_bridge.commands.table import CommandSpec, RequestContext
 from dspy_bridge.domain.sessions import SessionStore
 from dspy_bridge.domain.stats import Stats
 from dspy_bridge.io.channel import HostChannel
-from dspy_bridge.io.logs import LogQueue
+from dspy_bridge.io.logs import LogQueue, RequestLines
 from dspy_bridge.io.outbox import OutboxBudget
 from dspy_bridge.io.pipes import HostPipes
 from dspy_bridge.options import WorkerOptions
@@ -56,7 +56,7 @@ class Worker:
         channel: HostChannel,
         ready: dict[str, Any],
         observers: list[FrameObserver],
-        log_queue: LogQueue | None,
+        log_queue: LogQueue,
         held_signals: list[int],
         priority: LoopPriority,
     ) -> None:
@@ -75,7 +75,8 @@ class Worker:
         self._pipes = HostPipes(channel, connection, self.outbox_budget)
         self._log = structlog.get_logger("bridge")
         self.outbound = Outbound(
-            connection, self._pipes, observers, self.stats, self._log
+            connection, self._pipes, observers, self.stats, self._log,
+            RequestLines(log_queue, options.log_level, self.worker_id),
         )
         self.callbacks = CallbackTable(self.outbound.emit_event, options.callback_timeout_ms)
         self._no_args: dict[str, Any] = {}
