@@ -5,6 +5,7 @@ msgpack `str` and `bin` stay distinct both ways: `str` decodes to `str`, `bin` t
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -59,25 +60,47 @@ class EncodeError(Exception):
 
 
 def pack(value: Any) -> bytes:
+    packer = _packer()
     try:
-        packed: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
-        return packed
+        packed: bytes = packer.pack(value)
     except (OverflowError, TypeError, ValueError) as exc:
+        _packers.packer = None  # its buffer may have grown: the next starts afresh
         raise EncodeError(str(exc)) from exc
+    if len(packed) > REUSED_PACKER_BYTES:
+        _packers.packer = None
+    return packed
+
+
+# A Packer a thread, reused: building one a call (as msgpack.packb does) costs more than
+# packing a small reply. Its buffer grows to the largest value it packed and stays, so one
+# that packed more than this is dropped.
+REUSED_PACKER_BYTES = 256 * 1024
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+    return packer
 
 
 def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
     """Decode exactly one msgpack value, or raise a BridgeError of type invalid_frame."""
-    budget = _ItemBudget(max_items)
     try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            use_list=True,
-            object_hook=budget.map,
-            list_hook=budget.list,
-        )
+        if within_limits_by_size(len(data), max_depth=None, max_items=max_items):
+            # within the item budget whatever it holds: decoded without counting
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+        else:
+            budget = _ItemBudget(max_items)
+            value = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=False,
+                use_list=True,
+                object_hook=budget.map,
+                list_hook=budget.list,
+            )
     except _OverBudget:
         raise BridgeError(
             ErrorType.INVALID_FRAME,
@@ -101,13 +124,15 @@ def unpack(data: bytes, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
 
 
 def within_limits_by_size(
-    encoded_bytes: int, max_depth: int = MAX_DEPTH, max_items: int | None = None
+    encoded_bytes: int, max_depth: int | None = MAX_DEPTH, max_items: int | None = None
 ) -> bool:
-    """Whether every msgpack value this many bytes long is within the limits, so needs no
-    walk: each value takes at least a byte, so one nests at most a level a byte, and it
-    holds at most two items a byte (each value is an item of its container, and each
-    container one more)."""
-    return encoded_bytes <= max_depth and (max_items is None or 2 * encoded_bytes <= max_items)
+    """Whether every msgpack value this many bytes long is within the limits given, so
+    needs no counting: each value takes at least a byte, so one nests at most a level a
+    byte, and it holds at most two items a byte (each value is an item of its container,
+    and each container one more)."""
+    return (max_depth is None or encoded_bytes <= max_depth) and (
+        max_items is None or 2 * encoded_bytes <= max_items
+    )
 
 
 def _invalid(message: str) -> BridgeError:

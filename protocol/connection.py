@@ -23,6 +23,7 @@ from dspy_bridge.protocol.peer import (
     id_in_flight_error,
     is_wire_id,
 )
+from dspy_bridge.protocol.record import record
 
 __all__ = ["Connection", "LocalProtocolError", "Rejected", "Sent", "Unsendable"]
 
@@ -35,7 +36,7 @@ class Rejected:
     value: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sent:
     """A response on its way: its frame, and the message that frame holds (the response
     given, or the error response that replaced it)."""

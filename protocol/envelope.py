@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
+from dspy_bridge.protocol.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """A valid request (see `protocol.validation.RequestShape`)."""
 

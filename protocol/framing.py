@@ -10,13 +10,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from dspy_bridge.protocol.record import record
+
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 MAX_LENGTH = 2**32 - 1
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Frame:
     payload: bytes
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from dspy_bridge.protocol import codec, envelope
@@ -22,6 +21,7 @@ from dspy_bridge.protocol.framing import (
     OversizedFrame,
     encode_frame,
 )
+from dspy_bridge.protocol.record import record
 
 # The id a response goes under: a request's own (an int >= 0 or a str), or nil for a
 # frame whose id could not be known.
@@ -44,7 +44,7 @@ def id_in_flight_error(request_id: int | str) -> BridgeError:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Read:
     """One frame off the wire: its decoded value, or the invalid_frame error it earned.
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -329,3 +329,59 @@ def test_a_frame_nested_beyond_the_limit_is_refused_and_one_at_it_is_not(depth: 
             codec.unpack(payload)
     else:
         assert codec.unpack(payload) == _nested_lists(depth)
+
+
+@given(packable_values, st.integers(1, 800))
+def test_the_item_budget_refuses_exactly_the_frames_over_it(value: Any, max_items: int) -> None:
+    """Counted while decoding, or not at all for a frame too short to be over it."""
+    depth, items, _ = _reference_limits(value)
+    assume(depth <= codec.MAX_DEPTH)
+    payload = codec.pack(value)
+    if items > max_items:
+        with pytest.raises(BridgeError, match="msgpack items"):
+            codec.unpack(payload, max_items)
+    else:
+        assert codec.unpack(payload, max_items) == value
+
+
+@given(st.lists(packable_values | st.just(2**64) | st.just({"a": [object()]}), max_size=6))
+def test_packing_with_the_reused_packer_writes_what_packb_writes(values: list[Any]) -> None:
+    """Also after a value that could not be packed, and after one that grew its buffer."""
+    for value in [*values, b"x" * (codec.REUSED_PACKER_BYTES + 1), *values]:
+        try:
+            expected = msgpack.packb(value, use_bin_type=True, datetime=False)
+        except (OverflowError, TypeError, ValueError):
+            with pytest.raises(codec.EncodeError):
+                codec.pack(value)
+        else:
+            assert codec.pack(value) == expected
+
+
+def test_a_packer_that_packed_a_large_value_is_not_kept() -> None:
+    codec.pack(1)
+    kept = codec._packers.packer
+    codec.pack(b"x" * (codec.REUSED_PACKER_BYTES + 1))
+    codec.pack(1)
+    assert codec._packers.packer is not kept  # nor the large buffer it grew
+    kept = codec._packers.packer
+    with pytest.raises(codec.EncodeError):  # nor one that failed, maybe after growing
+        codec.pack([b"x" * (codec.REUSED_PACKER_BYTES + 1), 2**64])
+    codec.pack(1)
+    assert codec._packers.packer is not kept
+
+
+def test_a_record_is_frozen_for_the_type_checker(tmp_path: Path) -> None:
+    """`@record` builds a plain slots dataclass (cheaper to construct than a frozen one):
+    what keeps its fields unassigned is mypy, which must report an assignment."""
+    from mypy import api
+
+    snippet = tmp_path / "assigns.py"
+    snippet.write_text(
+        "from dspy_bridge.protocol.envelope import Request\n"
+        "request = Request(1, 'ping')\n"
+        "request.command = 'shutdown'\n"
+    )
+    report, _, status = api.run(["--strict", "--no-incremental", str(snippet)])
+    assert status == 1 and 'Property "command" defined in "Request" is read-only' in report
+    request = Request(1, "ping")
+    assert not hasattr(request, "__dict__") and request == Request(1, "ping")

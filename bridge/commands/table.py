@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
+from dspy_bridge.protocol.record import record
+
 if TYPE_CHECKING:
     from dspy_bridge.domain.host import HostCaller
     from dspy_bridge.domain.sessions import SessionStore
@@ -80,7 +82,7 @@ class ControlPort(Protocol):
     def begin_shutdown(self, grace_ms: int) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestContext:
     """What a handler may use: the request's id, the worker's settings and session store,
     the engine (awaited: DSPy may still be loading), events, the control port, and (for
