@@ -172,6 +172,11 @@ def _redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) ->
 
 
 def _stamp_utc(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    event_dict["timestamp"] = _utc_now()
+    return event_dict
+
+
+def _utc_now() -> str:
     """structlog's `TimeStamper(fmt="iso", utc=True)`, the same text
     (`2026-01-02T03:04:05.123456Z`, no fraction at a whole second), for a fraction of
     its cost: the date and time of day are formatted once a second."""
@@ -181,8 +186,7 @@ def _stamp_utc(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
     if seconds != last[0]:
         last = _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     micro = nanoseconds // 1000
-    event_dict["timestamp"] = f"{last[1]}.{micro:06d}Z" if micro else f"{last[1]}Z"
-    return event_dict
+    return f"{last[1]}.{micro:06d}Z" if micro else f"{last[1]}Z"
 
 
 _last_second: tuple[int, str] = (-1, "")  # the second last stamped, and its text
@@ -223,7 +227,7 @@ class RequestLines:
         # The chain's order: the worker's own words (never scrubbed), then the rest.
         secrets = book.held()
         text = (
-            f'{{"event": "request", "level": "info", "timestamp": {_ENCODER.encode(_now())}, '
+            f'{{"event": "request", "level": "info", "timestamp": "{_utc_now()}", '
             f'"command": {_ENCODER.encode(command)}, "outcome": {_ENCODER.encode(outcome)}'
             f'{self._worker}, "id": {_scalar(request_id, secrets)}, '
             f'"duration_ms": {_scalar(round(duration_ms, 3), secrets)}'
@@ -244,10 +248,6 @@ def _scalar(value: int | float | str | None, secrets: frozenset[str]) -> str:
     if value.__class__ is int or (value.__class__ is float and math.isfinite(value)):
         return repr(value)  # what json writes for them, without its encoder's set-up
     return _ENCODER.encode(value)
-
-
-def _now() -> str:
-    return str(_stamp_utc(None, "info", {})["timestamp"])
 
 
 def bind_request(
