@@ -44,7 +44,10 @@ class WorkerOptions:
     # Python modules whose dspy.Module classes programs may be made from (operator code)
     modules: tuple[str, ...] = ()
     # How long the idle loop polls for the next frame before it sleeps (0: it sleeps at once).
-    busy_wait_us: int = 0
+    # On by default, as the BEAM's schedulers spin before they sleep: a host that answers
+    # within it finds the worker awake, and waking a sleeping core cost one request at a
+    # time more than the polling (docs/benchmarks.md); an idle worker still sleeps.
+    busy_wait_us: int = 50
 
     def session_limits(self) -> SessionLimits:
         return SessionLimits(

@@ -38,8 +38,8 @@ PAYLOAD_SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
 # The worker's in-flight limit (256 by default) must not refuse the 500-in-flight figures.
 WORKER_ARGV = [sys.executable, "-P", "-m", "dspy_bridge", "--max-in-flight", "1000",
                "--enable-test-commands"]
-# The same worker polling for the next frame before it sleeps (an operator's choice).
-POLLING_FLAGS = ["--busy-wait-us", "100"]
+# The same worker sleeping as soon as it is idle (the default polls 50 µs first).
+SLEEPING_FLAGS = ["--busy-wait-us", "0"]
 ECHO_ARGV = [sys.executable, str(BASELINES / "echo_floor.py")]
 SEQUENTIAL_ARGV = [sys.executable, str(BASELINES / "sequential_worker.py")]
 
@@ -208,8 +208,8 @@ def startup(bench: Bench) -> list[Row]:
     return rows
 
 
-def pings(bench: Bench, worker: Peer, polling: Peer, echo: Peer) -> list[Row]:
-    peers = (worker, polling, echo)
+def pings(bench: Bench, worker: Peer, sleeping: Peer, echo: Peer) -> list[Row]:
+    peers = (worker, sleeping, echo)
     one: dict[str, list[list[float]]] = {peer.name: [] for peer in peers}
     burst_rates: dict[str, list[float]] = {"worker": [], "echo floor": []}
     burst_cpu: dict[str, list[float]] = {"worker": [], "echo floor": []}
@@ -236,7 +236,7 @@ def pings(bench: Bench, worker: Peer, polling: Peer, echo: Peer) -> list[Row]:
         *(Row(f"ping, one at a time{label}", latency_text(one[name]),
               f"echo floor {latency_text(one['echo floor'])}", ratios[name], "≤ 2x echo",
               ratios[name] <= 2)
-          for name, label in (("worker", ""), (polling.name, f" ({polling.name})"))),
+          for name, label in (("worker", ""), (sleeping.name, f" ({sleeping.name})"))),
         Row(f"{plan.burst:,} pings sent at once: throughput",
             f"{rates['worker']:,.0f}/s, CPU {ms(cpu['worker'])}/request",
             f"echo floor {rates['echo floor']:,.0f}/s, CPU {ms(cpu['echo floor'])}/request",
@@ -397,11 +397,11 @@ def run(plan: Plan, quick: bool) -> Results:
     rows += startup(bench)
     worker, echo, sequential = (Peer("worker", WORKER_ARGV), Peer("echo floor", ECHO_ARGV),
                                 Peer("one-at-a-time worker", SEQUENTIAL_ARGV))
-    polling = Peer(" ".join(POLLING_FLAGS), [*WORKER_ARGV, *POLLING_FLAGS])
+    sleeping = Peer(" ".join(SLEEPING_FLAGS), [*WORKER_ARGV, *SLEEPING_FLAGS])
     try:
         worker.wait_event("ready")
-        polling.wait_event("ready")
-        wait_loaded(polling)
+        sleeping.wait_event("ready")
+        wait_loaded(sleeping)
         sequential.wait_event("ready", timeout=120)
         wait_loaded(worker)
         set_up_programs(worker)
@@ -409,7 +409,7 @@ def run(plan: Plan, quick: bool) -> Results:
         stage("memory")
         memory_rows = memory(bench, worker, sequential)
         stage("pings")
-        rows += pings(bench, worker, polling, echo)
+        rows += pings(bench, worker, sleeping, echo)
         stage("payloads")
         payloads(bench, worker, echo)
         stage("execute, one at a time")
@@ -417,7 +417,7 @@ def run(plan: Plan, quick: bool) -> Results:
         stage("throughput against in-flight count")
         rows.append(sweep(bench, worker, sequential))
     finally:
-        for peer in (worker, polling, echo, sequential):
+        for peer in (worker, sleeping, echo, sequential):
             peer.close()
     stage("pool")
     rows.append(pool(bench))

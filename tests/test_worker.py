@@ -500,8 +500,9 @@ def test_bad_flag_values_are_refused_at_start(flag: str, value: str) -> None:
     assert result.stdout == b""
 
 
-def test_a_busy_waiting_worker_serves_work_and_control(spawn: Any) -> None:
-    worker = spawn("--busy-wait-us", "200", "--enable-test-commands")
+@pytest.mark.parametrize("busy_wait_us", ["0", "200"])  # sleeping at once; polling longer
+def test_a_busy_waiting_worker_serves_work_and_control(spawn: Any, busy_wait_us: str) -> None:
+    worker = spawn("--busy-wait-us", busy_wait_us, "--enable-test-commands")
     for n in range(20):  # one at a time: each request comes while the loop polls or sleeps
         assert worker.call("ping")["status"] == "ok"
         assert worker.call("echo", {"value": n}) == n  # a task, not a control command
