@@ -143,11 +143,11 @@ def test_timeout_stops_a_slow_http_call(worker: RecordingWorker, server: FakeOpe
                                         engine: dict[str, Any]) -> None:
     sid = f"slow-{bool(engine)}"
     configure(worker, server, sid, **engine)
-    server.delay_next(3.0)
+    server.delay_next(30.0)
     started = time.monotonic()
     worker.error("execute_program", {"session_id": sid, "program_id": "qa",
                                      "inputs": {"question": "slow?"}}, "timeout", timeout_ms=300)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 15  # answered long before the provider would be
     assert worker.ok("ping")["in_flight"] == 0
 
 
