@@ -157,7 +157,11 @@ class OwedResponses:
 def is_wire_id(value: Any) -> bool:
     """A valid request id, or nil: what a response's id may be. Checked before a dict
     lookup, where True would equal 1, 1.0 would too, and a list would not hash."""
-    return value is None or envelope.request_id_of({"id": value}) is not None
+    if value.__class__ is int:  # the common ids first, without request_id_of's map
+        return bool(value >= 0)
+    if value is None or value.__class__ is str:
+        return True
+    return envelope.request_id_of({"id": value}) is not None
 
 
 def encode_message(message: Any) -> bytes:

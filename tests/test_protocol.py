@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from dspy_bridge.protocol import codec, jsonvalue
 from dspy_bridge.protocol.connection import Connection, Rejected
-from dspy_bridge.protocol.envelope import REQUEST_KEYS, Request, _plainly_valid, parse_request
+from dspy_bridge.protocol.envelope import (
+    REQUEST_KEYS,
+    Request,
+    _plainly_valid,
+    parse_request,
+    request_id_of,
+)
 from dspy_bridge.protocol.errors import BridgeError, ErrorType
 from dspy_bridge.protocol.framing import Frame, FrameDecoder, OversizedFrame, encode_frame
 from dspy_bridge.protocol.validation import RequestShape
@@ -385,3 +391,16 @@ def test_a_record_is_frozen_for_the_type_checker(tmp_path: Path) -> None:
     assert status == 1 and 'Property "command" defined in "Request" is read-only' in report
     request = Request(1, "ping")
     assert not hasattr(request, "__dict__") and request == Request(1, "ping")
+
+
+class _IntLike(int):
+    """An int subclass other than bool: request_id_of takes it as an id."""
+
+
+@given(st.none() | st.booleans() | msgpack_ints | st.text(max_size=3) | st.floats()
+       | st.integers().map(_IntLike) | st.lists(st.integers(), max_size=2) | st.binary(max_size=2))
+def test_a_wire_id_is_what_request_id_of_takes_as_one(value: Any) -> None:
+    """is_wire_id's short way for exact ints and strs says what the map lookup says."""
+    from dspy_bridge.protocol.peer import is_wire_id
+
+    assert is_wire_id(value) is (value is None or request_id_of({"id": value}) is not None)
