@@ -135,13 +135,10 @@ class Connection(Peer):
             frame = encode_message(message)
         except codec.EncodeError as exc:
             raise Unsendable(None, f"could not be encoded: {exc}") from None
-        if len(frame) - HEADER_SIZE > self._max_reply_bytes:
-            raise Unsendable(
-                "max_reply_bytes", f"would take {len(frame) - HEADER_SIZE} bytes"
-            )
-        if not codec.within_limits_by_size(
-            len(frame) - HEADER_SIZE, codec.MAX_DEPTH, self._max_items
-        ):
+        size = len(frame) - HEADER_SIZE
+        if size > self._max_reply_bytes:
+            raise Unsendable("max_reply_bytes", f"would take {size} bytes")
+        if not codec.within_limits_by_size(size, codec.MAX_DEPTH, self._max_items):
             problem = codec.limit_problem(
                 message, codec.MAX_DEPTH, self._max_items, check_text=False
             )

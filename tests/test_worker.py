@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from dspy_bridge.protocol.peer import encode_message
 from dspy_bridge.tools.client import WorkerExited
 from tests.conftest import REPO, WorkerProcess
 
@@ -462,12 +463,10 @@ def test_log_lines_of_requests_answered_together_keep_their_own_session(
 def test_requests_read_together_each_get_one_whole_log_line(worker: WorkerProcess) -> None:
     """Pings (answered at once) and refusals read in one go, their lines written together:
     every request has exactly one line, each a whole JSON object."""
-    frames = []
-    for n in range(400):
-        message = {"id": n, "command": "ping" if n % 3 else "no_such_command"}
-        payload = msgpack.packb(message)
-        frames.append(struct.pack(">I", len(payload)) + payload)
-    worker.send_raw(b"".join(frames))
+    worker.send_raw(b"".join(
+        encode_message({"id": n, "command": "ping" if n % 3 else "no_such_command"})
+        for n in range(400)
+    ))
     for n in range(400):
         assert worker.response(n)["success"] is bool(n % 3)
     worker.close()
